@@ -1,0 +1,79 @@
+"""The GEMM backend seam: one interface, several implementations, chosen by name or automatically.
+
+A backend computes the three GEMMs of a linear layer from quantized operands and returns fp32:
+    fprop(x, w)  = X @ W^T     x: [M, K], w: [N, K]
+    dgrad(g, w)  = dY @ W      g: [M, N], w: [N, K]
+    wgrad(g, x)  = dY^T @ X    g: [M, N], x: [M, K]
+`reference` (exact: dequantize, multiply in fp32) works everywhere; `hopper` (FP4 values on FP8
+tensor cores) and `blackwell` (native FP4) register themselves where they exist.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from typing import Callable
+
+import torch
+
+from ..quantize import QuantizedTensor
+
+__all__ = ["GemmBackend", "register_backend", "get_backend", "available_backends", "BACKEND_ENV"]
+
+BACKEND_ENV = "MEGATRON_FP4_GEMM_BACKEND"
+
+
+class GemmBackend(abc.ABC):
+    """Computes a linear layer's GEMMs on quantized operands (fp32 results)."""
+
+    name: str = "abstract"
+
+    @classmethod
+    def is_available(cls) -> bool:
+        """Whether this backend can run on this machine."""
+        return True
+
+    def supports(self, a: QuantizedTensor, b: QuantizedTensor) -> bool:
+        """Whether this backend takes these operand formats (else the reference runs)."""
+        return True
+
+    @abc.abstractmethod
+    def fprop(self, x: QuantizedTensor, w: QuantizedTensor) -> torch.Tensor: ...
+
+    @abc.abstractmethod
+    def dgrad(self, g: QuantizedTensor, w: QuantizedTensor) -> torch.Tensor: ...
+
+    @abc.abstractmethod
+    def wgrad(self, g: QuantizedTensor, x: QuantizedTensor) -> torch.Tensor: ...
+
+
+_REGISTRY: dict[str, Callable[[], GemmBackend]] = {}
+_PRIORITY: list[str] = []  # automatic choice: first available wins
+
+
+def register_backend(name: str, factory: Callable[[], GemmBackend], auto_priority: int | None = None) -> None:
+    """Make a backend selectable by ``name``; ``auto_priority`` (lower first) enters it in 'auto'."""
+    _REGISTRY[name] = factory
+    if auto_priority is not None:
+        _PRIORITY.insert(min(auto_priority, len(_PRIORITY)), name)
+
+
+def available_backends() -> list[str]:
+    return [name for name, factory in _REGISTRY.items() if getattr(factory, "is_available", lambda: True)()]
+
+
+_INSTANCES: dict[str, GemmBackend] = {}
+
+
+def get_backend(name: str | None = None) -> GemmBackend:
+    """The backend ``name`` (default: the ``MEGATRON_FP4_GEMM_BACKEND`` override, else 'auto')."""
+    name = name or os.environ.get(BACKEND_ENV, "auto")
+    if name == "auto":
+        name = next(n for n in _PRIORITY if n in available_backends())
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown FP4 GEMM backend {name!r}; allowed: {['auto', *sorted(_REGISTRY)]}")
+    if name not in available_backends():
+        raise ValueError(f"FP4 GEMM backend {name!r} is not available on this machine; available: {available_backends()}")
+    if name not in _INSTANCES:
+        _INSTANCES[name] = _REGISTRY[name]()
+    return _INSTANCES[name]

@@ -1,0 +1,230 @@
+"""How a tensor becomes low precision: specs, the quantized-tensor container, quantize/dequantize.
+
+A ``QuantSpec`` names one GEMM operand's format (FP4 with a granularity, FP8, or high precision).
+``quantize`` turns a tensor into a ``QuantizedTensor`` holding what a real kernel would keep:
+packed 4-bit codes (two per byte) or FP8 bytes, plus the encoded scales. This is the exact
+reference that every fast path is tested against.
+
+Quantization is always along the last dimension of the tensor as it is laid out: rows of
+A [tokens, K] are tokens (token-wise scaling, paper §3), rows of W [out, K] are output channels
+(channel-wise scaling), blocks run along K.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .formats import E2M1, FP4Format, decode, encode, get_format, pack_codes, unpack_codes
+from .scaling import BLOCK_SIZES, GRANULARITIES, absmax_scale, e8m0_to_fp32, mxfp4_scales, nvfp4_scales
+
+__all__ = [
+    "ELEMENT_DTYPES",
+    "QuantSpec",
+    "QuantizedTensor",
+    "NonFiniteError",
+    "check_finite_enabled",
+    "quantize",
+    "fake_quantize",
+]
+
+FP8_DTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+HIGH_PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+ELEMENT_DTYPES = ("fp4", *FP8_DTYPES, *HIGH_PRECISION_DTYPES)
+FP8_GRANULARITIES = ("tensor", "row")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """The format of one GEMM operand.
+
+    dtype: ``fp4`` | ``fp8_e4m3`` | ``fp8_e5m2`` | ``bf16`` | ``fp32`` (the last two: no quantization,
+    the operand is only cast). granularity: ``tensor`` | ``row`` (per token / per output channel) |
+    ``nvfp4`` | ``mxfp4`` (block recipes, FP4 E2M1 only). power_of_two_scale: round tensor/row
+    scales up to a power of two (the authors' FP8-LM rule) instead of the exact ``amax / max``.
+    """
+
+    dtype: str = "fp4"
+    granularity: str = "row"
+    fp4_format: str = "e2m1"
+    power_of_two_scale: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ELEMENT_DTYPES:
+            raise ValueError(f"QuantSpec.dtype={self.dtype!r}; allowed: {list(ELEMENT_DTYPES)}")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"QuantSpec.granularity={self.granularity!r}; allowed: {list(GRANULARITIES)}")
+        fmt = get_format(self.fp4_format)  # raises on an unknown name
+        if self.dtype in FP8_DTYPES and self.granularity not in FP8_GRANULARITIES:
+            raise ValueError(
+                f"QuantSpec.granularity={self.granularity!r} with dtype={self.dtype!r}; "
+                f"FP8 operands allow {list(FP8_GRANULARITIES)}"
+            )
+        if self.granularity in BLOCK_SIZES:
+            if self.dtype != "fp4" or fmt is not E2M1:
+                raise ValueError(
+                    f"QuantSpec.granularity={self.granularity!r} is defined for FP4 E2M1 only, "
+                    f"got dtype={self.dtype!r} fp4_format={self.fp4_format!r}"
+                )
+            if self.power_of_two_scale:
+                raise ValueError(
+                    f"QuantSpec.power_of_two_scale applies to tensor/row scales, not {self.granularity!r}"
+                )
+
+    @property
+    def is_quantized(self) -> bool:
+        return self.dtype not in HIGH_PRECISION_DTYPES
+
+    @property
+    def format(self) -> FP4Format:
+        return get_format(self.fp4_format)
+
+    @property
+    def block_size(self) -> int | None:
+        return BLOCK_SIZES.get(self.granularity)
+
+    def describe(self) -> str:
+        if not self.is_quantized:
+            return self.dtype
+        name = self.fp4_format if self.dtype == "fp4" else self.dtype
+        return f"{name}/{self.granularity}" + ("/pow2" if self.power_of_two_scale else "")
+
+
+@dataclass(frozen=True)
+class QuantizedTensor:
+    """A tensor in a low-precision format, stored the way a kernel would keep it.
+
+    data: packed FP4 codes (uint8, [rows, K/2]); FP8 elements ([rows, K]); or the high-precision
+    tensor itself. scale: decode scales, fp32 [rows, 1] (row), [1, 1] (tensor), E4M3 [rows, K/16]
+    (nvfp4) or E8M0 bytes [rows, K/32] (mxfp4); None when not quantized. global_scale: the fp32
+    NVFP4 tensor scale. shape/dtype: the original tensor's.
+    """
+
+    data: torch.Tensor
+    scale: torch.Tensor | None
+    global_scale: torch.Tensor | None
+    spec: QuantSpec
+    shape: torch.Size
+    dtype: torch.dtype
+
+    def element_values(self) -> torch.Tensor:
+        """The unscaled element values as fp32 [rows, K] (FP4 grid or FP8 values)."""
+        if self.spec.dtype == "fp4":
+            return decode(unpack_codes(self.data), self.spec.format)
+        return self.data.float()
+
+    def decode_scale(self) -> torch.Tensor:
+        """fp32 decode scale per element group, broadcastable against [rows, K]."""
+        if self.spec.granularity == "nvfp4":
+            block = self.scale.float() * self.global_scale
+        elif self.spec.granularity == "mxfp4":
+            block = e8m0_to_fp32(self.scale)
+        else:
+            return self.scale
+        return block.repeat_interleave(self.spec.block_size, dim=-1)
+
+    def dequantize_2d(self) -> torch.Tensor:
+        """fp32 [rows, K] approximation of the original tensor."""
+        if not self.spec.is_quantized:
+            return self.data.float().reshape(-1, self.shape[-1])
+        return self.element_values() * self.decode_scale()
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The approximation in the original shape and ``dtype`` (default: the original dtype)."""
+        return self.dequantize_2d().reshape(self.shape).to(dtype or self.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (elements + scales): what saving this for backward costs."""
+        tensors = (self.data, self.scale, self.global_scale)
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+class NonFiniteError(ValueError):
+    """NaN or Inf found in a tensor being quantized (raised only in check-finite mode)."""
+
+
+def check_finite_enabled() -> bool:
+    """Debug mode from the environment: ``MEGATRON_FP4_CHECK_FINITE=1``."""
+    return os.environ.get("MEGATRON_FP4_CHECK_FINITE", "0") not in ("", "0", "false", "False")
+
+
+def _raise_if_not_finite(x: torch.Tensor, name: str) -> None:
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise NonFiniteError(
+            f"{name}: {int(torch.isnan(x).sum())} NaN and {int(torch.isinf(x).sum())} Inf values "
+            f"in a tensor being quantized (shape {tuple(x.shape)}, first at index {first})"
+        )
+
+
+def _as_rows(x: torch.Tensor, spec: QuantSpec, name: str) -> torch.Tensor:
+    if x.dim() == 0:
+        raise ValueError(f"{name}: cannot quantize a 0-d tensor")
+    x2d = x.reshape(-1, x.shape[-1])
+    block = spec.block_size
+    if block is not None and x2d.shape[-1] % block:
+        raise ValueError(
+            f"{name}: shape {tuple(x.shape)} has last dim {x2d.shape[-1]}, not a multiple of the "
+            f"{spec.granularity} block size {block}"
+        )
+    if spec.dtype == "fp4" and x2d.shape[-1] % 2:
+        raise ValueError(f"{name}: shape {tuple(x.shape)} needs an even last dim to pack two FP4 codes per byte")
+    return x2d
+
+
+def _group_amax(x2d: torch.Tensor, granularity: str) -> torch.Tensor:
+    absval = x2d.float().abs()
+    if granularity == "tensor":
+        return absval.amax().reshape(1, 1)
+    return absval.amax(dim=-1, keepdim=True)
+
+
+def _safe_divide(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x / scale, with 0 where scale is 0 (an NVFP4 block whose E4M3 scale underflowed)."""
+    return torch.where(scale == 0, torch.zeros_like(x), x / torch.where(scale == 0, torch.ones_like(scale), scale))
+
+
+def quantize(
+    x: torch.Tensor, spec: QuantSpec, *, check_finite: bool | None = None, name: str = "tensor"
+) -> QuantizedTensor:
+    """Quantize ``x`` to ``spec`` (exact PyTorch reference; round to nearest, ties to even).
+
+    check_finite: raise ``NonFiniteError`` naming ``name`` on NaN/Inf (default: the
+    ``MEGATRON_FP4_CHECK_FINITE`` environment switch). Otherwise a group holding NaN/Inf
+    dequantizes to NaN. Shapes a granularity cannot take raise ``ValueError`` naming the shape.
+    """
+    if check_finite if check_finite is not None else check_finite_enabled():
+        _raise_if_not_finite(x, name)
+    if not spec.is_quantized:
+        return QuantizedTensor(x.to(HIGH_PRECISION_DTYPES[spec.dtype]), None, None, spec, x.shape, x.dtype)
+    x2d = _as_rows(x, spec, name)
+    xf = x2d.float()
+    global_scale = None
+    if spec.dtype in FP8_DTYPES:
+        fp8 = FP8_DTYPES[spec.dtype]
+        scale = absmax_scale(_group_amax(x2d, spec.granularity), torch.finfo(fp8).max, spec.power_of_two_scale)
+        data = (xf / scale).to(fp8)
+        return QuantizedTensor(data, scale, None, spec, x.shape, x.dtype)
+    if spec.granularity == "nvfp4":
+        scale, global_scale = nvfp4_scales(x2d, spec.format)
+        group_scale = scale.float() * global_scale
+    elif spec.granularity == "mxfp4":
+        scale = mxfp4_scales(x2d)
+        group_scale = e8m0_to_fp32(scale)
+    else:
+        scale = absmax_scale(_group_amax(x2d, spec.granularity), spec.format.max_value, spec.power_of_two_scale)
+        group_scale = scale
+    if spec.block_size is not None:
+        group_scale = group_scale.repeat_interleave(spec.block_size, dim=-1)
+    codes = encode(_safe_divide(xf, group_scale), spec.format)
+    return QuantizedTensor(pack_codes(codes), scale, global_scale, spec, x.shape, x.dtype)
+
+
+def fake_quantize(x: torch.Tensor, spec: QuantSpec, **kwargs) -> torch.Tensor:
+    """Quantize then dequantize (same shape and dtype as ``x``): the simulated-FP4 view."""
+    return quantize(x, spec, **kwargs).dequantize()
+

@@ -1,0 +1,161 @@
+"""FP4Recipe: per GEMM (fprop, dgrad, wgrad) and per operand, which format is used, plus DGE/OCC.
+
+A linear layer runs three GEMMs:
+    fprop  Y  = X  @ W^T     operands: input X,        weight W
+    dgrad  dX = dY @ W       operands: grad_output dY, weight W
+    wgrad  dW = dY^T @ X     operands: grad_output dY, input X
+
+The `paper` preset follows Wang et al. 2025 (§3, §4 and Appendix; FP8-LM lineage): FP4 E2M1
+weights (per output channel) and activations (per token) in every GEMM, DGE on the weights
+(k = 5, derivative clamped at 3.0), OCC on the activations (α = 0.99 with sparse compensation),
+and the output gradient in FP8 E5M2 for dgrad and wgrad, which multiply it with the same
+FP4-valued weight and activation as the forward GEMM. Everything outside the linear GEMMs
+(embeddings, LM head, attention math, norms, residual stream, loss, master weights and optimizer)
+stays in high precision; those belong to the layers and the trainer, not to this recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .occ import OCCConfig
+from .quantize import QuantSpec
+
+__all__ = ["DGEConfig", "OCCConfig", "FP4Recipe", "RECIPES", "get_recipe"]
+
+FP4_ROW = QuantSpec("fp4", "row")
+FP8_E5M2_TENSOR = QuantSpec("fp8_e5m2", "tensor")
+BF16 = QuantSpec("bf16", "tensor")
+OPERANDS = ("fprop_input", "fprop_weight", "dgrad_grad_output", "dgrad_weight", "wgrad_grad_output", "wgrad_input")
+
+
+@dataclass(frozen=True)
+class DGEConfig:
+    """Differentiable gradient estimator settings (paper §3.1): k and the derivative's clamp."""
+
+    enabled: bool = True
+    k: float = 5.0
+    max_derivative: float = 3.0
+
+    def __post_init__(self) -> None:
+        if not self.k >= 1.0:
+            raise ValueError(f"DGEConfig.k={self.k}; must be >= 1 (k=1 is the straight-through estimator)")
+        if not self.max_derivative >= 1.0:
+            raise ValueError(f"DGEConfig.max_derivative={self.max_derivative}; must be >= 1")
+
+
+@dataclass(frozen=True)
+class FP4Recipe:
+    """Formats of the six GEMM operands of a linear layer, plus DGE and OCC settings.
+
+    Saved-for-backward rule: the layer saves the operands in the formats dgrad and wgrad ask for,
+    so with the presets it keeps the packed FP4 weight and activation of the forward GEMM, never
+    a full-precision copy. check_finite: raise on NaN/Inf in any tensor being quantized (debug).
+    """
+
+    name: str = "custom"
+    fprop_input: QuantSpec = FP4_ROW
+    fprop_weight: QuantSpec = FP4_ROW
+    dgrad_grad_output: QuantSpec = FP8_E5M2_TENSOR
+    dgrad_weight: QuantSpec = FP4_ROW
+    wgrad_grad_output: QuantSpec = FP8_E5M2_TENSOR
+    wgrad_input: QuantSpec = FP4_ROW
+    dge: DGEConfig = field(default_factory=DGEConfig)
+    occ: OCCConfig = field(default_factory=OCCConfig)
+    check_finite: bool = False
+
+    def __post_init__(self) -> None:
+        for operand in OPERANDS:
+            if not isinstance(getattr(self, operand), QuantSpec):
+                raise ValueError(f"FP4Recipe.{operand} must be a QuantSpec, got {getattr(self, operand)!r}")
+        if self.dge.enabled and self.fprop_weight.dtype != "fp4":
+            raise ValueError(
+                f"FP4Recipe.dge.enabled=True needs fprop_weight.dtype='fp4' (DGE models the FP4 grid), "
+                f"got {self.fprop_weight.dtype!r}"
+            )
+        if self.occ.enabled and not self.fprop_input.is_quantized:
+            raise ValueError(
+                f"FP4Recipe.occ.enabled=True needs a quantized fprop_input, got {self.fprop_input.dtype!r}"
+            )
+
+    @property
+    def quantizes(self) -> bool:
+        """False when every operand is high precision (the `bf16` preset): plain F.linear runs."""
+        return any(getattr(self, operand).is_quantized for operand in OPERANDS)
+
+    def replace(self, **changes) -> "FP4Recipe":
+        """A copy with fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> str:
+        ops = ", ".join(f"{operand}={getattr(self, operand).describe()}" for operand in OPERANDS)
+        dge = f"DGE(k={self.dge.k:g}, max={self.dge.max_derivative:g})" if self.dge.enabled else "STE"
+        occ = self.occ
+        occ_text = (
+            f"OCC(alpha={occ.alpha:g}, {'compensated' if occ.compensate else 'clamp only'}, {occ.scope})"
+            if occ.enabled
+            else "no OCC"
+        )
+        return f"{self.name}: {ops}; {dge}; {occ_text}"
+
+    # ---- presets -------------------------------------------------------------------------
+    @classmethod
+    def paper(cls, **changes) -> "FP4Recipe":
+        """Wang et al. 2025: FP4 vector-wise W/A, FP8 E5M2 output gradient, DGE k=5, OCC α=0.99."""
+        return cls(name="paper").replace(**changes)
+
+    @classmethod
+    def direct(cls, **changes) -> "FP4Recipe":
+        """Plain FP4 cast of W and A (vector-wise), straight-through gradients: the failing baseline."""
+        return cls(name="direct", dge=DGEConfig(enabled=False), occ=OCCConfig(enabled=False)).replace(**changes)
+
+    @classmethod
+    def nvfp4(cls, **changes) -> "FP4Recipe":
+        """NVFP4 blocks (16, E4M3 scale, fp32 tensor scale) for W and A; STE, no OCC."""
+        block = QuantSpec("fp4", "nvfp4")
+        return cls(
+            name="nvfp4",
+            fprop_input=block,
+            fprop_weight=block,
+            dgrad_weight=block,
+            wgrad_input=block,
+            dge=DGEConfig(enabled=False),
+            occ=OCCConfig(enabled=False),
+        ).replace(**changes)
+
+    @classmethod
+    def mxfp4(cls, **changes) -> "FP4Recipe":
+        """OCP MXFP4 blocks (32, E8M0 power-of-two scale) for W and A; STE, no OCC."""
+        block = QuantSpec("fp4", "mxfp4")
+        return cls(
+            name="mxfp4",
+            fprop_input=block,
+            fprop_weight=block,
+            dgrad_weight=block,
+            wgrad_input=block,
+            dge=DGEConfig(enabled=False),
+            occ=OCCConfig(enabled=False),
+        ).replace(**changes)
+
+    @classmethod
+    def bf16(cls, **changes) -> "FP4Recipe":
+        """No quantization at all, for A/B runs: the layer is exactly nn.Linear."""
+        return cls(
+            name="bf16",
+            **{operand: BF16 for operand in OPERANDS},
+            dge=DGEConfig(enabled=False),
+            occ=OCCConfig(enabled=False),
+        ).replace(**changes)
+
+
+RECIPES = {"paper": FP4Recipe.paper, "direct": FP4Recipe.direct, "nvfp4": FP4Recipe.nvfp4, "mxfp4": FP4Recipe.mxfp4, "bf16": FP4Recipe.bf16}
+
+
+def get_recipe(name: str, **changes) -> FP4Recipe:
+    """A preset by name (``paper``, ``direct``, ``nvfp4``, ``mxfp4``, ``bf16``), optionally changed."""
+    try:
+        preset = RECIPES[name]
+    except KeyError:
+        raise ValueError(f"unknown FP4 recipe {name!r}; allowed: {sorted(RECIPES)}") from None
+    return preset(**changes)

@@ -1,0 +1,30 @@
+"""Shared test settings: fresh random inputs every run (the seed is printed for reproduction)."""
+
+import os
+import random
+
+import pytest
+import torch
+
+
+def pytest_report_header(config):
+    return f"torch {torch.__version__}, seed {_SEED} (set MEGATRON_FP4_TEST_SEED to replay)"
+
+
+_SEED = int(os.environ.get("MEGATRON_FP4_TEST_SEED", random.SystemRandom().randrange(2**31)))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_seed(request):
+    """Seed each test from the session seed and its name: fresh per run, replayable per test."""
+    torch.manual_seed(_SEED ^ (hash(request.node.nodeid) & 0x7FFFFFFF))
+    yield
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """‖actual − expected‖ / ‖expected‖ in fp64 (the error measure every numerics test states)."""
+    expected = expected.double()
+    return ((actual.double() - expected).norm() / expected.norm().clamp_min(1e-300)).item()

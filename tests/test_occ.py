@@ -1,0 +1,91 @@
+import math
+
+import pytest
+import torch
+
+from conftest import relative_error
+from megatron_fp4.occ import OCCConfig, SparseResidual, occ_clamp, occ_thresholds, quantile_order_statistic
+
+
+def test_exact_thresholds_are_order_statistics():
+    x = torch.randn(300, 200)
+    config = OCCConfig(alpha=0.99)
+    low, high = occ_thresholds(x, config)
+    n = x.numel()
+    assert (x > high).sum() <= (1 - 0.99) * n <= (x >= high).sum()
+    assert (x < low).sum() <= (1 - 0.99) * n + 1 <= (x <= low).sum() + 1
+    sorted_x = x.flatten().sort().values
+    assert high == sorted_x[math.ceil(0.99 * n) - 1]
+
+
+def test_sampled_quantile_rank_error_is_bounded():
+    x = torch.randn(2000, 1000) * torch.exp(torch.randn(1000))  # 2M heavy-ish values
+    for alpha in (0.999, 0.99, 0.97):
+        config = OCCConfig(alpha=alpha, exact_max_elements=10_000, sample_size=1 << 16)
+        estimate = quantile_order_statistic(x, alpha, config)
+        rank_error = abs((x <= estimate).float().mean().item() - alpha)
+        sigma = math.sqrt(alpha * (1 - alpha) / config.sample_size)
+        assert rank_error < 6 * sigma, (alpha, rank_error, sigma)  # binomial rank error, 6 sigma
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_compensation_restores_exactly_what_clamping_removed(dtype):
+    x = (torch.randn(256, 128) * torch.exp(2 * torch.randn(128))).to(dtype)
+    result = occ_clamp(x, OCCConfig(alpha=0.97))
+    assert result.clamped.dtype == dtype
+    assert torch.equal(result.clamped.float() + result.residual.to_dense(), x.float())
+    assert 0.05 < result.clamp_fraction < 0.07  # two-sided: 2 (1 - alpha)
+
+
+def test_compensation_fp32_within_one_rounding():
+    x = torch.randn(128, 64) * 100
+    result = occ_clamp(x, OCCConfig(alpha=0.99, symmetric=True))
+    restored = result.clamped + result.residual.to_dense()
+    assert torch.allclose(restored, x, rtol=2**-23, atol=0)
+    low, high = occ_thresholds(x, OCCConfig(alpha=0.99, symmetric=True))
+    assert low == -high and (result.clamped.abs() <= high).all()
+
+
+def test_row_scope_clamps_each_token_separately():
+    x = torch.randn(64, 512) * torch.logspace(-2, 2, 64)[:, None]
+    result = occ_clamp(x, OCCConfig(alpha=0.99, scope="row"))
+    per_row = (result.residual.to_dense() != 0).sum(dim=1)
+    assert (per_row <= 2 * math.ceil(0.01 * 512)).all() and (per_row > 0).all()
+
+
+def _dense_products(residual: SparseResidual, weight, grad):
+    dense = residual.to_dense()
+    return dense @ weight.t(), grad.t() @ dense
+
+
+@pytest.mark.parametrize("layout", ["few_columns", "scattered"])
+def test_sparse_products_equal_dense(layout):
+    rows, k, n = 512, 256, 96
+    x = torch.randn(rows, k)
+    if layout == "few_columns":
+        x[:, torch.randperm(k)[:6]] *= 50  # channel outliers: the gathered-column GEMM runs
+    else:
+        x.view(-1)[torch.randperm(rows * k)[:2000]] *= 50  # everywhere: the COO product runs
+    result = occ_clamp(x, OCCConfig(alpha=0.995))
+    columns = result.residual.columns.unique().numel()
+    assert (columns <= SparseResidual.dense_column_fraction * k) == (layout == "few_columns")
+    weight, grad = torch.randn(n, k), torch.randn(rows, n)
+    forward_ref, wgrad_ref = _dense_products(result.residual, weight, grad)
+    # same fp32 products summed in another order: norm-relative error at fp32 accumulation level
+    assert relative_error(result.residual.matmul_weight_t(weight), forward_ref) < 1e-6
+    assert relative_error(result.residual.t_matmul(grad), wgrad_ref) < 1e-6
+
+
+def test_empty_residual_products_are_zero():
+    residual = SparseResidual(torch.zeros(0, dtype=torch.int32), torch.zeros(0), (4, 8))
+    assert torch.equal(residual.matmul_weight_t(torch.randn(3, 8)), torch.zeros(4, 3))
+    assert torch.equal(residual.t_matmul(torch.randn(4, 3)), torch.zeros(3, 8))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [(dict(alpha=1.0), "OCCConfig.alpha=1.0"), (dict(alpha=0.3), "alpha"), (dict(scope="block"), "OCCConfig.scope")],
+)
+def test_config_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        OCCConfig(**kwargs)
