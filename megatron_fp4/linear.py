@@ -27,7 +27,7 @@ from .occ import SparseResidual, occ_clamp
 from .quantize import QuantizedTensor, check_finite_enabled, quantize
 from .recipe import FP4Recipe
 
-__all__ = ["FP4LinearFunction", "fp4_linear", "FP4Linear"]
+__all__ = ["FP4GemmState", "FP4LinearFunction", "fp4_linear", "FP4Linear"]
 
 
 def _quantize_pair(tensor: torch.Tensor, first_spec, second_spec, check: bool, name: str):
@@ -37,16 +37,28 @@ def _quantize_pair(tensor: torch.Tensor, first_spec, second_spec, check: bool, n
     return first, second
 
 
-class FP4LinearFunction(torch.autograd.Function):
-    """``y = x @ W^T + b`` with the recipe's quantized GEMMs (see the module docstring)."""
+class FP4GemmState:
+    """The FP4 GEMMs of one linear layer: forward, and what it keeps for the backward GEMMs.
 
-    @staticmethod
-    def forward(ctx, x, weight, bias, recipe: FP4Recipe, backend: GemmBackend):
-        check = recipe.check_finite or check_finite_enabled()
-        in_features = weight.shape[1]
-        if x.shape[-1] != in_features:
-            raise ValueError(f"FP4 linear: input shape {tuple(x.shape)} does not match weight shape {tuple(weight.shape)}")
-        x2d = x.reshape(-1, in_features)
+    Shared by the plain autograd function here and the tensor-parallel one in
+    ``megatron_fp4.megatron.layers``, which wraps the same GEMMs in Megatron's communication.
+    """
+
+    def __init__(self, recipe: FP4Recipe, backend: GemmBackend) -> None:
+        self.recipe, self.backend = recipe, backend
+        self.check = recipe.check_finite or check_finite_enabled()
+        self.x_saved: QuantizedTensor | None = None
+        self.w_saved: QuantizedTensor | None = None
+        self.w_fprop: QuantizedTensor | None = None  # the forward's weight scales, for DGE
+        self.residual: SparseResidual | None = None
+
+    def forward(self, x2d: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """fp32 ``Q(clamp X) Q(W)^T + ΔX W^T`` for x2d [M, K], weight [N, K]; keeps the saved forms."""
+        recipe = self.recipe
+        if x2d.shape[-1] != weight.shape[1]:
+            raise ValueError(
+                f"FP4 linear: input shape {tuple(x2d.shape)} does not match weight shape {tuple(weight.shape)}"
+            )
         residual: SparseResidual | None = None
         x_main = x2d
         if recipe.occ.enabled:
@@ -55,23 +67,55 @@ class FP4LinearFunction(torch.autograd.Function):
             if recipe.occ.compensate:
                 residual = clamped.residual
 
-        xq = quantize(x_main, recipe.fprop_input, check_finite=check, name="linear input")
-        wq, w_saved = _quantize_pair(weight, recipe.fprop_weight, recipe.dgrad_weight, check, "linear weight")
-        y = backend.fprop(xq, wq)
+        xq = quantize(x_main, recipe.fprop_input, check_finite=self.check, name="linear input")
+        wq, self.w_saved = _quantize_pair(weight, recipe.fprop_weight, recipe.dgrad_weight, self.check, "linear weight")
+        y = self.backend.fprop(xq, wq)
         if residual is not None:
             y = y + residual.matmul_weight_t(weight)
-        if bias is not None:
-            y = y + bias.float()
 
         if recipe.wgrad_input == recipe.fprop_input:
-            x_saved = xq
+            self.x_saved = xq
         elif recipe.wgrad_input.is_quantized:
-            x_saved = quantize(x_main, recipe.wgrad_input, check_finite=check, name="linear input")
+            self.x_saved = quantize(x_main, recipe.wgrad_input, check_finite=self.check, name="linear input")
         else:  # high-precision wgrad input: the true input, outliers included
-            x_saved, residual = quantize(x2d, recipe.wgrad_input), None
-        ctx.recipe, ctx.backend = recipe, backend
-        ctx.x_saved, ctx.w_saved, ctx.residual = x_saved, w_saved, residual
-        ctx.w_fprop = wq if recipe.dge.enabled else None
+            self.x_saved, residual = quantize(x2d, recipe.wgrad_input), None
+        self.residual = residual
+        self.w_fprop = wq if recipe.dge.enabled else None
+        return y
+
+    def quantize_grad_output(self, g2d: torch.Tensor) -> tuple[QuantizedTensor, QuantizedTensor]:
+        """The output gradient in the dgrad and wgrad formats (quantized once when they agree)."""
+        recipe = self.recipe
+        return _quantize_pair(g2d, recipe.dgrad_grad_output, recipe.wgrad_grad_output, self.check, "linear grad_output")
+
+    def grad_input(self, gq_dgrad: QuantizedTensor) -> torch.Tensor:
+        """fp32 dX = Q_g(dY) Q(W) (the clamp is straight-through)."""
+        return self.backend.dgrad(gq_dgrad, self.w_saved)
+
+    def grad_weight(self, gq_wgrad: QuantizedTensor, weight: torch.Tensor) -> torch.Tensor:
+        """fp32 dW = (Q_g(dY)^T Q(clamp X)) ⊙ f'(W / s_W) + Q_g(dY)^T ΔX."""
+        grad_w = self.backend.wgrad(gq_wgrad, self.x_saved)
+        if self.w_fprop is not None:
+            grad_w = grad_w * weight_dge_factor(weight, self.w_fprop, self.recipe)
+        if self.residual is not None:
+            grad_w = grad_w + self.residual.t_matmul(gq_wgrad.dequantize_2d())
+        return grad_w
+
+    def release(self) -> None:
+        """Drop the saved operands once backward is done."""
+        self.x_saved = self.w_saved = self.w_fprop = self.residual = None
+
+
+class FP4LinearFunction(torch.autograd.Function):
+    """``y = x @ W^T + b`` with the recipe's quantized GEMMs (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, recipe: FP4Recipe, backend: GemmBackend):
+        state = FP4GemmState(recipe, backend)
+        y = state.forward(x.reshape(-1, x.shape[-1]), weight)
+        if bias is not None:
+            y = y + bias.float()
+        ctx.state = state
         ctx.has_bias, ctx.x_shape, ctx.x_dtype = bias is not None, x.shape, x.dtype
         ctx.save_for_backward(weight)
         return y.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
@@ -79,25 +123,17 @@ class FP4LinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         (weight,) = ctx.saved_tensors
-        recipe, backend = ctx.recipe, ctx.backend
-        check = recipe.check_finite or check_finite_enabled()
+        state: FP4GemmState = ctx.state
         g2d = grad_output.reshape(-1, weight.shape[0])
-        gq_dgrad, gq_wgrad = _quantize_pair(
-            g2d, recipe.dgrad_grad_output, recipe.wgrad_grad_output, check, "linear grad_output"
-        )
+        gq_dgrad, gq_wgrad = state.quantize_grad_output(g2d)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = backend.dgrad(gq_dgrad, ctx.w_saved).to(ctx.x_dtype).reshape(ctx.x_shape)
+            grad_x = state.grad_input(gq_dgrad).to(ctx.x_dtype).reshape(ctx.x_shape)
         if ctx.needs_input_grad[1]:
-            grad_w = backend.wgrad(gq_wgrad, ctx.x_saved)
-            if ctx.w_fprop is not None:
-                grad_w = grad_w * weight_dge_factor(weight, ctx.w_fprop, recipe)
-            if ctx.residual is not None:
-                grad_w = grad_w + ctx.residual.t_matmul(gq_wgrad.dequantize_2d())
-            grad_w = grad_w.to(weight.dtype)
+            grad_w = state.grad_weight(gq_wgrad, weight).to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g2d.float().sum(0).to(grad_output.dtype)
-        ctx.x_saved = ctx.w_saved = ctx.residual = ctx.w_fprop = None
+        state.release()
         return grad_x, grad_w, grad_b, None, None
 
 

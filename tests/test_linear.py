@@ -117,17 +117,17 @@ def test_saved_tensors_are_the_quantized_forms():
     layer = FP4Linear(256, 128, recipe=FP4Recipe.paper())
     x = outlier_activation(512, 256).requires_grad_()
     y = layer(x)
-    ctx = y.grad_fn
-    assert ctx.x_saved.data.dtype == torch.uint8 and ctx.x_saved.data.shape == (512, 128)
-    assert ctx.w_saved.data.dtype == torch.uint8
-    saved_bytes = ctx.x_saved.nbytes + ctx.residual.nbytes
+    state = y.grad_fn.state
+    assert state.x_saved.data.dtype == torch.uint8 and state.x_saved.data.shape == (512, 128)
+    assert state.w_saved.data.dtype == torch.uint8
+    saved_bytes = state.x_saved.nbytes + state.residual.nbytes
     # 0.5 B/element codes + 4 B/row scale + 8 B per outlier (2% at alpha=0.99): about 0.34x of the
     # 2 B/element a bf16 copy would take
     assert saved_bytes < 0.36 * x.numel() * 2
-    (weight,) = ctx.saved_tensors
+    (weight,) = y.grad_fn.saved_tensors
     assert weight.data_ptr() == layer.weight.data_ptr()  # the parameter itself, not a copy
     y.sum().backward()
-    assert ctx.x_saved is None  # released after backward
+    assert state.x_saved is None  # released after backward
 
 
 def test_dge_scales_only_the_weight_gradient():

@@ -37,17 +37,17 @@ def recipe_errors(tokens: int, hidden: int, seed: int) -> list[tuple[str, float,
     for name, recipe in recipes.items():
         xi, wi = x.clone().requires_grad_(), weight.clone().requires_grad_()
         y = fp4_linear(xi, wi, None, recipe)
-        saved = getattr(y.grad_fn, "x_saved", None)  # read before backward frees it
-        ratio = saved_activation_bytes(y.grad_fn) / (x.numel() * 2) if saved is not None else 1.0
+        state = getattr(y.grad_fn, "state", None)  # FP4 recipes only; read before backward frees it
+        ratio = saved_activation_bytes(state) / (x.numel() * 2) if state is not None else 1.0
         gx, gw = torch.autograd.grad(y, (xi, wi), grad)
         rows.append((name, _relative_error(y, exact[0]), _relative_error(gx, exact[1]), _relative_error(gw, exact[2]), ratio))
     return rows
 
 
-def saved_activation_bytes(grad_fn) -> int:
-    """Bytes an FP4 linear's autograd node keeps of its input: quantized input + sparse residual."""
-    residual = grad_fn.residual
-    return grad_fn.x_saved.nbytes + (residual.nbytes if residual is not None else 0)
+def saved_activation_bytes(state) -> int:
+    """Bytes an FP4 linear keeps of its input for backward: quantized input + sparse residual."""
+    residual = state.residual
+    return state.x_saved.nbytes + (residual.nbytes if residual is not None else 0)
 
 
 def main(argv: list[str] | None = None) -> None:
