@@ -1,0 +1,153 @@
+"""FP4 tensor-parallel linear layers: megatron-core's Column/RowParallelLinear with FP4 GEMMs.
+
+Everything but the GEMMs stays megatron-core's: sharding and initialisation, ``gather_output``,
+``input_is_parallel``, ``skip_bias_add``, the sequence-parallel all-gather / reduce-scatter, the
+tensor-parallel all-reduce of the input gradient (overlapped with the weight-gradient GEMM, as
+upstream), gradient-accumulation fusion into ``main_grad``, and ``sharded_state_dict``. Only
+``_forward_impl``, the local GEMM upstream runs between its communication, is replaced.
+
+Scales under tensor parallelism (paper §3 vector-wise scaling):
+* ColumnParallel shards W by output channel and sees the whole input, so per-token and
+  per-channel scales are the ones TP=1 computes and the forward equals TP=1. In backward each
+  rank's slice of dY gets its own (tensor-wise FP8) scale before the all-reduce of dX.
+* RowParallel shards the reduction dimension K. Each rank quantizes its own shard: per-token
+  scales from the rank's K/TP slice of each token, per-output-channel scales from its slice of
+  each weight row, OCC thresholds from its shard. The partial products are dequantized (fp32,
+  then the activation dtype) and summed by megatron-core's all-reduce / reduce-scatter. So TP>1
+  differs from TP=1 only by quantizing with finer (shard-local) scales.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from megatron.core.tensor_parallel import mappings
+from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
+
+from ..gemm import get_backend
+from ..linear import FP4GemmState
+from ..recipe import FP4Recipe
+
+__all__ = ["FP4ColumnParallelLinear", "FP4RowParallelLinear", "FP4ParallelLinearFunction"]
+
+
+def _all_gather_first_dim(tensor: torch.Tensor, group) -> torch.Tensor:
+    chunks = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(chunks, tensor.contiguous(), group=group)
+    return torch.cat(chunks, dim=0)
+
+
+class FP4ParallelLinearFunction(torch.autograd.Function):
+    """Megatron's linear-with-async-communication, with the recipe's FP4 GEMMs inside."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, recipe, backend, gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel, tp_group):
+        total_input = _all_gather_first_dim(input, tp_group) if sequence_parallel else input
+        state = FP4GemmState(recipe, backend)
+        output = state.forward(total_input.reshape(-1, total_input.shape[-1]), weight)
+        if bias is not None:
+            output = output + bias.float()
+        ctx.state, ctx.tp_group = state, tp_group
+        ctx.flags = (gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel, bias is not None)
+        ctx.shapes = (input.shape, total_input.shape, input.dtype)
+        ctx.save_for_backward(weight)
+        return output.to(input.dtype).reshape(*total_input.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (weight,) = ctx.saved_tensors
+        state: FP4GemmState = ctx.state
+        accumulate_in_main_grad, allreduce_dgrad, sequence_parallel, use_bias = ctx.flags
+        input_shape, total_shape, dtype = ctx.shapes
+        g2d = grad_output.reshape(-1, grad_output.shape[-1])
+        gq_dgrad, gq_wgrad = state.quantize_grad_output(g2d)
+
+        grad_input, handle = None, None
+        if ctx.needs_input_grad[0]:
+            grad_input = state.grad_input(gq_dgrad).to(dtype).reshape(total_shape)
+            if allreduce_dgrad:  # overlaps with the weight-gradient GEMM below
+                handle = dist.all_reduce(grad_input, group=ctx.tp_group, async_op=True)
+            elif sequence_parallel:
+                full, grad_input = grad_input, torch.empty(input_shape, dtype=dtype, device=grad_input.device)
+                handle = mappings.dist_reduce_scatter_func(grad_input, full, group=ctx.tp_group, async_op=True)
+
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            grad_w = state.grad_weight(gq_wgrad, weight)
+            if accumulate_in_main_grad and hasattr(weight, "main_grad"):
+                weight.main_grad.add_(grad_w.to(weight.main_grad.dtype))
+                if hasattr(weight, "grad_added_to_main_grad"):  # megatron DDP's convention
+                    weight.grad_added_to_main_grad = True
+                    grad_weight = torch.zeros_like(weight) if getattr(weight, "zero_out_wgrad", False) else torch.empty_like(weight)
+            else:
+                grad_weight = grad_w.to(weight.dtype)
+        grad_bias = g2d.float().sum(0).to(grad_output.dtype) if use_bias and ctx.needs_input_grad[2] else None
+        if handle is not None:
+            handle.wait()
+        state.release()
+        return grad_input, grad_weight, grad_bias, None, None, None, None, None, None
+
+
+class _FP4LinearMixin:
+    """The recipe lookup and the replacement of megatron-core's local GEMM."""
+
+    def _init_fp4(self, config, fp4_recipe: FP4Recipe | None, local_k: int) -> None:
+        self.fp4_recipe = fp4_recipe or getattr(config, "fp4_quant_recipe", None) or FP4Recipe.paper()
+        self.fp4_backend = None
+        for operand in ("fprop_input", "fprop_weight"):
+            block = getattr(self.fp4_recipe, operand).block_size
+            if block and local_k % block:
+                raise ValueError(
+                    f"{type(self).__name__}: --fp4-recipe {self.fp4_recipe.name} blocks of {block} do not divide "
+                    f"this rank's reduction size {local_k}"
+                )
+
+    def _forward_impl(self, input, weight, bias, gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel, grad_output_buffer=None, wgrad_deferral_limit=None, tp_group=None, **kwargs):
+        if not self.fp4_recipe.quantizes:  # `bf16`: megatron-core's own path, bit for bit
+            return super()._forward_impl(
+                input=input, weight=weight, bias=bias, gradient_accumulation_fusion=gradient_accumulation_fusion,
+                allreduce_dgrad=allreduce_dgrad, sequence_parallel=sequence_parallel,
+                grad_output_buffer=grad_output_buffer, wgrad_deferral_limit=wgrad_deferral_limit, tp_group=tp_group, **kwargs,
+            )
+        if grad_output_buffer is not None:
+            raise ValueError(f"{type(self).__name__}: --defer-embedding-wgrad-compute is not supported by FP4 layers")
+        if self.fp4_backend is None:
+            self.fp4_backend = get_backend()
+        return FP4ParallelLinearFunction.apply(
+            input, weight, bias, self.fp4_recipe, self.fp4_backend,
+            gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel, tp_group,
+        )
+
+    def extra_repr_fp4(self) -> str:
+        return f"fp4_recipe={self.fp4_recipe.name}"
+
+
+class FP4ColumnParallelLinear(_FP4LinearMixin, ColumnParallelLinear):
+    """ColumnParallelLinear (W sharded by output channel) whose GEMMs follow an FP4Recipe."""
+
+    def __init__(self, input_size, output_size, *, config, init_method, fp4_recipe: FP4Recipe | None = None, **kwargs):
+        super().__init__(input_size, output_size, config=config, init_method=init_method, **kwargs)
+        self._init_fp4(config, fp4_recipe, input_size)
+
+    @classmethod
+    def convert(cls, layer: ColumnParallelLinear, recipe: FP4Recipe) -> "FP4ColumnParallelLinear":
+        """Turn an existing ColumnParallelLinear (e.g. GPTModel's output layer) into an FP4 one in place."""
+        if not isinstance(layer, ColumnParallelLinear):
+            raise TypeError(f"expected a ColumnParallelLinear, got {type(layer).__name__}")
+        layer.__class__ = cls
+        layer._init_fp4(layer.config, recipe, layer.input_size)
+        return layer
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", {self.extra_repr_fp4()})"
+
+
+class FP4RowParallelLinear(_FP4LinearMixin, RowParallelLinear):
+    """RowParallelLinear (K sharded) whose GEMMs follow an FP4Recipe; each rank scales its shard."""
+
+    def __init__(self, input_size, output_size, *, config, init_method, fp4_recipe: FP4Recipe | None = None, **kwargs):
+        super().__init__(input_size, output_size, config=config, init_method=init_method, **kwargs)
+        self._init_fp4(config, fp4_recipe, self.input_size_per_partition)
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", {self.extra_repr_fp4()})"

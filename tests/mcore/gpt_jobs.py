@@ -1,0 +1,162 @@
+"""Jobs for the distributed tests: build a small LLaMA-style GPTModel, step it, save/load it."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from megatron.core import dist_checkpointing, parallel_state
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+from megatron_fp4.megatron import FP4TransformerConfig, build_fp4_gpt_model
+from megatron_fp4.recipe import get_recipe
+
+from .dist_harness import device
+
+VOCAB, SEQ, BATCH = 128, 32, 2
+
+
+def build_model(recipe: str = "paper", stock_spec: bool = False, sequence_parallel: bool = False, **overrides):
+    config = FP4TransformerConfig(
+        num_layers=4,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_query_groups=2,
+        ffn_hidden_size=128,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        normalization="RMSNorm",
+        add_bias_linear=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        tensor_model_parallel_size=parallel_state.get_tensor_model_parallel_world_size(),
+        pipeline_model_parallel_size=parallel_state.get_pipeline_model_parallel_world_size(),
+        sequence_parallel=sequence_parallel,
+        use_cpu_initialization=True,
+        params_dtype=torch.float32,
+        pipeline_dtype=torch.float32,
+        fp4_quant_recipe=get_recipe(recipe),
+        **overrides,
+    )
+    gpt_kwargs = dict(position_embedding_type="rope", share_embeddings_and_output_weights=False)
+    if stock_spec:
+        model = GPTModel(
+            config=config,
+            transformer_layer_spec=get_gpt_layer_local_spec(normalization="RMSNorm"),
+            vocab_size=VOCAB,
+            max_sequence_length=SEQ,
+            pre_process=parallel_state.is_pipeline_first_stage(),
+            post_process=parallel_state.is_pipeline_last_stage(),
+            **gpt_kwargs,
+        )
+    else:
+        model = build_fp4_gpt_model(config, VOCAB, SEQ, **gpt_kwargs)
+    return model.to(device())
+
+
+def batch():
+    generator = torch.Generator().manual_seed(7)
+    tokens = torch.randint(0, VOCAB, (BATCH, SEQ + 1), generator=generator)
+    return tokens[:, :-1].to(device()), tokens[:, 1:].to(device())
+
+
+def step(model) -> float | None:
+    """One forward+backward through megatron-core's schedule; the loss on the last stage."""
+    tokens, labels = batch()
+    positions = torch.arange(SEQ, device=tokens.device).unsqueeze(0).expand(BATCH, SEQ)
+
+    def forward_step(data_iterator, model):
+        out = model(tokens, positions, None, labels=labels)
+
+        def loss_func(output):
+            loss = output.float().mean()
+            return loss, {"lm loss": loss.detach()}
+
+        return out, loss_func
+
+    losses = get_forward_backward_func()(
+        forward_step_func=forward_step,
+        data_iterator=iter([None]),
+        model=[model],
+        num_microbatches=1,
+        seq_length=SEQ,
+        micro_batch_size=BATCH,
+        forward_only=False,
+    )
+    if model.config.sequence_parallel:  # what megatron's grad finalisation does for replicated norms
+        for p in model.parameters():
+            if getattr(p, "sequence_parallel", False) and p.grad is not None:
+                dist.all_reduce(p.grad, group=parallel_state.get_tensor_model_parallel_group())
+    return losses[0]["lm loss"].item() if losses else None
+
+
+def save_checkpoint(model, path: str) -> None:
+    os.makedirs(path, exist_ok=True)
+    dist_checkpointing.save(model.sharded_state_dict(), path)
+
+
+def save_grads_as_checkpoint(model, path: str) -> None:
+    """Write the gradients through the model's sharded state dict, so any layout reads them back."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.grad)
+    save_checkpoint(model, path)
+
+
+def load_checkpoint(model, path: str) -> None:
+    model.load_state_dict(dist_checkpointing.load(model.sharded_state_dict(), path))
+
+
+def reference_job(recipe: str, weights_dir: str, grads_dir: str) -> dict:
+    """TP=1/PP=1: save the initial weights, step once, save the gradients."""
+    model = build_model(recipe)
+    save_checkpoint(model, weights_dir)
+    loss = step(model)
+    save_grads_as_checkpoint(model, grads_dir)
+    return {"loss": loss}
+
+
+def parallel_job(recipe: str, weights_dir: str, grads_dir: str, sequence_parallel: bool = False) -> dict:
+    """Any TP/PP: load the reference weights (resharded by dist_checkpointing), step, save grads."""
+    model = build_model(recipe, sequence_parallel=sequence_parallel)
+    load_checkpoint(model, weights_dir)
+    loss = step(model)
+    save_grads_as_checkpoint(model, grads_dir)
+    return {"loss": loss}
+
+
+def read_grads_job(recipe: str, grads_dirs: list[str]) -> list[dict]:
+    """TP=1: read each saved gradient checkpoint back as full tensors by parameter name."""
+    out = []
+    for path in grads_dirs:
+        model = build_model(recipe)
+        load_checkpoint(model, path)
+        out.append({name: p.detach().cpu().clone() for name, p in model.named_parameters()})
+    return out
+
+
+def stock_vs_bf16_job() -> dict:
+    """TP=1: megatron's stock local spec and our FP4 spec with the `bf16` preset, same weights."""
+    results = {}
+    for name, kwargs in (("stock", dict(stock_spec=True)), ("bf16", dict(recipe="bf16"))):
+        model_parallel_cuda_manual_seed(99)
+        torch.manual_seed(99)
+        model = build_model(**kwargs)
+        loss = step(model)
+        results[name] = (loss, {n: p.grad.detach().cpu().clone() for n, p in model.named_parameters()})
+    return results
+
+
+def layer_recipes_job(bf16_layers: tuple[int, ...], fp4_output_layer: bool) -> dict:
+    """Which recipe each linear of a built model runs, by parameter-free module name."""
+    model = build_model("paper", fp4_bf16_layers=bf16_layers, fp4_output_layer=fp4_output_layer)
+    return {
+        name: (type(module).__name__, getattr(getattr(module, "fp4_recipe", None), "name", None))
+        for name, module in model.named_modules()
+        if "Linear" in type(module).__name__ or "Norm" in type(module).__name__
+    }

@@ -1,0 +1,60 @@
+"""TP=2 jobs checking the FP4 parallel layers against local FP4 linears on the same shards."""
+
+from __future__ import annotations
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron_fp4.linear import fp4_linear
+from megatron_fp4.megatron import FP4ColumnParallelLinear, FP4RowParallelLinear
+from megatron_fp4.recipe import get_recipe
+
+from .dist_harness import device
+
+
+def _inputs(tokens, k, n):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(tokens, 1, k, generator=g)
+    x[..., :3] *= 25  # outlier channels for OCC
+    return x.to(device()), (torch.randn(n, k, generator=g) * 0.1).to(device()), torch.randn(tokens, 1, n, generator=g).to(device())
+
+
+def sharded_layers_job(recipe_name: str) -> dict:
+    """Column- and row-parallel outputs and input gradients vs local FP4 linears on the shards."""
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    rank = parallel_state.get_tensor_model_parallel_rank()
+    recipe = get_recipe(recipe_name)
+    config = TransformerConfig(num_layers=1, hidden_size=64, num_attention_heads=4, use_cpu_initialization=True, tensor_model_parallel_size=tp)
+    k, n, tokens = 64, 96, 24
+    x, w, grad = _inputs(tokens, k, n)
+    init = torch.nn.init.zeros_
+    out = {}
+
+    column = FP4ColumnParallelLinear(k, n, config=config, init_method=init, bias=False, gather_output=True, fp4_recipe=recipe).to(device())
+    with torch.no_grad():
+        column.weight.copy_(w.chunk(tp, dim=0)[rank])
+    xc = x.clone().requires_grad_()
+    y, _ = column(xc)
+    y.backward(grad)
+    # each rank's W rows keep their per-channel scales; its slice of dY gets its own FP8 scale, and
+    # megatron's all-reduce sums the ranks' input gradients
+    xr = x.clone().requires_grad_()
+    parts = [fp4_linear(xr, ws, None, recipe) for ws in w.chunk(tp, dim=0)]
+    for part, g in zip(parts, grad.chunk(tp, dim=-1)):
+        part.backward(g)
+    y_ref = torch.cat(parts, dim=-1)
+    out["column"] = (y.detach().cpu(), y_ref.detach().cpu(), xc.grad.cpu(), xr.grad.cpu())
+
+    row = FP4RowParallelLinear(k, n, config=config, init_method=init, bias=False, input_is_parallel=True, skip_bias_add=False, fp4_recipe=recipe).to(device())
+    with torch.no_grad():
+        row.weight.copy_(w.chunk(tp, dim=1)[rank])
+    x_shards = [s.clone().requires_grad_() for s in x.chunk(tp, dim=-1)]
+    mine = x_shards[rank].detach().clone().requires_grad_()
+    y, _ = row(mine)
+    y.backward(grad)
+    # each rank scales its own K shard; the partial products are summed after dequantization
+    y_ref = sum(fp4_linear(xs, ws, None, recipe) for xs, ws in zip(x_shards, w.chunk(tp, dim=1)))
+    y_ref.backward(grad)
+    out["row"] = (y.detach().cpu(), y_ref.detach().cpu(), mine.grad.cpu(), x_shards[rank].grad.cpu())
+    return out
