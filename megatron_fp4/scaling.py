@@ -11,6 +11,9 @@ definitions:
   scale is the power of two ``2^(floor(log2(amax_block)) - emax_elem)`` with ``emax_elem = 2``
   for E2M1, stored as E8M0 (biased exponent, bias 127; 0xFF is NaN).
 
+Divisions are tensor by tensor: CUDA turns division by a Python scalar into a multiplication by
+its reciprocal, which can differ in the last bit, and the scales must be identical on CPU and GPU.
+
 Every function here returns *decode* scales: ``x ≈ fp4_value * scale``. A group whose amax is 0
 gets scale 1 (it quantizes to zeros). A group holding NaN/Inf gets a NaN scale, so it dequantizes
 to NaN: non-finite input propagates instead of becoming a finite number.
@@ -50,10 +53,11 @@ def absmax_scale(amax: torch.Tensor, max_value: float, power_of_two: bool = Fals
     """
     amax = amax.float()
     safe = torch.where(amax > 0, amax, torch.ones_like(amax))
+    max_tensor = torch.full_like(safe, max_value)  # tensor/tensor: true division on every device
     if power_of_two:
-        scale = torch.exp2(-torch.floor(torch.log2(max_value / safe)))
+        scale = torch.exp2(-torch.floor(torch.log2(max_tensor / safe)))
     else:
-        scale = safe / max_value
+        scale = safe / max_tensor
     return _finite_or_nan(amax, scale)
 
 
@@ -66,7 +70,8 @@ def nvfp4_scales(x2d: torch.Tensor, fmt: FP4Format) -> tuple[torch.Tensor, torch
     """NVFP4 scales of a [rows, K] tensor: (E4M3 block scales [rows, K/16], fp32 tensor scale)."""
     tensor_amax = x2d.float().abs().amax()
     tensor_scale = absmax_scale(tensor_amax, fmt.max_value * E4M3_MAX)
-    block_target = _block_amax(x2d, BLOCK_SIZES["nvfp4"]) / fmt.max_value / tensor_scale
+    block_amax = _block_amax(x2d, BLOCK_SIZES["nvfp4"])
+    block_target = block_amax / torch.full_like(block_amax, fmt.max_value) / tensor_scale
     block_scale = block_target.clamp_max(E4M3_MAX).to(torch.float8_e4m3fn)  # RNE, NaN stays NaN
     return block_scale, tensor_scale
 
