@@ -24,6 +24,7 @@ from torch import nn
 from .dge import dge_derivative
 from .gemm import GemmBackend, get_backend
 from .occ import SparseResidual, occ_clamp
+from .kernels import quantize_fast
 from .quantize import QuantizedTensor, check_finite_enabled, quantize
 from .recipe import FP4Recipe
 
@@ -32,8 +33,8 @@ __all__ = ["FP4GemmState", "FP4LinearFunction", "fp4_linear", "FP4Linear"]
 
 def _quantize_pair(tensor: torch.Tensor, first_spec, second_spec, check: bool, name: str):
     """Quantize once when both uses share a spec; otherwise once per spec."""
-    first = quantize(tensor, first_spec, check_finite=check, name=name)
-    second = first if second_spec == first_spec else quantize(tensor, second_spec, check_finite=check, name=name)
+    first = quantize_fast(tensor, first_spec, check_finite=check, name=name)
+    second = first if second_spec == first_spec else quantize_fast(tensor, second_spec, check_finite=check, name=name)
     return first, second
 
 
@@ -67,7 +68,7 @@ class FP4GemmState:
             if recipe.occ.compensate:
                 residual = clamped.residual
 
-        xq = quantize(x_main, recipe.fprop_input, check_finite=self.check, name="linear input")
+        xq = quantize_fast(x_main, recipe.fprop_input, check_finite=self.check, name="linear input")
         wq, self.w_saved = _quantize_pair(weight, recipe.fprop_weight, recipe.dgrad_weight, self.check, "linear weight")
         y = self.backend.fprop(xq, wq)
         if residual is not None:
@@ -76,7 +77,7 @@ class FP4GemmState:
         if recipe.wgrad_input == recipe.fprop_input:
             self.x_saved = xq
         elif recipe.wgrad_input.is_quantized:
-            self.x_saved = quantize(x_main, recipe.wgrad_input, check_finite=self.check, name="linear input")
+            self.x_saved = quantize_fast(x_main, recipe.wgrad_input, check_finite=self.check, name="linear input")
         else:  # high-precision wgrad input: the true input, outliers included
             self.x_saved, residual = quantize(x2d, recipe.wgrad_input), None
         self.residual = residual

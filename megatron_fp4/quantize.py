@@ -99,7 +99,9 @@ class QuantizedTensor:
     data: packed FP4 codes (uint8, [rows, K/2]); FP8 elements ([rows, K]); or the high-precision
     tensor itself. scale: decode scales, fp32 [rows, 1] (row), [1, 1] (tensor), E4M3 [rows, K/16]
     (nvfp4) or E8M0 bytes [rows, K/32] (mxfp4); None when not quantized. global_scale: the fp32
-    NVFP4 tensor scale. shape/dtype: the original tensor's.
+    NVFP4 tensor scale. shape/dtype: the original tensor's. fp8: optionally the same FP4 values
+    as FP8 E4M3 elements [rows, K] (every E2M1 value is exact in E4M3), the operand form of FP8
+    tensor cores; the fused kernels write it next to the packed codes.
     """
 
     data: torch.Tensor
@@ -108,6 +110,7 @@ class QuantizedTensor:
     spec: QuantSpec
     shape: torch.Size
     dtype: torch.dtype
+    fp8: torch.Tensor | None = None
 
     def element_values(self) -> torch.Tensor:
         """The unscaled element values as fp32 [rows, K] (FP4 grid or FP8 values)."""

@@ -52,12 +52,14 @@ def absmax_scale(amax: torch.Tensor, max_value: float, power_of_two: bool = Fals
     decode scale ``1 / sf``: values never exceed the grid and scaling is exact in binary.
     """
     amax = amax.float()
-    safe = torch.where(amax > 0, amax, torch.ones_like(amax))
+    positive = amax > 0
+    safe = torch.where(positive, amax, torch.ones_like(amax))
     max_tensor = torch.full_like(safe, max_value)  # tensor/tensor: true division on every device
     if power_of_two:
         scale = torch.exp2(-torch.floor(torch.log2(max_tensor / safe)))
     else:
         scale = safe / max_tensor
+    scale = torch.where(positive, scale, torch.ones_like(scale))  # an all-zero group: scale 1
     return _finite_or_nan(amax, scale)
 
 

@@ -73,6 +73,7 @@ def test_zero_rows_quantize_to_zero_without_nan():
         assert torch.isfinite(out).all(), spec
         assert torch.equal(out[1], torch.zeros(32)), spec
     assert torch.equal(fake_quantize(torch.zeros(3, 16), QuantSpec("fp4", "tensor")), torch.zeros(3, 16))
+    assert quantize(x, QuantSpec("fp4", "row")).scale[1].item() == 1.0  # the documented safe scale
 
 
 def test_nvfp4_matches_scalar_definition():

@@ -1,0 +1,114 @@
+"""Fused per-row FP4 quantization in Triton, with its PyTorch reference beside it.
+
+One pass per row computes the absmax (after an optional OCC clamp), the fp32 decode scale
+amax/6, and writes three forms of the same E2M1 values: (a) FP8 E4M3 elements for FP8 tensor
+cores, (b) packed 4-bit codes (two per byte) to keep for backward, (c) the fp32 scale per row.
+Bit-identical to ``megatron_fp4.quantize.quantize`` with ``QuantSpec("fp4", "row")`` (tested on
+CPU under ``TRITON_INTERPRET=1`` and on GPU): IEEE round-to-nearest division, ties to the even
+code, the same NaN/Inf policy (a row holding NaN/Inf gets a NaN scale).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..formats import E2M1, decode, unpack_codes
+from ..quantize import QuantizedTensor, QuantSpec, quantize
+
+__all__ = ["quantize_rows", "quantize_rows_reference", "fp8_from_codes", "supports_spec"]
+
+ROW_SPEC = QuantSpec("fp4", "row", "e2m1")
+
+
+@triton.jit
+def _e2m1_index(a):
+    """Index of the nearest E2M1 magnitude of a >= 0, ties to even index (see formats.py)."""
+    index = (a > 0.25).to(tl.int32) + (a >= 0.75).to(tl.int32) + (a > 1.25).to(tl.int32)
+    index += (a >= 1.75).to(tl.int32) + (a > 2.5).to(tl.int32) + (a >= 3.5).to(tl.int32)
+    index += (a > 5.0).to(tl.int32) + (a != a).to(tl.int32) * 7  # NaN saturates like the reference
+    return tl.minimum(index, 7)
+
+
+@triton.jit
+def _e4m3_byte(index):
+    """FP8 E4M3 bit pattern of the E2M1 magnitude with this index: 0, .5, 1, 1.5, 2, 3, 4, 6."""
+    # from 1.0 (index 2, 0x38) on, each step adds one to the 3-bit mantissa/exponent field: +4
+    return tl.where(index == 0, 0, tl.where(index == 1, 0x30, 0x38 + (index - 2) * 4))
+
+
+@triton.jit
+def _quantize_rows_kernel(x_ptr, fp8_ptr, codes_ptr, scale_ptr, bounds_ptr, stride_x, K: tl.constexpr, HAS_CLAMP: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_x
+    if HAS_CLAMP:
+        low = tl.load(bounds_ptr)
+        high = tl.load(bounds_ptr + 1)
+    amax = tl.zeros((), dtype=tl.float32)
+    not_finite = tl.zeros((), dtype=tl.int32)
+    for start in range(0, K, BLOCK):
+        offsets = start + tl.arange(0, BLOCK)
+        x = tl.load(x_row + offsets, mask=offsets < K, other=0.0).to(tl.float32)
+        not_finite += tl.sum(((x != x) | (tl.abs(x) == float("inf"))).to(tl.int32), axis=0)
+        if HAS_CLAMP:
+            x = tl.minimum(tl.maximum(x, low), high)
+        amax = tl.maximum(amax, tl.max(tl.abs(x), axis=0))
+    scale = tl.where(amax > 0, tl.math.div_rn(amax, 6.0), 1.0)
+    scale = tl.where(not_finite > 0, float("nan"), scale)
+    tl.store(scale_ptr + row, scale)
+
+    for start in range(0, K, BLOCK):
+        offsets = start + tl.arange(0, BLOCK)
+        x = tl.load(x_row + offsets, mask=offsets < K, other=0.0).to(tl.float32)
+        if HAS_CLAMP:
+            x = tl.minimum(tl.maximum(x, low), high)
+        q = tl.math.div_rn(x, scale)
+        negative = (q.to(tl.int32, bitcast=True) < 0).to(tl.int32)
+        index = _e2m1_index(tl.abs(q))
+        tl.store(fp8_ptr + row * K + offsets, (_e4m3_byte(index) | (negative << 7)).to(tl.uint8), mask=offsets < K)
+        codes = (index | (negative << 3)).to(tl.uint8)
+        low_nibble, high_nibble = tl.split(tl.reshape(codes, (BLOCK // 2, 2)))
+        half = start // 2 + tl.arange(0, BLOCK // 2)
+        tl.store(codes_ptr + row * (K // 2) + half, low_nibble | (high_nibble << 4), mask=half < K // 2)
+
+
+def supports_spec(spec: QuantSpec) -> bool:
+    return spec == ROW_SPEC
+
+
+def quantize_rows(x: torch.Tensor, bounds: torch.Tensor | None = None, block: int = 1024) -> QuantizedTensor:
+    """Per-row E2M1 quantization of ``x`` [..., K] (optionally clamped to ``bounds`` = (low, high))."""
+    k = x.shape[-1]
+    if k % 2:
+        raise ValueError(f"quantize_rows: shape {tuple(x.shape)} needs an even last dim to pack two FP4 codes per byte")
+    x2d = x.reshape(-1, k)
+    if x2d.stride(-1) != 1:
+        x2d = x2d.contiguous()
+    rows = x2d.shape[0]
+    fp8 = torch.empty(rows, k, dtype=torch.uint8, device=x.device)
+    codes = torch.empty(rows, k // 2, dtype=torch.uint8, device=x.device)
+    scale = torch.empty(rows, 1, dtype=torch.float32, device=x.device)
+    if bounds is not None:
+        bounds = bounds.to(x.dtype).float().contiguous()  # clamp in the input's dtype, as the reference
+    block = min(block, max(2, triton.next_power_of_2(k)))
+    _quantize_rows_kernel[(rows,)](
+        x2d, fp8, codes, scale, bounds if bounds is not None else scale, x2d.stride(0), K=k,
+        HAS_CLAMP=bounds is not None, BLOCK=block,
+    )
+    return QuantizedTensor(codes, scale, None, ROW_SPEC, x.shape, x.dtype, fp8=fp8.view(torch.float8_e4m3fn))
+
+
+def fp8_from_codes(codes: torch.Tensor) -> torch.Tensor:
+    """Reference for the kernel's FP8 output: the decoded E2M1 values as E4M3 (exact)."""
+    return decode(unpack_codes(codes), E2M1).to(torch.float8_e4m3fn)
+
+
+def quantize_rows_reference(x: torch.Tensor, bounds: torch.Tensor | None = None) -> QuantizedTensor:
+    """The PyTorch reference: clamp in x's dtype, then ``quantize`` per row; FP8 form from the codes."""
+    x2d = x.reshape(-1, x.shape[-1])
+    if bounds is not None:
+        low, high = bounds.to(x.dtype)
+        x2d = torch.maximum(torch.minimum(x2d, high), low)
+    q = quantize(x2d, ROW_SPEC)
+    return QuantizedTensor(q.data, q.scale, None, ROW_SPEC, x.shape, x.dtype, fp8=fp8_from_codes(q.data))
