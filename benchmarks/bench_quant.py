@@ -16,6 +16,16 @@ from megatron_fp4.kernels.quantize_rows import quantize_rows
 SHAPES = [(8192, 2048), (8192, 4096), (16384, 5120), (8192, 11008), (16384, 13824)]
 
 
+def sweep(rows: int, k: int) -> None:
+    """Block size / warps variants of the kernel on one shape (for tuning; see NOTES.md)."""
+    x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+    copy_ms = do_bench(lambda: x.clone(), return_mode="median")
+    for block in (1024, 4096, 16384):
+        for warps in (4, 8, 16):
+            ms = do_bench(lambda: quantize_rows(x, block=block, num_warps=warps), return_mode="median")
+            print(f"  {rows}x{k} block {block:>5} warps {warps:>2}: {copy_ms / ms * 3.5 / 4:.2f} of copy")
+
+
 def main() -> None:
     print(f"{'shape':>16} {'copy GB/s':>10} {'quant GB/s':>11} {'quant/copy':>11} {'quant+clamp/copy':>17}")
     for rows, k in SHAPES:
@@ -31,4 +41,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    import sys
+
     main()
+    if "--sweep" in sys.argv:
+        sweep(8192, 4096)
+        sweep(8192, 11008)

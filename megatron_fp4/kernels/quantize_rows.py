@@ -20,6 +20,7 @@ from ..quantize import QuantizedTensor, QuantSpec, quantize
 __all__ = ["quantize_rows", "quantize_rows_reference", "fp8_from_codes", "supports_spec"]
 
 ROW_SPEC = QuantSpec("fp4", "row", "e2m1")
+MAX_WHOLE_ROW = 4096  # longer rows spill registers when held whole (measured on H100: NOTES.md)
 
 
 @triton.jit
@@ -39,46 +40,70 @@ def _e4m3_byte(index):
 
 
 @triton.jit
+def _store_row_block(x, scale, offsets, fp8_row, codes_row, start, K: tl.constexpr, BLOCK: tl.constexpr):
+    """Quantize one block of a row with its scale; store the FP8 bytes and the packed codes."""
+    q = tl.math.div_rn(x, scale)
+    negative = (q.to(tl.int32, bitcast=True) < 0).to(tl.int32)
+    index = _e2m1_index(tl.abs(q))
+    tl.store(fp8_row + offsets, (_e4m3_byte(index) | (negative << 7)).to(tl.uint8), mask=offsets < K)
+    codes = (index | (negative << 3)).to(tl.uint8)
+    low_nibble, high_nibble = tl.split(tl.reshape(codes, (BLOCK // 2, 2)))
+    half = start // 2 + tl.arange(0, BLOCK // 2)
+    tl.store(codes_row + half, low_nibble | (high_nibble << 4), mask=half < K // 2)
+
+
+@triton.jit
+def _row_scale(amax, not_finite):
+    scale = tl.where(amax > 0, tl.math.div_rn(amax, 6.0), 1.0)
+    return tl.where(not_finite > 0, float("nan"), scale)
+
+
+@triton.jit
 def _quantize_rows_kernel(x_ptr, fp8_ptr, codes_ptr, scale_ptr, bounds_ptr, stride_x, K: tl.constexpr, HAS_CLAMP: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
-    x_row = x_ptr + row * stride_x
+    x_row, fp8_row, codes_row = x_ptr + row * stride_x, fp8_ptr + row * K, codes_ptr + row * (K // 2)
     if HAS_CLAMP:
         low = tl.load(bounds_ptr)
         high = tl.load(bounds_ptr + 1)
-    amax = tl.zeros((), dtype=tl.float32)
-    not_finite = tl.zeros((), dtype=tl.int32)
-    for start in range(0, K, BLOCK):
-        offsets = start + tl.arange(0, BLOCK)
+    if BLOCK >= K:  # the whole row in registers: one read of x
+        offsets = tl.arange(0, BLOCK)
         x = tl.load(x_row + offsets, mask=offsets < K, other=0.0).to(tl.float32)
-        not_finite += tl.sum(((x != x) | (tl.abs(x) == float("inf"))).to(tl.int32), axis=0)
+        not_finite = tl.sum(((x != x) | (tl.abs(x) == float("inf"))).to(tl.int32), axis=0)
         if HAS_CLAMP:
             x = tl.minimum(tl.maximum(x, low), high)
-        amax = tl.maximum(amax, tl.max(tl.abs(x), axis=0))
-    scale = tl.where(amax > 0, tl.math.div_rn(amax, 6.0), 1.0)
-    scale = tl.where(not_finite > 0, float("nan"), scale)
-    tl.store(scale_ptr + row, scale)
-
-    for start in range(0, K, BLOCK):
-        offsets = start + tl.arange(0, BLOCK)
-        x = tl.load(x_row + offsets, mask=offsets < K, other=0.0).to(tl.float32)
-        if HAS_CLAMP:
-            x = tl.minimum(tl.maximum(x, low), high)
-        q = tl.math.div_rn(x, scale)
-        negative = (q.to(tl.int32, bitcast=True) < 0).to(tl.int32)
-        index = _e2m1_index(tl.abs(q))
-        tl.store(fp8_ptr + row * K + offsets, (_e4m3_byte(index) | (negative << 7)).to(tl.uint8), mask=offsets < K)
-        codes = (index | (negative << 3)).to(tl.uint8)
-        low_nibble, high_nibble = tl.split(tl.reshape(codes, (BLOCK // 2, 2)))
-        half = start // 2 + tl.arange(0, BLOCK // 2)
-        tl.store(codes_ptr + row * (K // 2) + half, low_nibble | (high_nibble << 4), mask=half < K // 2)
+        scale = _row_scale(tl.max(tl.abs(x), axis=0), not_finite)
+        tl.store(scale_ptr + row, scale)
+        _store_row_block(x, scale, offsets, fp8_row, codes_row, 0, K, BLOCK)
+    else:  # long rows: an absmax pass, then a quantize pass (the row is re-read, mostly from L2)
+        amax = tl.zeros((), dtype=tl.float32)
+        not_finite = tl.zeros((), dtype=tl.int32)
+        for start in range(0, K, BLOCK):
+            offsets = start + tl.arange(0, BLOCK)
+            x = tl.load(x_row + offsets, mask=offsets < K, other=0.0).to(tl.float32)
+            not_finite += tl.sum(((x != x) | (tl.abs(x) == float("inf"))).to(tl.int32), axis=0)
+            if HAS_CLAMP:
+                x = tl.minimum(tl.maximum(x, low), high)
+            amax = tl.maximum(amax, tl.max(tl.abs(x), axis=0))
+        scale = _row_scale(amax, not_finite)
+        tl.store(scale_ptr + row, scale)
+        for start in range(0, K, BLOCK):
+            offsets = start + tl.arange(0, BLOCK)
+            x = tl.load(x_row + offsets, mask=offsets < K, other=0.0).to(tl.float32)
+            if HAS_CLAMP:
+                x = tl.minimum(tl.maximum(x, low), high)
+            _store_row_block(x, scale, offsets, fp8_row, codes_row, start, K, BLOCK)
 
 
 def supports_spec(spec: QuantSpec) -> bool:
     return spec == ROW_SPEC
 
 
-def quantize_rows(x: torch.Tensor, bounds: torch.Tensor | None = None, block: int = 1024) -> QuantizedTensor:
-    """Per-row E2M1 quantization of ``x`` [..., K] (optionally clamped to ``bounds`` = (low, high))."""
+def quantize_rows(x: torch.Tensor, bounds: torch.Tensor | None = None, block: int | None = None, num_warps: int | None = None) -> QuantizedTensor:
+    """Per-row E2M1 quantization of ``x`` [..., K] (optionally clamped to ``bounds`` = (low, high)).
+
+    block: elements per step along K; by default rows up to 4096 are held whole in registers (x
+    read once), longer ones take two passes of 1024 (tuned on H100, see benchmarks/NOTES.md).
+    """
     k = x.shape[-1]
     if k % 2:
         raise ValueError(f"quantize_rows: shape {tuple(x.shape)} needs an even last dim to pack two FP4 codes per byte")
@@ -91,10 +116,12 @@ def quantize_rows(x: torch.Tensor, bounds: torch.Tensor | None = None, block: in
     scale = torch.empty(rows, 1, dtype=torch.float32, device=x.device)
     if bounds is not None:
         bounds = bounds.to(x.dtype).float().contiguous()  # clamp in the input's dtype, as the reference
-    block = min(block, max(2, triton.next_power_of_2(k)))
+    whole_row = max(2, triton.next_power_of_2(k))
+    block = min(block, whole_row) if block else (whole_row if whole_row <= MAX_WHOLE_ROW else 1024)
+    num_warps = num_warps or (8 if block >= 4096 else 4)
     _quantize_rows_kernel[(rows,)](
         x2d, fp8, codes, scale, bounds if bounds is not None else scale, x2d.stride(0), K=k,
-        HAS_CLAMP=bounds is not None, BLOCK=block,
+        HAS_CLAMP=bounds is not None, BLOCK=block, num_warps=num_warps,
     )
     return QuantizedTensor(codes, scale, None, ROW_SPEC, x.shape, x.dtype, fp8=fp8.view(torch.float8_e4m3fn))
 
