@@ -27,9 +27,8 @@ def quantize_fast(x: torch.Tensor, spec: QuantSpec, *, check_finite: bool | None
         from .quantize_rows import quantize_rows, supports_spec
 
         if supports_spec(spec):
-            if check_finite if check_finite is not None else check_finite_enabled():
-                quantize(x[:0], spec, check_finite=True, name=name)  # validates the shape cheaply
-                if not torch.isfinite(x).all():
-                    quantize(x, spec, check_finite=True, name=name)  # raises with the details
+            checking = check_finite if check_finite is not None else check_finite_enabled()
+            if checking and not torch.isfinite(x).all():
+                quantize(x, spec, check_finite=True, name=name)  # raises, naming the tensor
             return quantize_rows(x)
     return quantize(x, spec, check_finite=check_finite, name=name)
