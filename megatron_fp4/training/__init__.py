@@ -1,0 +1,1 @@
+"""The trainer: Megatron-LM's command line on megatron-core's machinery, plus the FP4 flags."""

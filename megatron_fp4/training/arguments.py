@@ -1,0 +1,224 @@
+"""Command line of ``python -m megatron_fp4.pretrain_gpt``: Megatron-LM's flag names + the FP4 group.
+
+A Megatron-LM ``pretrain_gpt.py`` command line keeps working for every flag listed here; a
+Megatron-LM flag this trainer does not support fails naming it (never silently ignored), and
+so does any unknown flag.
+
+FP4 flags. Upstream's meanings are kept: ``--fp4-format e2m1`` alone switches FP4 on with
+``--fp4-recipe`` (default ``nvfp4``, as upstream); ``--fp4-param-gather`` is upstream's (not
+supported here yet, so it fails). ``--fp4`` is our shorthand for ``--fp4-format e2m1
+--fp4-recipe paper``. Recipe knobs: ``--fp4-dge-k``, ``--no-fp4-dge``, ``--fp4-occ-alpha``,
+``--no-fp4-occ``, ``--no-fp4-occ-compensation``, ``--fp4-bf16-layers``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+from ..recipe import RECIPES, DGEConfig, FP4Recipe, get_recipe
+
+__all__ = ["build_parser", "parse_args", "fp4_recipe_from_args", "transformer_config_from_args", "UNSUPPORTED_MEGATRON_FLAGS"]
+
+# Megatron-LM flags users commonly pass that this trainer does not implement (yet).
+UNSUPPORTED_MEGATRON_FLAGS = {
+    "--fp8-format": "FP8 training: use --fp4 ... or train in --bf16",
+    "--fp4-param-gather": "keeping parameters in FP4 for the all-gather is not implemented",
+    "--num-experts": "mixture-of-experts models",
+    "--expert-model-parallel-size": "mixture-of-experts models",
+    "--context-parallel-size": "context parallelism",
+    "--num-layers-per-virtual-pipeline-stage": "the interleaved pipeline schedule",
+    "--fp16": "fp16 with loss scaling: use --bf16",
+    "--use-flash-attn": "flash attention outside Transformer Engine",
+    "--transformer-impl": "choosing the transformer implementation (the FP4 spec picks TE when importable)",
+    "--mock-data": "mock data: give --data-path (tools/preprocess_data.py makes it)",
+}
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.5 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0.5, 1), got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m megatron_fp4.pretrain_gpt", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+    )
+    model = parser.add_argument_group("model (Megatron-LM names)")
+    model.add_argument("--num-layers", type=_positive_int, required=True)
+    model.add_argument("--hidden-size", type=_positive_int, required=True)
+    model.add_argument("--num-attention-heads", type=_positive_int, required=True)
+    model.add_argument("--ffn-hidden-size", type=_positive_int, default=None)
+    model.add_argument("--kv-channels", type=_positive_int, default=None)
+    model.add_argument("--group-query-attention", action="store_true")
+    model.add_argument("--num-query-groups", type=_positive_int, default=None)
+    model.add_argument("--seq-length", type=_positive_int, required=True)
+    model.add_argument("--max-position-embeddings", type=_positive_int, default=None)
+    model.add_argument("--swiglu", action="store_true")
+    model.add_argument("--normalization", choices=["LayerNorm", "RMSNorm"], default="LayerNorm")
+    model.add_argument("--norm-epsilon", type=float, default=1e-5)
+    model.add_argument("--position-embedding-type", choices=["learned_absolute", "rope"], default="learned_absolute")
+    model.add_argument("--rotary-base", type=int, default=10000)
+    model.add_argument("--untie-embeddings-and-output-weights", action="store_true")
+    model.add_argument("--disable-bias-linear", action="store_true")
+    model.add_argument("--hidden-dropout", type=float, default=0.1)
+    model.add_argument("--attention-dropout", type=float, default=0.1)
+    model.add_argument("--init-method-std", type=float, default=0.02)
+
+    parallel = parser.add_argument_group("parallelism")
+    parallel.add_argument("--tensor-model-parallel-size", type=_positive_int, default=1)
+    parallel.add_argument("--pipeline-model-parallel-size", type=_positive_int, default=1)
+    parallel.add_argument("--sequence-parallel", action="store_true")
+    parallel.add_argument("--use-distributed-optimizer", action="store_true")
+
+    training = parser.add_argument_group("training")
+    training.add_argument("--micro-batch-size", type=_positive_int, required=True)
+    training.add_argument("--global-batch-size", type=_positive_int, default=None)
+    training.add_argument("--train-iters", type=_positive_int, required=True)
+    training.add_argument("--lr", type=float, required=True)
+    training.add_argument("--min-lr", type=float, default=0.0)
+    training.add_argument("--lr-decay-style", choices=["constant", "linear", "cosine", "inverse-square-root", "WSD"], default="linear")
+    training.add_argument("--lr-warmup-iters", type=int, default=0)
+    training.add_argument("--lr-decay-iters", type=int, default=None)
+    training.add_argument("--weight-decay", type=float, default=0.01)
+    training.add_argument("--adam-beta1", type=float, default=0.9)
+    training.add_argument("--adam-beta2", type=float, default=0.999)
+    training.add_argument("--adam-eps", type=float, default=1e-8)
+    training.add_argument("--clip-grad", type=float, default=1.0)
+    training.add_argument("--bf16", action="store_true")
+    training.add_argument("--seed", type=int, default=1234)
+
+    data = parser.add_argument_group("data and tokenizer")
+    data.add_argument("--data-path", nargs="+", default=None)
+    data.add_argument("--split", default="969,30,1")
+    data.add_argument("--tokenizer-type", default=None)
+    data.add_argument("--tokenizer-model", default=None)
+    data.add_argument("--vocab-size", type=_positive_int, default=None)
+
+    checkpoint = parser.add_argument_group("checkpointing")
+    checkpoint.add_argument("--save", default=None)
+    checkpoint.add_argument("--load", default=None)
+    checkpoint.add_argument("--save-interval", type=_positive_int, default=None)
+
+    logging = parser.add_argument_group("logging and evaluation")
+    logging.add_argument("--log-interval", type=_positive_int, default=100)
+    logging.add_argument("--eval-interval", type=_positive_int, default=1000)
+    logging.add_argument("--eval-iters", type=int, default=100)
+    logging.add_argument("--tensorboard-dir", default=None)
+
+    fp4 = parser.add_argument_group("FP4 (megatron-fp4)")
+    fp4.add_argument("--fp4", action="store_true", help="shorthand for --fp4-format e2m1 --fp4-recipe paper")
+    fp4.add_argument("--fp4-format", choices=["e2m1"], default=None, help="switches FP4 on (upstream flag)")
+    fp4.add_argument("--fp4-recipe", choices=sorted(set(RECIPES) - {"bf16"}), default=None, help="default: nvfp4 (upstream), paper with --fp4")
+    fp4.add_argument("--fp4-dge-k", type=float, default=None, help="DGE sharpness k (paper: 5)")
+    fp4.add_argument("--no-fp4-dge", action="store_true", help="straight-through weight gradients")
+    fp4.add_argument("--fp4-occ-alpha", type=_fraction, default=None, help="OCC quantile (paper: 0.99)")
+    fp4.add_argument("--no-fp4-occ", action="store_true", help="no outlier clamping")
+    fp4.add_argument("--no-fp4-occ-compensation", action="store_true", help="clamp without the sparse residual")
+    fp4.add_argument("--fp4-bf16-layers", type=_positive_int, nargs="+", default=[], help="1-based layers kept in BF16")
+    return parser
+
+
+def _reject_unsupported(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    for token in argv:
+        flag = token.split("=", 1)[0]
+        if flag in UNSUPPORTED_MEGATRON_FLAGS:
+            parser.error(f"{flag} is a Megatron-LM flag megatron-fp4 does not support: {UNSUPPORTED_MEGATRON_FLAGS[flag]}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and cross-check; errors name the flag and the numbers."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    _reject_unsupported(parser, argv)
+    args = parser.parse_args(argv)
+    if args.group_query_attention and args.num_query_groups is None:
+        parser.error("--group-query-attention needs --num-query-groups")
+    if args.num_query_groups is not None and not args.group_query_attention:
+        parser.error("--num-query-groups needs --group-query-attention")
+    fp4_knobs = [args.fp4_recipe, args.fp4_dge_k, args.fp4_occ_alpha] + [args.no_fp4_dge, args.no_fp4_occ, args.no_fp4_occ_compensation, bool(args.fp4_bf16_layers)]
+    if not (args.fp4 or args.fp4_format) and any(k not in (None, False) for k in fp4_knobs):
+        parser.error("FP4 options were given without --fp4 or --fp4-format e2m1")
+    args.global_batch_size = args.global_batch_size or args.micro_batch_size
+    if args.global_batch_size % args.micro_batch_size:
+        parser.error(f"--global-batch-size {args.global_batch_size} is not a multiple of --micro-batch-size {args.micro_batch_size}")
+    if args.sequence_parallel and args.tensor_model_parallel_size == 1:
+        parser.error("--sequence-parallel needs --tensor-model-parallel-size > 1")
+    if args.fp4_dge_k is not None and args.no_fp4_dge:
+        parser.error("--fp4-dge-k and --no-fp4-dge contradict each other")
+    if args.fp4_occ_alpha is not None and args.no_fp4_occ:
+        parser.error("--fp4-occ-alpha and --no-fp4-occ contradict each other")
+    if any(layer > args.num_layers for layer in args.fp4_bf16_layers):
+        parser.error(f"--fp4-bf16-layers {args.fp4_bf16_layers}: layers are 1..{args.num_layers} (--num-layers)")
+    try:
+        args.fp4_quant_recipe = fp4_recipe_from_args(args)
+    except ValueError as error:
+        parser.error(str(error))
+    return args
+
+
+def fp4_recipe_from_args(args: argparse.Namespace) -> FP4Recipe | None:
+    """The recipe the flags ask for, or None when FP4 is off (plain BF16 training)."""
+    if not (args.fp4 or args.fp4_format):
+        return None
+    recipe = get_recipe(args.fp4_recipe or ("paper" if args.fp4 else "nvfp4"))
+    if args.no_fp4_dge:
+        recipe = recipe.replace(dge=DGEConfig(enabled=False))
+    elif args.fp4_dge_k is not None:
+        recipe = recipe.replace(dge=dataclasses.replace(recipe.dge, enabled=True, k=args.fp4_dge_k))
+    occ = recipe.occ
+    if args.no_fp4_occ:
+        occ = dataclasses.replace(occ, enabled=False)
+    else:
+        if args.fp4_occ_alpha is not None:
+            occ = dataclasses.replace(occ, enabled=True, alpha=args.fp4_occ_alpha)
+        if args.no_fp4_occ_compensation:
+            occ = dataclasses.replace(occ, compensate=False)
+    return recipe.replace(occ=occ)
+
+
+def transformer_config_from_args(args: argparse.Namespace):
+    """The model's FP4TransformerConfig (recipe `bf16` everywhere when FP4 is off)."""
+    from ..megatron.config import FP4TransformerConfig
+
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    recipe = args.fp4_quant_recipe or FP4Recipe.bf16()
+    return FP4TransformerConfig(
+        num_layers=args.num_layers,
+        hidden_size=args.hidden_size,
+        num_attention_heads=args.num_attention_heads,
+        ffn_hidden_size=args.ffn_hidden_size,
+        kv_channels=args.kv_channels,
+        num_query_groups=args.num_query_groups,
+        gated_linear_unit=args.swiglu,
+        activation_func=F.silu if args.swiglu else F.gelu,
+        normalization=args.normalization,
+        layernorm_epsilon=args.norm_epsilon,
+        add_bias_linear=not args.disable_bias_linear,
+        hidden_dropout=args.hidden_dropout,
+        attention_dropout=args.attention_dropout,
+        init_method_std=args.init_method_std,
+        tensor_model_parallel_size=args.tensor_model_parallel_size,
+        pipeline_model_parallel_size=args.pipeline_model_parallel_size,
+        sequence_parallel=args.sequence_parallel,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=args.bf16,
+        fp4_quant_recipe=recipe,
+        fp4_bf16_layers=tuple(args.fp4_bf16_layers),
+    )

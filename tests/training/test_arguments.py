@@ -1,0 +1,59 @@
+import re
+import shlex
+
+import pytest
+
+from megatron_fp4.recipe import FP4Recipe
+from megatron_fp4.training.arguments import parse_args, transformer_config_from_args
+
+LLAMA = (
+    "--num-layers 4 --hidden-size 64 --num-attention-heads 4 --ffn-hidden-size 128 --seq-length 32 "
+    "--micro-batch-size 2 --global-batch-size 8 --train-iters 10 --lr 3e-4 --min-lr 3e-5 "
+    "--lr-decay-style cosine --lr-warmup-iters 2 --weight-decay 0.1 --adam-beta1 0.9 --adam-beta2 0.95 "
+    "--clip-grad 1.0 --swiglu --normalization RMSNorm --position-embedding-type rope "
+    "--untie-embeddings-and-output-weights --disable-bias-linear --group-query-attention --num-query-groups 2"
+)
+
+
+def parse(extra=""):
+    return parse_args(shlex.split(f"{LLAMA} {extra}"))
+
+
+def test_megatron_llama_command_line_parses():
+    args = parse("--bf16 --tensor-model-parallel-size 2 --sequence-parallel --use-distributed-optimizer")
+    assert args.fp4_quant_recipe is None  # no FP4 flag: BF16 training
+    config = transformer_config_from_args(args)
+    assert config.gated_linear_unit and config.normalization == "RMSNorm" and not config.add_bias_linear
+    assert config.num_query_groups == 2 and config.sequence_parallel and config.fp4_quant_recipe.name == "bf16"
+
+
+def test_fp4_flags_build_the_recipe():
+    assert parse("--fp4").fp4_quant_recipe == FP4Recipe.paper()
+    assert parse("--fp4-format e2m1").fp4_quant_recipe == FP4Recipe.nvfp4()  # upstream default recipe
+    r = parse("--fp4 --fp4-dge-k 3 --fp4-occ-alpha 0.97 --no-fp4-occ-compensation").fp4_quant_recipe
+    assert (r.dge.k, r.occ.alpha, r.occ.compensate) == (3.0, 0.97, False)
+    assert not parse("--fp4 --no-fp4-dge --no-fp4-occ").fp4_quant_recipe.dge.enabled
+    assert parse("--fp4-format e2m1 --fp4-recipe mxfp4").fp4_quant_recipe.name == "mxfp4"
+    config = transformer_config_from_args(parse("--fp4 --fp4-bf16-layers 1 4"))
+    assert [config.fp4_recipe_for_layer(i).name for i in (1, 2, 4)] == ["bf16", "paper", "bf16"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("--fp8-format hybrid", "--fp8-format is a Megatron-LM flag megatron-fp4 does not support"),
+        ("--num-experts=8", "--num-experts is a Megatron-LM flag"),
+        ("--fp4 --fp4-param-gather", "--fp4-param-gather is a Megatron-LM flag"),
+        ("--no-such-flag 1", "unrecognized arguments: --no-such-flag"),
+        ("--fp4-recipe paper", "FP4 options were given without --fp4"),
+        ("--fp4 --fp4-occ-alpha 1.5", "--fp4-occ-alpha: must be in"),
+        ("--fp4 --fp4-bf16-layers 9", "--fp4-bf16-layers \\[9\\]: layers are 1..4"),
+        ("--global-batch-size 7", "--global-batch-size 7 is not a multiple of --micro-batch-size 2"),
+        ("--fp4 --fp4-dge-k 0.5", "DGEConfig.k=0.5"),
+        ("--lr-decay-style cosinus", "invalid choice: 'cosinus'"),
+    ],
+)
+def test_bad_command_lines_fail_naming_the_flag(extra, message, capsys):
+    with pytest.raises(SystemExit):
+        parse(extra)
+    assert re.search(message, capsys.readouterr().err)
