@@ -12,10 +12,13 @@ False. Every patch names the upstream code it works around (megatron-core 0.16).
 3. The CUDA RNG tracker (``tensor_parallel.random``): ``CudaRNGStatesTracker``, ``_get_cuda_rng_state``
    and ``_set_cuda_rng_state`` act on the CPU generator, so ``model_parallel_cuda_manual_seed``
    and the tracker's ``fork`` give per-TP-rank streams as on GPU.
-4. ``device="cuda"`` literals in tensor factories (``transformer.utils.get_default_causal_mask``,
-   ``pipeline_parallel.schedules`` token counters): those modules see a ``torch`` whose
-   factories map the device "cuda" to "cpu".
-5. gloo has no reduce-scatter: ``dist_reduce_scatter_func`` in ``tensor_parallel.mappings`` and
+4. ``device="cuda"`` literals in tensor factories (the modules in ``_MODULES_WITH_CUDA_LITERALS``:
+   causal masks, schedule token counters, optimizer and grad-norm buffers, ...): those modules
+   see a ``torch`` whose factories map the device "cuda" to "cpu".
+5. ``Tensor.type()`` with no argument: the optimizers assert CUDA type names
+   (``'torch.cuda.FloatTensor'`` in ``optimizer.distrib_optimizer`` and ``optimizer.clip_grads``);
+   on CPU the no-argument form answers with the CUDA name of the same dtype.
+6. gloo has no reduce-scatter: ``dist_reduce_scatter_func`` in ``tensor_parallel.mappings`` and
    ``tensor_parallel.layers`` (sequence parallelism) becomes all-reduce + own chunk.
 """
 
@@ -41,6 +44,16 @@ def _cpu_current_device() -> str:
 
 def _tensor_cuda_on_cpu(self: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     return self
+
+
+_original_tensor_type = torch.Tensor.type
+
+
+def _tensor_type_as_cuda(self: torch.Tensor, *args, **kwargs):
+    result = _original_tensor_type(self, *args, **kwargs)
+    if not args and not kwargs and isinstance(result, str) and result.startswith("torch.") and ".cuda." not in result:
+        return result.replace("torch.", "torch.cuda.", 1)
+    return result
 
 
 def _reduce_scatter_via_all_reduce(output, input, op=dist.ReduceOp.SUM, group=None, async_op=False):
@@ -80,7 +93,19 @@ class _CudaLiteralsOnCPU:
         return factory
 
 
-_MODULES_WITH_CUDA_LITERALS = ("megatron.core.transformer.utils", "megatron.core.pipeline_parallel.schedules")
+_MODULES_WITH_CUDA_LITERALS = (
+    "megatron.core.transformer.utils",  # get_default_causal_mask
+    "megatron.core.pipeline_parallel.schedules",  # token counters
+    "megatron.core.optimizer.optimizer",  # overflow buffers
+    "megatron.core.optimizer.clip_grads",  # grad-norm accumulators
+    "megatron.core.optimizer.grad_scaler",
+    "megatron.core.distributed.param_and_grad_buffer",
+    "megatron.core.tensor_parallel.data",  # broadcast_data
+    "megatron.core.dist_checkpointing.strategies.state_dict_saver",
+    "megatron.core.dist_checkpointing.exchange_utils",
+    "megatron.core.rerun_state_machine",
+    "megatron.core.utils",
+)
 
 
 def _make_cpu_rng_tracker(base):
@@ -128,6 +153,7 @@ def enable_cpu_runtime() -> bool:
     torch.cuda.current_device = _cpu_current_device
     torch.Tensor.cuda = _tensor_cuda_on_cpu
     torch.cuda.synchronize = lambda device=None: None
+    torch.Tensor.type = _tensor_type_as_cuda
     random.CudaRNGStatesTracker = _make_cpu_rng_tracker(random.CudaRNGStatesTracker)
     random._get_cuda_rng_state = lambda device=-1, clone=False, graph_safe=False: torch.get_rng_state()
     random._set_cuda_rng_state = lambda new_state, device=-1, graph_safe=False: torch.set_rng_state(new_state)

@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--clip-grad", type=float, default=1.0)
     training.add_argument("--bf16", action="store_true")
     training.add_argument("--seed", type=int, default=1234)
+    training.add_argument("--exit-interval", type=_positive_int, default=None, help="stop (after saving) at this iteration")
 
     data = parser.add_argument_group("data and tokenizer")
     data.add_argument("--data-path", nargs="+", default=None)

@@ -1,0 +1,99 @@
+"""Checkpoints through megatron-core's dist_checkpointing: model, optimizer, scheduler, RNG, data position.
+
+Crash safety: a checkpoint is written to ``iter_NNNNNNN.tmp`` and renamed into place only when
+complete; the tracker file ``latest_checkpointed_iteration.txt`` is replaced atomically after
+that. A crash mid-save leaves the previous checkpoint and tracker untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing
+from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+__all__ = ["save_checkpoint", "load_checkpoint", "latest_iteration"]
+
+TRACKER = "latest_checkpointed_iteration.txt"
+
+
+def _directory(root: str, iteration: int) -> str:
+    return os.path.join(root, f"iter_{iteration:07d}")
+
+
+def latest_iteration(root: str) -> int | None:
+    path = os.path.join(root, TRACKER)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return int(f.read().strip())
+
+
+def _rng_state() -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    state["tracker"] = get_cuda_rng_tracker().get_states()
+    return state
+
+
+def _unwrap(model):
+    """The GPTModel inside megatron's DDP wrapper: its keys are the checkpoint's keys."""
+    return getattr(model, "module", model)
+
+
+def _state(model, optimizer, scheduler, extra: dict, is_loading: bool) -> dict:
+    model_state = _unwrap(model).sharded_state_dict()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    return {
+        "model": model_state,
+        "optimizer": optimizer.sharded_state_dict(model_state, is_loading=is_loading),
+        "scheduler": scheduler.state_dict(),
+        "rng": ShardedObject("rng_state", _rng_state(), (world,), (rank,), replica_id=0),
+        **extra,
+    }
+
+
+def save_checkpoint(root: str, iteration: int, model, optimizer, scheduler, consumed_samples: int) -> str:
+    final = _directory(root, iteration)
+    temporary = final + ".tmp"
+    if dist.get_rank() == 0:
+        shutil.rmtree(temporary, ignore_errors=True)
+        os.makedirs(temporary)
+    dist.barrier()
+    state = _state(model, optimizer, scheduler, {"iteration": iteration, "consumed_samples": consumed_samples}, False)
+    dist_checkpointing.save(state, temporary)
+    dist.barrier()
+    if dist.get_rank() == 0:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(temporary, final)
+        with open(os.path.join(root, TRACKER + ".tmp"), "w") as f:
+            f.write(str(iteration))
+        os.replace(os.path.join(root, TRACKER + ".tmp"), os.path.join(root, TRACKER))
+    dist.barrier()
+    return final
+
+
+def load_checkpoint(root: str, model, optimizer, scheduler) -> tuple[int, int]:
+    """Restore the latest checkpoint under ``root``; returns (iteration, consumed_samples)."""
+    iteration = latest_iteration(root)
+    if iteration is None:
+        raise FileNotFoundError(f"--load {root}: no {TRACKER} (no finished checkpoint there)")
+    state = _state(model, optimizer, scheduler, {"iteration": 0, "consumed_samples": 0}, True)
+    loaded = dist_checkpointing.load(state, _directory(root, iteration))
+    _unwrap(model).load_state_dict(loaded["model"])
+    optimizer.load_state_dict(loaded["optimizer"])
+    scheduler.load_state_dict(loaded["scheduler"])
+    rng = loaded["rng"]
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    get_cuda_rng_tracker().set_states(rng["tracker"])
+    return loaded["iteration"], loaded["consumed_samples"]

@@ -1,0 +1,209 @@
+"""The training loop, on megatron-core's own machinery.
+
+initialize -> model (FP4 spec) in megatron DDP -> megatron optimizer + OptimizerParamScheduler
+-> for each iteration: megatron's forward/backward schedule over the micro-batches,
+optimizer step, scheduler step -> log, evaluate, checkpoint. Nothing here re-implements what
+megatron-core provides; it wires it together and logs like Megatron-LM.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+from ..megatron import build_fp4_gpt_model, enable_cpu_runtime
+from .arguments import transformer_config_from_args
+from .checkpointing import latest_iteration, load_checkpoint, save_checkpoint
+from .data import build_datasets, micro_batches
+from .tokenizer import BPETokenizer
+
+__all__ = ["pretrain", "initialize_distributed"]
+
+
+def initialize_distributed(args) -> torch.device:
+    """torch.distributed from torchrun's environment (or one local process), then model parallel."""
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29500")
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
+    enable_cpu_runtime()
+    model_parallel = args.tensor_model_parallel_size * args.pipeline_model_parallel_size
+    if world % model_parallel:
+        raise SystemExit(
+            f"error: {world} processes cannot hold --tensor-model-parallel-size {args.tensor_model_parallel_size} x "
+            f"--pipeline-model-parallel-size {args.pipeline_model_parallel_size}"
+        )
+    parallel_state.initialize_model_parallel(args.tensor_model_parallel_size, args.pipeline_model_parallel_size)
+    dp = parallel_state.get_data_parallel_world_size()
+    if args.global_batch_size % (args.micro_batch_size * dp):
+        raise SystemExit(f"error: --global-batch-size {args.global_batch_size} is not a multiple of --micro-batch-size x data-parallel size ({args.micro_batch_size} x {dp})")
+    torch.manual_seed(args.seed)
+    model_parallel_cuda_manual_seed(args.seed)
+    return torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+
+
+def _padded_vocab(vocab: int, tp: int, multiple: int = 128) -> int:
+    step = multiple * tp
+    return math.ceil(vocab / step) * step
+
+
+def _is_logging_rank() -> bool:
+    return (
+        parallel_state.is_pipeline_last_stage()
+        and parallel_state.get_tensor_model_parallel_rank() == 0
+        and parallel_state.get_data_parallel_rank() == 0
+    )
+
+
+def _log(text: str) -> None:
+    if _is_logging_rank():
+        print(text, flush=True)
+
+
+def _forward_step(batch_iterator, model):
+    batch = next(batch_iterator)
+    output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
+
+    def loss_func(per_token_loss):
+        mask = batch["loss_mask"].float()
+        loss = (per_token_loss.float() * mask).sum() / mask.sum().clamp_min(1)
+        return loss, {"lm loss": loss.detach()}
+
+    return output, loss_func
+
+
+def _run_schedule(model, batches, args, forward_only: bool) -> float | None:
+    losses = get_forward_backward_func()(
+        forward_step_func=_forward_step,
+        data_iterator=iter(batches),
+        model=[model],
+        num_microbatches=len(batches),
+        seq_length=args.seq_length,
+        micro_batch_size=args.micro_batch_size,
+        forward_only=forward_only,
+    )
+    if not parallel_state.is_pipeline_last_stage():
+        return None
+    loss = torch.stack([entry["lm loss"] for entry in losses]).mean()
+    dist.all_reduce(loss, group=parallel_state.get_data_parallel_group())
+    return loss.item() / parallel_state.get_data_parallel_world_size()
+
+
+def _format_seconds(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def pretrain(args) -> list[dict]:
+    """Train as the arguments say; returns the logged records (iteration, loss, lr, ...)."""
+    device = initialize_distributed(args)
+    tokenizer = BPETokenizer(args.tokenizer_model)
+    config = transformer_config_from_args(args)
+    config.finalize_model_grads_func = finalize_model_grads
+    model = build_fp4_gpt_model(
+        config,
+        vocab_size=args.vocab_size or _padded_vocab(tokenizer.vocab_size, args.tensor_model_parallel_size),
+        max_sequence_length=args.max_position_embeddings or args.seq_length,
+        position_embedding_type=args.position_embedding_type,
+        rotary_base=args.rotary_base,
+        share_embeddings_and_output_weights=not args.untie_embeddings_and_output_weights,
+    ).to(device)
+    model = DistributedDataParallel(
+        config=config,
+        ddp_config=DistributedDataParallelConfig(grad_reduce_in_fp32=True, use_distributed_optimizer=args.use_distributed_optimizer),
+        module=model,
+    )
+    optimizer = get_megatron_optimizer(
+        OptimizerConfig(
+            optimizer="adam", lr=args.lr, min_lr=args.min_lr, weight_decay=args.weight_decay,
+            adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2, adam_eps=args.adam_eps,
+            clip_grad=args.clip_grad, bf16=args.bf16, params_dtype=config.params_dtype,
+            use_distributed_optimizer=args.use_distributed_optimizer,
+        ),
+        [model],
+    )
+    scheduler = OptimizerParamScheduler(
+        optimizer, init_lr=0.0, max_lr=args.lr, min_lr=args.min_lr, lr_warmup_steps=args.lr_warmup_iters,
+        lr_decay_steps=args.lr_decay_iters or args.train_iters, lr_decay_style=args.lr_decay_style,
+        start_wd=args.weight_decay, end_wd=args.weight_decay, wd_incr_steps=args.train_iters, wd_incr_style="constant",
+    )
+    iteration, consumed = 0, 0
+    if args.load and latest_iteration(args.load) is not None:
+        iteration, consumed = load_checkpoint(args.load, model, optimizer, scheduler)
+        _log(f"resumed from {args.load} at iteration {iteration} ({consumed} samples consumed)")
+    train_data, valid_data = build_datasets(args, tokenizer)
+    dp_rank, dp_size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
+    recipe = config.fp4_quant_recipe.describe() if config.fp4_quant_recipe.quantizes else "bf16 (no FP4)"
+    _log(f"model: {sum(p.numel() for p in model.parameters())} parameters on this rank; recipe {recipe}")
+
+    writer = None
+    if args.tensorboard_dir and _is_logging_rank():
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=args.tensorboard_dir)
+    records, tokens_per_iteration = [], args.global_batch_size * args.seq_length
+    window_start, window_iterations, run_start = time.time(), 0, time.time()
+    start_iteration = iteration
+    while iteration < args.train_iters:
+        model.train()
+        model.zero_grad_buffer()
+        optimizer.zero_grad()
+        batches = micro_batches(train_data, consumed, args.global_batch_size, args.micro_batch_size, dp_rank, dp_size, device)
+        loss = _run_schedule(model, batches, args, forward_only=False)
+        _, grad_norm, _ = optimizer.step()
+        scheduler.step(increment=1)
+        iteration, consumed = iteration + 1, consumed + args.global_batch_size
+        window_iterations += 1
+        record = {"iteration": iteration, "lm loss": loss, "lr": scheduler.get_lr(optimizer.param_groups[0]), "grad norm": grad_norm}
+        if iteration % args.log_interval == 0 or iteration == args.train_iters:
+            elapsed = time.time() - window_start
+            tokens_per_second = window_iterations * tokens_per_iteration / max(elapsed, 1e-9)
+            done = (time.time() - run_start) / max(iteration - start_iteration, 1)
+            record["tokens/s"] = tokens_per_second
+            _log(
+                f" iteration {iteration:>7}/{args.train_iters} | consumed tokens {consumed * args.seq_length:>11} | "
+                f"lm loss {loss if loss is not None else float('nan'):.4f} | lr {record['lr']:.3e} | "
+                f"grad norm {grad_norm:.3f} | tokens/s {tokens_per_second:,.0f} | "
+                f"ETA {_format_seconds(done * (args.train_iters - iteration))}"
+            )
+            window_start, window_iterations = time.time(), 0
+        if args.eval_interval and (iteration % args.eval_interval == 0 or iteration == args.train_iters) and args.eval_iters > 0:
+            model.eval()
+            eval_start = (iteration // args.eval_interval) * args.eval_iters * args.global_batch_size
+            with torch.no_grad():
+                values = [
+                    _run_schedule(model, micro_batches(valid_data, eval_start + i * args.global_batch_size, args.global_batch_size, args.micro_batch_size, dp_rank, dp_size, device), args, forward_only=True)
+                    for i in range(args.eval_iters)
+                ]
+            if values[0] is not None:
+                record["validation loss"] = sum(values) / len(values)
+                _log(f" validation loss at iteration {iteration}: {record['validation loss']:.4f}")
+        records.append(record)
+        if writer is not None:
+            for key, value in record.items():
+                if key != "iteration" and value is not None:
+                    writer.add_scalar(key, value, iteration)
+        if args.save and args.save_interval and iteration % args.save_interval == 0:
+            save_checkpoint(args.save, iteration, model, optimizer, scheduler, consumed)
+        if args.exit_interval and iteration % args.exit_interval == 0:
+            break
+    if args.save and (not args.save_interval or iteration % args.save_interval):
+        save_checkpoint(args.save, iteration, model, optimizer, scheduler, consumed)
+    if writer is not None:
+        writer.close()
+    return records
