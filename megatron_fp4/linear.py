@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import health
 from .dge import dge_derivative
 from .gemm import GemmBackend, get_backend
 from .occ import SparseResidual, occ_clamp
@@ -45,8 +46,8 @@ class FP4GemmState:
     ``megatron_fp4.megatron.layers``, which wraps the same GEMMs in Megatron's communication.
     """
 
-    def __init__(self, recipe: FP4Recipe, backend: GemmBackend) -> None:
-        self.recipe, self.backend = recipe, backend
+    def __init__(self, recipe: FP4Recipe, backend: GemmBackend, name: str = "linear") -> None:
+        self.recipe, self.backend, self.name = recipe, backend, name
         self.check = recipe.check_finite or check_finite_enabled()
         self.x_saved: QuantizedTensor | None = None
         self.w_saved: QuantizedTensor | None = None
@@ -69,6 +70,9 @@ class FP4GemmState:
                 residual = clamped.residual
 
         xq = quantize_fast(x_main, recipe.fprop_input, check_finite=self.check, name="linear input")
+        if health.is_collecting():
+            reconstruction = xq.dequantize_2d() + (residual.to_dense() if residual is not None else 0)
+            health.record_input(self.name, x2d, reconstruction, clamped.residual.nnz if recipe.occ.enabled else 0)
         wq, self.w_saved = _quantize_pair(weight, recipe.fprop_weight, recipe.dgrad_weight, self.check, "linear weight")
         y = self.backend.fprop(xq, wq)
         if residual is not None:

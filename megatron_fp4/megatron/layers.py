@@ -41,9 +41,9 @@ class FP4ParallelLinearFunction(torch.autograd.Function):
     """Megatron's linear-with-async-communication, with the recipe's FP4 GEMMs inside."""
 
     @staticmethod
-    def forward(ctx, input, weight, bias, recipe, backend, gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel, tp_group):
+    def forward(ctx, input, weight, bias, recipe, backend, gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel, tp_group, name="linear"):
         total_input = _all_gather_first_dim(input, tp_group) if sequence_parallel else input
-        state = FP4GemmState(recipe, backend)
+        state = FP4GemmState(recipe, backend, name)
         output = state.forward(total_input.reshape(-1, total_input.shape[-1]), weight)
         if bias is not None:
             output = output + bias.float()
@@ -85,7 +85,7 @@ class FP4ParallelLinearFunction(torch.autograd.Function):
         if handle is not None:
             handle.wait()
         state.release()
-        return grad_input, grad_weight, grad_bias, None, None, None, None, None, None
+        return grad_input, grad_weight, grad_bias, None, None, None, None, None, None, None
 
 
 class _FP4LinearMixin:
@@ -94,6 +94,7 @@ class _FP4LinearMixin:
     def _init_fp4(self, config, fp4_recipe: FP4Recipe | None, local_k: int) -> None:
         self.fp4_recipe = fp4_recipe or getattr(config, "fp4_quant_recipe", None) or FP4Recipe.paper()
         self.fp4_backend = None
+        self.fp4_name = type(self).__name__  # the model builder sets the module path (health logs)
         for operand in ("fprop_input", "fprop_weight"):
             block = getattr(self.fp4_recipe, operand).block_size
             if block and local_k % block:
@@ -115,7 +116,7 @@ class _FP4LinearMixin:
             self.fp4_backend = get_backend()
         return FP4ParallelLinearFunction.apply(
             input, weight, bias, self.fp4_recipe, self.fp4_backend,
-            gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel, tp_group,
+            gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel, tp_group, self.fp4_name,
         )
 
     def extra_repr_fp4(self) -> str:

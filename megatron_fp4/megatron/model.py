@@ -6,6 +6,8 @@ from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 
 from .config import FP4TransformerConfig
+from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
+
 from .layers import FP4ColumnParallelLinear
 from .specs import get_gpt_fp4_block_spec
 
@@ -31,4 +33,11 @@ def build_fp4_gpt_model(config: FP4TransformerConfig, vocab_size: int, max_seque
     )
     if config.fp4_output_layer and getattr(model, "output_layer", None) is not None:
         FP4ColumnParallelLinear.convert(model.output_layer, config.fp4_quant_recipe)
+    offset = get_transformer_layer_offset(config, vp_stage)
+    for name, module in model.named_modules():
+        if hasattr(module, "fp4_name"):  # global layer numbers, so names agree across pipeline stages
+            parts = name.split(".")
+            if len(parts) > 2 and parts[0] == "decoder" and parts[1] == "layers":
+                parts[2] = str(int(parts[2]) + offset)
+            module.fp4_name = ".".join(parts)
     return model

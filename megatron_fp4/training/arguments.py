@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     fp4.add_argument("--no-fp4-occ", action="store_true", help="no outlier clamping")
     fp4.add_argument("--no-fp4-occ-compensation", action="store_true", help="clamp without the sparse residual")
     fp4.add_argument("--fp4-bf16-layers", type=_positive_int, nargs="+", default=[], help="1-based layers kept in BF16")
+    fp4.add_argument("--fp4-health-interval", type=int, default=None, help="per-layer FP4 health every N iterations (default: --log-interval; 0: off)")
     return parser
 
 

@@ -8,6 +8,7 @@ megatron-core provides; it wires it together and logs like Megatron-LM.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -21,6 +22,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
+from .. import health
 from ..megatron import build_fp4_gpt_model, enable_cpu_runtime
 from .arguments import transformer_config_from_args
 from .checkpointing import latest_iteration, load_checkpoint, save_checkpoint
@@ -103,6 +105,31 @@ def _run_schedule(model, batches, args, forward_only: bool) -> float | None:
     return loss.item() / parallel_state.get_data_parallel_world_size()
 
 
+def _gather_health(records) -> dict[str, dict[str, float]]:
+    """Per-layer health from every rank (pipeline stages hold different layers; TP ranks differ
+    on row-parallel shards: their statistics are averaged)."""
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, health.summarize(records))
+    merged: dict[str, list[dict]] = {}
+    for per_rank in gathered:
+        for layer, stats in per_rank.items():
+            merged.setdefault(layer, []).append(stats)
+    return {layer: {k: sum(s[k] for s in entries) / len(entries) for k in entries[0]} for layer, entries in sorted(merged.items())}
+
+
+def _log_health(stats: dict[str, dict[str, float]], iteration: int) -> None:
+    if not stats:
+        return
+    worst_snr = min(stats.items(), key=lambda item: item[1]["snr_db"])
+    worst_flush = max(stats.items(), key=lambda item: item[1]["flushed_to_zero"])
+    mean = lambda key: sum(s[key] for s in stats.values()) / len(stats)  # noqa: E731
+    _log(
+        f" fp4 health at iteration {iteration}: {len(stats)} layers | input SNR mean {mean('snr_db'):.1f} dB, "
+        f"lowest {worst_snr[1]['snr_db']:.1f} dB ({worst_snr[0]}) | flushed to zero mean {mean('flushed_to_zero'):.2%}, "
+        f"highest {worst_flush[1]['flushed_to_zero']:.2%} ({worst_flush[0]}) | OCC clamped {mean('clamp_fraction'):.2%}"
+    )
+
+
 def _format_seconds(seconds: float) -> str:
     minutes, seconds = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
@@ -159,12 +186,15 @@ def pretrain(args) -> list[dict]:
     records, tokens_per_iteration = [], args.global_batch_size * args.seq_length
     window_start, window_iterations, run_start = time.time(), 0, time.time()
     start_iteration = iteration
+    health_interval = args.log_interval if args.fp4_health_interval is None else args.fp4_health_interval
     while iteration < args.train_iters:
         model.train()
         model.zero_grad_buffer()
         optimizer.zero_grad()
         batches = micro_batches(train_data, consumed, args.global_batch_size, args.micro_batch_size, dp_rank, dp_size, device)
-        loss = _run_schedule(model, batches, args, forward_only=False)
+        collect = bool(config.fp4_quant_recipe.quantizes and health_interval and (iteration + 1) % health_interval == 0)
+        with health.collecting() if collect else contextlib.nullcontext() as health_records:
+            loss = _run_schedule(model, batches, args, forward_only=False)
         _, grad_norm, _ = optimizer.step()
         scheduler.step(increment=1)
         iteration, consumed = iteration + 1, consumed + args.global_batch_size
@@ -193,10 +223,17 @@ def pretrain(args) -> list[dict]:
             if values[0] is not None:
                 record["validation loss"] = sum(values) / len(values)
                 _log(f" validation loss at iteration {iteration}: {record['validation loss']:.4f}")
+        if collect:
+            record["fp4 health"] = _gather_health(health_records)
+            _log_health(record["fp4 health"], iteration)
         records.append(record)
         if writer is not None:
             for key, value in record.items():
-                if key != "iteration" and value is not None:
+                if key == "fp4 health":
+                    for layer, stats in value.items():
+                        for stat, number in stats.items():
+                            writer.add_scalar(f"fp4/{stat}/{layer}", number, iteration)
+                elif key != "iteration" and value is not None:
                     writer.add_scalar(key, value, iteration)
         if args.save and args.save_interval and iteration % args.save_interval == 0:
             save_checkpoint(args.save, iteration, model, optimizer, scheduler, consumed)

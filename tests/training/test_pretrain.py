@@ -50,11 +50,17 @@ def run(corpus, extra: str) -> list[dict]:
     return pretrain_gpt.main(argv(corpus, extra))
 
 
-def test_loss_decreases(corpus):
-    records = run(corpus, "--train-iters 30 --hidden-dropout 0 --attention-dropout 0")
+def test_loss_decreases_and_health_is_logged(corpus, tmp_path):
+    records = run(corpus, f"--train-iters 30 --hidden-dropout 0 --attention-dropout 0 --fp4-health-interval 10 --tensorboard-dir {tmp_path / 'tb'}")
     losses = [r["lm loss"] for r in records]
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses
     assert "validation loss" in records[-1]
+    health = records[9]["fp4 health"]
+    assert set(health) == {f"decoder.layers.{i}.{m}" for i in (0, 1) for m in ("self_attention.linear_qkv", "self_attention.linear_proj", "mlp.linear_fc1", "mlp.linear_fc2")}
+    for stats in health.values():
+        assert 5 < stats["snr_db"] < 60 and 0 <= stats["flushed_to_zero"] < 0.6 and 0.01 < stats["clamp_fraction"] < 0.03
+    assert "fp4 health" not in records[10]
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tb"))
 
 
 def test_resume_reproduces_the_uninterrupted_run(corpus, tmp_path):
