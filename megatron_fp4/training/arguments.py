@@ -105,7 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("data and tokenizer")
     data.add_argument("--data-path", nargs="+", default=None)
     data.add_argument("--split", default="969,30,1")
-    data.add_argument("--tokenizer-type", default=None)
+    data.add_argument(
+        "--tokenizer-type", choices=["HuggingFaceTokenizer"], default="HuggingFaceTokenizer",
+        help="a tokenizers JSON file given by --tokenizer-model (tools/preprocess_data.py writes one)",
+    )
     data.add_argument("--tokenizer-model", default=None)
     data.add_argument("--vocab-size", type=_positive_int, default=None)
 

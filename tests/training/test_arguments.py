@@ -51,6 +51,7 @@ def test_fp4_flags_build_the_recipe():
         ("--global-batch-size 7", "--global-batch-size 7 is not a multiple of --micro-batch-size 2"),
         ("--fp4 --fp4-dge-k 0.5", "DGEConfig.k=0.5"),
         ("--lr-decay-style cosinus", "invalid choice: 'cosinus'"),
+        ("--tokenizer-type GPT2BPETokenizer", "--tokenizer-type: invalid choice: 'GPT2BPETokenizer'"),
     ],
 )
 def test_bad_command_lines_fail_naming_the_flag(extra, message, capsys):
