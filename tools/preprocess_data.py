@@ -1,88 +1,11 @@
-"""Text or JSONL -> Megatron indexed dataset (.bin/.idx) with an offline BPE tokenizer.
+"""Text or JSONL -> Megatron indexed dataset with an offline BPE tokenizer (see --help)."""
 
-    python tools/preprocess_data.py --input corpus.txt --output-prefix data/corpus \
-        --train-tokenizer --vocab-size 8192          # trains data/tokenizer.json first
-    python tools/preprocess_data.py --input docs.jsonl --json-keys text \
-        --output-prefix data/docs --tokenizer-model data/tokenizer.json
-
-Documents: one per JSONL line (its --json-keys field), or for plain text, blocks separated by
-blank lines (--text-document-separator). Each document ends with the end-of-document token.
-Writes ``{prefix}_text_document.bin/.idx``: pass ``{prefix}_text_document`` to --data-path.
-"""
-
-from __future__ import annotations
-
-import argparse
-import json
 import os
 import sys
-from typing import Iterator
 
-import numpy
-import torch
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def read_documents(paths: list[str], json_key: str | None, separator: str) -> Iterator[str]:
-    for path in paths:
-        if not os.path.exists(path):
-            raise SystemExit(f"error: --input {path}: no such file")
-        with open(path, encoding="utf-8") as f:
-            if json_key or path.endswith(".jsonl") or path.endswith(".json"):
-                key = json_key or "text"
-                for number, line in enumerate(f, 1):
-                    if line.strip():
-                        record = json.loads(line)
-                        if key not in record:
-                            raise SystemExit(f"error: {path}:{number}: no field {key!r} (--json-keys)")
-                        yield record[key]
-            else:
-                for block in f.read().split(separator):
-                    if block.strip():
-                        yield block.strip()
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", nargs="+", required=True, help="text or JSONL files")
-    parser.add_argument("--json-keys", default=None, help="JSONL field holding the text (default: text)")
-    parser.add_argument("--text-document-separator", default="\n\n", help="plain text: what separates documents")
-    parser.add_argument("--output-prefix", required=True)
-    parser.add_argument("--tokenizer-model", default=None, help="an existing tokenizer.json")
-    parser.add_argument("--train-tokenizer", action="store_true", help="train a BPE on the input first")
-    parser.add_argument("--vocab-size", type=int, default=8192, help="with --train-tokenizer")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> str:
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder, get_bin_path, get_idx_path
-
-    from megatron_fp4.training.tokenizer import BPETokenizer, train_bpe_tokenizer
-
-    args = build_parser().parse_args(argv)
-    if bool(args.tokenizer_model) == args.train_tokenizer:
-        raise SystemExit("error: give exactly one of --tokenizer-model PATH and --train-tokenizer")
-    os.makedirs(os.path.dirname(os.path.abspath(args.output_prefix)), exist_ok=True)
-    documents = lambda: read_documents(args.input, args.json_keys, args.text_document_separator)  # noqa: E731
-    if args.train_tokenizer:
-        path = os.path.join(os.path.dirname(os.path.abspath(args.output_prefix)), "tokenizer.json")
-        tokenizer = train_bpe_tokenizer(documents(), args.vocab_size, path)
-    else:
-        tokenizer = BPETokenizer(args.tokenizer_model)
-    prefix = f"{args.output_prefix}_text_document"
-    dtype = numpy.uint16 if tokenizer.vocab_size < 65500 else numpy.int32
-    builder = IndexedDatasetBuilder(get_bin_path(prefix), dtype=dtype)
-    count = tokens = 0
-    for text in documents():
-        ids = tokenizer.tokenize(text) + [tokenizer.eod]
-        builder.add_document(torch.tensor(ids), [len(ids)])
-        count, tokens = count + 1, tokens + len(ids)
-    if count == 0:
-        raise SystemExit(f"error: --input {args.input}: no documents found")
-    builder.finalize(get_idx_path(prefix))
-    print(f"wrote {prefix}.bin/.idx: {count} documents, {tokens} tokens, vocab {tokenizer.vocab_size} ({tokenizer.path})")
-    return prefix
-
+from megatron_fp4.tools.preprocess_data import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

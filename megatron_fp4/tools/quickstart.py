@@ -17,7 +17,6 @@ import json
 import os
 import shlex
 import socket
-import sys
 
 MODEL = (
     "--num-layers 4 --hidden-size 128 --num-attention-heads 4 --group-query-attention --num-query-groups 2 "
@@ -78,10 +77,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     parser.add_argument("--vocab-size", type=int, default=2048)
     args = parser.parse_args(argv)
 
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    from tools import preprocess_data
-
     from .. import pretrain_gpt
+    from . import preprocess_data
 
     os.makedirs(args.out, exist_ok=True)
     corpus = os.path.join(args.out, "corpus.jsonl")

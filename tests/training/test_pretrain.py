@@ -27,7 +27,7 @@ def corpus(tmp_path_factory):
     rng = random.Random(0)
     text = "\n\n".join(" ".join(rng.choice(WORDS[: 12 if d % 2 else None]) for _ in range(rng.randint(40, 100))) + "." for d in range(300))
     (root / "corpus.txt").write_text(text)
-    import tools.preprocess_data as preprocess
+    from megatron_fp4.tools import preprocess_data as preprocess
 
     prefix = preprocess.main(["--input", str(root / "corpus.txt"), "--output-prefix", str(root / "corpus"), "--train-tokenizer", "--vocab-size", "400"])
     return prefix, str(root / "tokenizer.json")
@@ -110,3 +110,20 @@ def test_model_parallel_training_on_cpu(corpus, tmp_path, layout):
     assert None not in losses and sum(losses[-3:]) < sum(losses[:3])
     if "tensor" in layout:
         assert ranks[0] == ranks[1]
+
+
+def test_tools_script_runs_the_preprocessor(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "a.jsonl").write_text('{"text": "one document"}\n{"text": "another one"}\n')
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    result = subprocess.run(
+        [sys.executable, os.path.join(repo, "tools", "preprocess_data.py"), "--input", str(tmp_path / "a.jsonl"),
+         "--output-prefix", str(tmp_path / "out" / "a"), "--train-tokenizer", "--vocab-size", "300"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "2 documents" in result.stdout and (tmp_path / "out" / "a_text_document.idx").exists()
+    missing = subprocess.run([sys.executable, os.path.join(repo, "tools", "preprocess_data.py"), "--input", "nope.txt", "--output-prefix", str(tmp_path / "x"), "--train-tokenizer"], capture_output=True, text=True)
+    assert missing.returncode != 0 and "--input nope.txt: no such file" in missing.stderr
