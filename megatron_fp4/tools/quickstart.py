@@ -100,10 +100,11 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
         curves[name] = pretrain_gpt.main(shlex.split(command))
 
     names = list(curves)
-    print("\n" + f"{'iteration':>9} " + " ".join(f"{n:>12}" for n in names) + "   (lm loss)")
+    width = max(len(n) for n in names) + 2
+    print("\n" + f"{'iteration':>9} " + "".join(f"{n:>{width}}" for n in names) + "   (lm loss)")
     step = max(1, args.train_iters // 20)
     for index in range(step - 1, args.train_iters, step):
-        print(f"{index + 1:>9} " + " ".join(f"{curves[n][index]['lm loss']:>12.4f}" for n in names))
+        print(f"{index + 1:>9} " + "".join(f"{curves[n][index]['lm loss']:>{width}.4f}" for n in names))
     final = {n: curves[n][-1].get("validation loss") for n in names}
     print("final validation loss: " + ", ".join(f"{n} {v:.4f}" for n, v in final.items() if v is not None))
     if all(v is not None for v in final.values()):
