@@ -196,10 +196,7 @@ class FP4Linear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, recipe: FP4Recipe | None = None, backend: str | None = None) -> "FP4Linear":
         """Wrap an existing nn.Linear's parameters (shared, not copied)."""
-        layer = cls.__new__(cls)
-        nn.Module.__init__(layer)
-        layer.in_features, layer.out_features = linear.in_features, linear.out_features
-        layer.recipe, layer.backend = recipe or FP4Recipe.paper(), backend
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, recipe, backend, device="meta")
         layer.weight, layer.bias = linear.weight, linear.bias
         return layer
 

@@ -93,7 +93,6 @@ class _FP4LinearMixin:
 
     def _init_fp4(self, config, fp4_recipe: FP4Recipe | None, local_k: int) -> None:
         self.fp4_recipe = fp4_recipe or getattr(config, "fp4_quant_recipe", None) or FP4Recipe.paper()
-        self.fp4_backend = None
         self.fp4_name = type(self).__name__  # the model builder sets the module path (health logs)
         for operand in ("fprop_input", "fprop_weight"):
             block = getattr(self.fp4_recipe, operand).block_size
@@ -112,10 +111,8 @@ class _FP4LinearMixin:
             )
         if grad_output_buffer is not None:
             raise ValueError(f"{type(self).__name__}: --defer-embedding-wgrad-compute is not supported by FP4 layers")
-        if self.fp4_backend is None:
-            self.fp4_backend = get_backend()
         return FP4ParallelLinearFunction.apply(
-            input, weight, bias, self.fp4_recipe, self.fp4_backend,
+            input, weight, bias, self.fp4_recipe, get_backend(),
             gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel, tp_group, self.fp4_name,
         )
 
