@@ -1,33 +1,55 @@
 """Linear-layer forward+backward at LLaMA-2 shapes: our FP4 recipes vs nn.Linear bf16, one run.
 
-    python benchmarks/bench_linear.py [--tokens 8192]
+    python benchmarks/bench_linear.py [--tokens 8192 16384] [--recipes paper paper-no-occ direct nvfp4]
 
-Rows per shape: bf16 nn.Linear fwd+bwd (the baseline, ratio 1.00); the FP8 row-wise
-``_scaled_mm`` ceiling (the three GEMMs of fwd+bwd as FP8 GEMMs, no quantization cost);
-`direct` and `paper` FP4 linears fwd+bwd with the current backend. Medians of
-``triton.testing.do_bench``; ratios are bf16 time / row time (higher is faster).
+Per shape, all in the same run: bf16 ``nn.Linear`` fwd+bwd (the baseline); the FP8 row-wise
+``_scaled_mm`` ceiling (the three GEMMs of fwd+bwd as bare FP8 GEMMs: no quantization, no
+OCC); and each FP4 recipe's linear fwd+bwd on the automatic backend. Medians of
+``triton.testing.do_bench``; ratio = bf16 time / time (higher is faster).
+
+The input is an LLM-like activation (heavy-tailed tokens, log-normal channel magnitudes, a few
+outlier channels: what OCC is for), generated on the GPU. The last columns give the bytes the
+`paper` linear keeps for backward per activation element (packed codes + scales + OCC
+residual) against a bf16 copy's 2 B, and the share of entries OCC clamped.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 from triton.testing import do_bench
 
-from megatron_fp4.linear import fp4_linear
+from megatron_fp4.gemm import get_backend
+from megatron_fp4.linear import FP4GemmState, fp4_linear
 from megatron_fp4.recipe import get_recipe
 
-# (model, layer, in_features, out_features) for LLaMA-2 1.3B-style, 7B and 13B
+# (model, layer, in_features, out_features) for LLaMA-2 1.3B, 7B and 13B
 SHAPES = [
     ("1.3B", "qkv", 2048, 3 * 2048), ("1.3B", "fc1", 2048, 2 * 5504), ("1.3B", "fc2", 5504, 2048),
     ("7B", "qkv", 4096, 3 * 4096), ("7B", "fc1", 4096, 2 * 11008), ("7B", "fc2", 11008, 4096),
     ("13B", "qkv", 5120, 3 * 5120), ("13B", "fc1", 5120, 2 * 13824), ("13B", "fc2", 13824, 5120),
 ]
+VARIANTS = {
+    "paper": lambda: get_recipe("paper"),
+    "paper-no-occ": lambda: get_recipe("paper", occ=get_recipe("paper").occ.__class__(enabled=False)),
+    "direct": lambda: get_recipe("direct"),
+    "nvfp4": lambda: get_recipe("nvfp4"),
+    "mxfp4": lambda: get_recipe("mxfp4"),
+}
 
 
-def fwd_bwd(fn, x, w, grad):
+def llm_like_activation(tokens: int, hidden: int) -> torch.Tensor:
+    """Student-t(3) tokens x log-normal channel scales, 1/256 of channels 4-8x larger (bf16)."""
+    normal = torch.randn(4, tokens, hidden, device="cuda")
+    student_t = normal[0] / (normal[1:].square().sum(0) / 3).sqrt()
+    channel = torch.exp(0.5 * torch.randn(hidden, device="cuda"))
+    outliers = torch.randperm(hidden, device="cuda")[: max(1, hidden // 256)]
+    channel[outliers] *= 4 + 4 * torch.rand(outliers.numel(), device="cuda")
+    return (student_t / student_t.std() * channel).to(torch.bfloat16)
+
+
+def fwd_bwd_ms(fn, x, w, grad) -> float:
     def run():
         x.grad = w.grad = None
         fn(x, w).backward(grad)
@@ -35,13 +57,11 @@ def fwd_bwd(fn, x, w, grad):
     return do_bench(run, return_mode="median")
 
 
-def fp8_ceiling(tokens, k, n):
+def fp8_ceiling_ms(tokens: int, k: int, n: int) -> float:
     a = torch.randn(tokens, k, device="cuda").to(torch.float8_e4m3fn)
     b = torch.randn(n, k, device="cuda").to(torch.float8_e4m3fn)
     g = torch.randn(tokens, n, device="cuda").to(torch.float8_e4m3fn)
-    gt = g.t().contiguous()
-    at = a.t().contiguous()
-    bt = b.t().contiguous()
+    gt, at, bt = g.t().contiguous(), a.t().contiguous(), b.t().contiguous()
     ones = lambda r, c: torch.ones(r, c, device="cuda")  # noqa: E731
 
     def run():
@@ -52,27 +72,43 @@ def fp8_ceiling(tokens, k, n):
     return do_bench(run, return_mode="median")
 
 
+def saved_bytes_per_element(x: torch.Tensor, w: torch.Tensor) -> tuple[float, float]:
+    """(bytes kept for backward per activation element, OCC clamped share) of the `paper` linear."""
+    state = FP4GemmState(get_recipe("paper"), get_backend())
+    state.forward(x, w)
+    residual = state.residual.nbytes if state.residual is not None else 0
+    return (state.x_saved.nbytes + residual) / x.numel(), state.residual.nnz / x.numel()
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tokens", type=int, default=8192)
-    parser.add_argument("--recipes", nargs="+", default=["direct", "paper"])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, nargs="+", default=[8192])
+    parser.add_argument("--recipes", nargs="+", default=["paper", "paper-no-occ", "direct", "nvfp4"], choices=sorted(VARIANTS))
     args = parser.parse_args()
-    backend = os.environ.get("MEGATRON_FP4_GEMM_BACKEND", "auto")
-    print(f"tokens {args.tokens}; FP4 GEMM backend {backend}; ratio = bf16 time / time")
-    header = f"{'model':>5} {'layer':>5} {'K':>6} {'N':>6} {'bf16 ms':>8} {'fp8 ceil':>8}" + "".join(f" {r:>8}" for r in args.recipes)
-    print(header)
-    for model, layer, k, n in SHAPES:
-        x = torch.randn(args.tokens, k, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-        w = (torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02).requires_grad_()
-        grad = torch.randn(args.tokens, n, device="cuda", dtype=torch.bfloat16)
-        bf16 = fwd_bwd(lambda a, b: torch.nn.functional.linear(a, b), x, w, grad)
-        ratios = [bf16 / fp8_ceiling(args.tokens, k, n)]
-        for name in args.recipes:
-            recipe = get_recipe(name)
-            ratios.append(bf16 / fwd_bwd(lambda a, b: fp4_linear(a, b, None, recipe, backend), x, w, grad))
-        print(f"{model:>5} {layer:>5} {k:>6} {n:>6} {bf16:>8.3f}" + "".join(f" {r:>7.2f}x" for r in ratios))
-        del x, w, grad
-        torch.cuda.empty_cache()
+    print(f"FP4 GEMM backend: {get_backend().name}; ratio = bf16 time / time (higher is faster)")
+    print(
+        f"{'tokens':>6} {'model':>5} {'layer':>5} {'K':>6} {'N':>6} {'bf16 ms':>8} {'fp8 ceil':>9}"
+        + "".join(f" {r:>13}" for r in args.recipes)
+        + f" {'saved B/elem':>13} {'vs bf16':>8} {'clamped':>8}"
+    )
+    for tokens in args.tokens:
+        for model, layer, k, n in SHAPES:
+            x = llm_like_activation(tokens, k).requires_grad_()
+            w = (torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02).requires_grad_()
+            grad = torch.randn(tokens, n, device="cuda", dtype=torch.bfloat16) * 1e-3
+            bf16 = fwd_bwd_ms(torch.nn.functional.linear, x, w, grad)
+            ratios = [bf16 / fp8_ceiling_ms(tokens, k, n)]
+            for name in args.recipes:
+                recipe = VARIANTS[name]()
+                ratios.append(bf16 / fwd_bwd_ms(lambda a, b: fp4_linear(a, b, None, recipe), x, w, grad))
+            saved, clamped = saved_bytes_per_element(x.detach(), w.detach())
+            print(
+                f"{tokens:>6} {model:>5} {layer:>5} {k:>6} {n:>6} {bf16:>8.3f} {ratios[0]:>8.2f}x"
+                + "".join(f" {r:>12.2f}x" for r in ratios[1:])
+                + f" {saved:>13.3f} {saved / 2:>7.2f}x {clamped:>8.2%}"
+            )
+            del x, w, grad
+            torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

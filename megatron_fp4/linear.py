@@ -1,12 +1,16 @@
 """The FP4 linear layer: autograd ties recipe, quantizers, DGE, OCC and a GEMM backend together.
 
 Forward (paper §3):   Y = Q(clamp(X)) Q(W)^T + ΔX W^T + b      (ΔX: sparse OCC residual)
-Backward:             dX = Q_g(dY) Q(W)                          (clamp is straight-through)
-                      dW = (Q_g(dY)^T Q(clamp(X))) ⊙ f'(W / s_W) + Q_g(dY)^T ΔX
+Backward:             dX = Q_g(dY diag(s_W)) C_W                 (clamp is straight-through)
+                      dW = (Q_g(diag(s_X) dY)^T C_X) ⊙ f'(W / s_W) + dY^T ΔX
                       db = Σ dY
-with Q the recipe's operand formats, Q_g the output-gradient format (FP8 E5M2 in `paper`) and
-f' the DGE derivative (all ones when DGE is off: straight-through). The compensation term is the
-exact derivative of the forward's ΔX W^T, so DGE scales only the quantized path.
+with Q the recipe's operand formats, Q(W) = diag(s_W) C_W and Q(X) = diag(s_X) C_X their row
+scales and E2M1 elements, Q_g the output-gradient format (FP8 E5M2 in `paper`) and f' the DGE
+derivative (all ones when DGE is off: straight-through). The row scales sit on the backward
+GEMMs' reduction dimension, so they are folded into dY before Q_g (``megatron_fp4.backward``;
+``fold_backward_scales=False`` gives Q_g(dY) Q(W) instead). The compensation term is the exact
+derivative of the forward's ΔX W^T, taken with the unquantized dY (the paper's high-precision
+residual GEMM), so DGE scales only the quantized path.
 
 Saved for backward: the quantized operands (packed FP4 codes + scales), the sparse residual and
 the weight parameter itself (a reference, not a copy), never a full-precision activation copy
@@ -15,6 +19,7 @@ unless the recipe asks for a high-precision wgrad input.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -22,10 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import health
-from .dge import dge_derivative
+from .backward import fold_scale, quantize_grad_output
 from .gemm import GemmBackend, get_backend
-from .occ import SparseResidual, occ_clamp
-from .kernels import quantize_fast
+from .kernels import dge_scale_grad_fast, quantize_fast
+from .occ import SparseResidual, occ_bounds, occ_residual
 from .quantize import QuantizedTensor, check_finite_enabled, quantize
 from .recipe import FP4Recipe
 
@@ -51,8 +56,9 @@ class FP4GemmState:
         self.check = recipe.check_finite or check_finite_enabled()
         self.x_saved: QuantizedTensor | None = None
         self.w_saved: QuantizedTensor | None = None
-        self.w_fprop: QuantizedTensor | None = None  # the forward's weight scales, for DGE
+        self.w_fprop_scale: torch.Tensor | None = None  # the forward's weight scales, for DGE
         self.residual: SparseResidual | None = None
+        self.folded = (False, False)  # whether dgrad's weight / wgrad's input scales moved into dY
 
     def forward(self, x2d: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """fp32 ``Q(clamp X) Q(W)^T + ΔX W^T`` for x2d [M, K], weight [N, K]; keeps the saved forms."""
@@ -62,17 +68,17 @@ class FP4GemmState:
                 f"FP4 linear: input shape {tuple(x2d.shape)} does not match weight shape {tuple(weight.shape)}"
             )
         residual: SparseResidual | None = None
-        x_main = x2d
+        bounds = None
         if recipe.occ.enabled:
-            clamped = occ_clamp(x2d, recipe.occ)
-            x_main = clamped.clamped
-            if recipe.occ.compensate:
-                residual = clamped.residual
-
-        xq = quantize_fast(x_main, recipe.fprop_input, check_finite=self.check, name="linear input")
+            bounds = occ_bounds(x2d, recipe.occ)
+            if recipe.occ.compensate or health.is_collecting():
+                residual = occ_residual(x2d, *bounds)
+        xq = quantize_fast(x2d, recipe.fprop_input, check_finite=self.check, name="linear input", clamp=bounds)
         if health.is_collecting():
-            reconstruction = xq.dequantize_2d() + (residual.to_dense() if residual is not None else 0)
-            health.record_input(self.name, x2d, reconstruction, clamped.residual.nnz if recipe.occ.enabled else 0)
+            compensation = residual.to_dense() if residual is not None and recipe.occ.compensate else 0
+            health.record_input(self.name, x2d, xq.dequantize_2d() + compensation, residual.nnz if residual is not None else 0)
+        if not recipe.occ.compensate:
+            residual = None
         wq, self.w_saved = _quantize_pair(weight, recipe.fprop_weight, recipe.dgrad_weight, self.check, "linear weight")
         y = self.backend.fprop(xq, wq)
         if residual is not None:
@@ -81,34 +87,47 @@ class FP4GemmState:
         if recipe.wgrad_input == recipe.fprop_input:
             self.x_saved = xq
         elif recipe.wgrad_input.is_quantized:
-            self.x_saved = quantize_fast(x_main, recipe.wgrad_input, check_finite=self.check, name="linear input")
+            self.x_saved = quantize_fast(x2d, recipe.wgrad_input, check_finite=self.check, name="linear input", clamp=bounds)
         else:  # high-precision wgrad input: the true input, outliers included
             self.x_saved, residual = quantize(x2d, recipe.wgrad_input), None
         self.residual = residual
-        self.w_fprop = wq if recipe.dge.enabled else None
+        self.w_fprop_scale = wq.decode_scale() if recipe.dge.enabled else None
+        # kept for backward: packed codes and scales only (the FP8 containers are rebuilt there)
+        self.x_saved = dataclasses.replace(self.x_saved, fp8=None)
+        self.w_saved = dataclasses.replace(self.w_saved, fp8=None)
         return y
 
     def quantize_grad_output(self, g2d: torch.Tensor) -> tuple[QuantizedTensor, QuantizedTensor]:
-        """The output gradient in the dgrad and wgrad formats (quantized once when they agree)."""
+        """The output gradient in the dgrad and wgrad formats, with the saved operands' row scales
+        folded in where the recipe allows (``megatron_fp4.backward``)."""
         recipe = self.recipe
-        return _quantize_pair(g2d, recipe.dgrad_grad_output, recipe.wgrad_grad_output, self.check, "linear grad_output")
+        fold = recipe.fold_backward_scales
+        weight_scale = fold_scale(self.w_saved) if fold and recipe.dgrad_grad_output.is_quantized else None
+        input_scale = fold_scale(self.x_saved) if fold and recipe.wgrad_grad_output.is_quantized else None
+        self.folded = (weight_scale is not None, input_scale is not None)
+        return quantize_grad_output(
+            g2d, recipe.dgrad_grad_output, recipe.wgrad_grad_output, weight_scale, input_scale, self.check, "linear grad_output"
+        )
 
     def grad_input(self, gq_dgrad: QuantizedTensor) -> torch.Tensor:
-        """fp32 dX = Q_g(dY) Q(W) (the clamp is straight-through)."""
-        return self.backend.dgrad(gq_dgrad, self.w_saved)
+        """fp32 dX = Q_g(dY diag(s_W)) C_W, or Q_g(dY) Q(W) unfolded (the clamp is straight-through)."""
+        weight = self.w_saved.without_scale() if self.folded[0] else self.w_saved
+        return self.backend.dgrad(gq_dgrad, weight)
 
-    def grad_weight(self, gq_wgrad: QuantizedTensor, weight: torch.Tensor) -> torch.Tensor:
-        """fp32 dW = (Q_g(dY)^T Q(clamp X)) ⊙ f'(W / s_W) + Q_g(dY)^T ΔX."""
-        grad_w = self.backend.wgrad(gq_wgrad, self.x_saved)
-        if self.w_fprop is not None:
-            grad_w = grad_w * weight_dge_factor(weight, self.w_fprop, self.recipe)
+    def grad_weight(self, gq_wgrad: QuantizedTensor, weight: torch.Tensor, g2d: torch.Tensor) -> torch.Tensor:
+        """fp32 dW = (Q_g(diag(s_X) dY)^T C_X) ⊙ f'(W / s_W) + dY^T ΔX (g2d: the unquantized dY)."""
+        saved_input = self.x_saved.without_scale() if self.folded[1] else self.x_saved
+        grad_w = self.backend.wgrad(gq_wgrad, saved_input)
+        if self.w_fprop_scale is not None:
+            dge, fmt = self.recipe.dge, self.recipe.fprop_weight.format
+            grad_w = dge_scale_grad_fast(grad_w.contiguous(), weight, self.w_fprop_scale, fmt, dge.k, dge.max_derivative)
         if self.residual is not None:
-            grad_w = grad_w + self.residual.t_matmul(gq_wgrad.dequantize_2d())
+            grad_w = grad_w + self.residual.t_matmul(g2d)
         return grad_w
 
     def release(self) -> None:
         """Drop the saved operands once backward is done."""
-        self.x_saved = self.w_saved = self.w_fprop = self.residual = None
+        self.x_saved = self.w_saved = self.w_fprop_scale = self.residual = None
 
 
 class FP4LinearFunction(torch.autograd.Function):
@@ -135,17 +154,11 @@ class FP4LinearFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = state.grad_input(gq_dgrad).to(ctx.x_dtype).reshape(ctx.x_shape)
         if ctx.needs_input_grad[1]:
-            grad_w = state.grad_weight(gq_wgrad, weight).to(weight.dtype)
+            grad_w = state.grad_weight(gq_wgrad, weight, g2d).to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g2d.float().sum(0).to(grad_output.dtype)
         state.release()
         return grad_x, grad_w, grad_b, None, None
-
-
-def weight_dge_factor(weight: torch.Tensor, quantized_weight: QuantizedTensor, recipe: FP4Recipe) -> torch.Tensor:
-    """f'(W / s_W): DGE's elementwise weight-gradient factor on the forward's weight scaling."""
-    scaled = weight.float() / quantized_weight.decode_scale()
-    return dge_derivative(scaled, recipe.fprop_weight.format, recipe.dge.k, recipe.dge.max_derivative)
 
 
 def fp4_linear(

@@ -22,7 +22,17 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["OCCConfig", "SparseResidual", "OCCResult", "quantile_order_statistic", "occ_thresholds", "occ_clamp"]
+__all__ = [
+    "OCCConfig",
+    "SparseResidual",
+    "OCCResult",
+    "quantile_order_statistic",
+    "occ_thresholds",
+    "occ_bounds",
+    "occ_residual",
+    "clamp_to",
+    "occ_clamp",
+]
 
 SAMPLE_SEED = 0x0CC
 
@@ -63,14 +73,20 @@ def _rank(count: int, quantile: float) -> int:
     return min(max(math.ceil(quantile * count), 1), count)
 
 
-def quantile_order_statistic(values: torch.Tensor, quantile: float, config: OCCConfig) -> torch.Tensor:
-    """The ``quantile`` order statistic of a flat tensor: exact, or sampled past the size limit."""
+def _quantile_source(values: torch.Tensor, config: OCCConfig) -> torch.Tensor:
+    """The values the order statistics are taken over: all of them, or the fixed-seed sample."""
     flat = values.reshape(-1)
     if flat.numel() > config.exact_max_elements:
         generator = torch.Generator(device=flat.device).manual_seed(SAMPLE_SEED)
         index = torch.randint(0, flat.numel(), (config.sample_size,), generator=generator, device=flat.device)
         flat = flat[index]
-    return flat.float().kthvalue(_rank(flat.numel(), quantile)).values
+    return flat.float()
+
+
+def quantile_order_statistic(values: torch.Tensor, quantile: float, config: OCCConfig) -> torch.Tensor:
+    """The ``quantile`` order statistic of a flat tensor: exact, or sampled past the size limit."""
+    source = _quantile_source(values, config)
+    return source.kthvalue(_rank(source.numel(), quantile)).values
 
 
 def occ_thresholds(x2d: torch.Tensor, config: OCCConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +101,9 @@ def occ_thresholds(x2d: torch.Tensor, config: OCCConfig) -> tuple[torch.Tensor, 
     if config.symmetric:
         high = quantile_order_statistic(x2d.abs(), alpha, config)
         return -high, high
-    return quantile_order_statistic(x2d, 1 - alpha, config), quantile_order_statistic(x2d, alpha, config)
+    source = _quantile_source(x2d, config)  # one sample serves both bounds
+    count = source.numel()
+    return source.kthvalue(_rank(count, 1 - alpha)).values, source.kthvalue(_rank(count, alpha)).values
 
 
 @dataclass(frozen=True)
@@ -187,16 +205,31 @@ class OCCResult:
         return self.residual.nnz / max(1, self.clamped.numel())
 
 
-def occ_clamp(x2d: torch.Tensor, config: OCCConfig) -> OCCResult:
-    """Clamp a [rows, K] activation to its quantile bounds and keep the exact sparse residual.
-
-    The residual is computed in fp32; for bf16/fp16 inputs clamped + residual equals A exactly
-    (the difference of two 16-bit floats is exact in fp32 unless their exponents differ by more
-    than 16). NaN compares false, so a NaN entry is neither clamped nor in the residual.
-    """
+def occ_bounds(x2d: torch.Tensor, config: OCCConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clamp bounds in x's dtype (what the clamp compares against)."""
     low, high = occ_thresholds(x2d, config)
-    low, high = low.to(x2d.dtype), high.to(x2d.dtype)
-    clamped = torch.maximum(torch.minimum(x2d, high), low)
+    return low.to(x2d.dtype), high.to(x2d.dtype)
+
+
+def clamp_to(x2d: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """clamp(A, low, high) in A's dtype (NaN stays NaN)."""
+    return torch.maximum(torch.minimum(x2d, high), low)
+
+
+def occ_residual(x2d: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> SparseResidual:
+    """ΔA = A - clamp(A) at the entries outside [low, high] only (fp32 values).
+
+    For bf16/fp16 inputs clamp(A) + ΔA equals A exactly (the difference of two 16-bit floats is
+    exact in fp32 unless their exponents differ by more than 16). NaN compares false, so a NaN
+    entry is neither clamped nor in the residual.
+    """
     outlier = (x2d > high) | (x2d < low)
-    values = x2d[outlier].float() - clamped[outlier].float()
-    return OCCResult(clamped, SparseResidual.from_mask(outlier, values))
+    picked = x2d[outlier]
+    values = picked.float() - clamp_to(picked, low.expand_as(x2d)[outlier], high.expand_as(x2d)[outlier]).float()
+    return SparseResidual.from_mask(outlier, values)
+
+
+def occ_clamp(x2d: torch.Tensor, config: OCCConfig) -> OCCResult:
+    """Clamp a [rows, K] activation to its quantile bounds and keep the exact sparse residual."""
+    low, high = occ_bounds(x2d, config)
+    return OCCResult(clamp_to(x2d, low, high), occ_residual(x2d, low, high))

@@ -12,6 +12,7 @@ A [tokens, K] are tokens (token-wise scaling, paper §3), rows of W [out, K] are
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -98,7 +99,8 @@ class QuantizedTensor:
 
     data: packed FP4 codes (uint8, [rows, K/2]); FP8 elements ([rows, K]); or the high-precision
     tensor itself. scale: decode scales, fp32 [rows, 1] (row), [1, 1] (tensor), E4M3 [rows, K/16]
-    (nvfp4) or E8M0 bytes [rows, K/32] (mxfp4); None when not quantized. global_scale: the fp32
+    (nvfp4) or E8M0 bytes [rows, K/32] (mxfp4); None when not quantized, or when the scales were
+    folded into the other GEMM operand (unit scale, ``without_scale``). global_scale: the fp32
     NVFP4 tensor scale. shape/dtype: the original tensor's. fp8: optionally the same FP4 values
     as FP8 E4M3 elements [rows, K] (every E2M1 value is exact in E4M3), the operand form of FP8
     tensor cores; the fused kernels write it next to the packed codes.
@@ -129,10 +131,18 @@ class QuantizedTensor:
         return block.repeat_interleave(self.spec.block_size, dim=-1)
 
     def dequantize_2d(self) -> torch.Tensor:
-        """fp32 [rows, K] approximation of the original tensor."""
+        """fp32 [rows, K] approximation of the original tensor (the bare element values when the
+        scales were folded elsewhere: see ``without_scale``)."""
         if not self.spec.is_quantized:
             return self.data.float().reshape(-1, self.shape[-1])
+        if self.scale is None:
+            return self.element_values()
         return self.element_values() * self.decode_scale()
+
+    def without_scale(self) -> "QuantizedTensor":
+        """The same elements with unit scale (scale None): the GEMM operand once the scales have
+        been folded into the other operand (see ``megatron_fp4.backward``)."""
+        return dataclasses.replace(self, scale=None, global_scale=None)
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The approximation in the original shape and ``dtype`` (default: the original dtype)."""

@@ -51,7 +51,10 @@ class FP4Recipe:
 
     Saved-for-backward rule: the layer saves the operands in the formats dgrad and wgrad ask for,
     so with the presets it keeps the packed FP4 weight and activation of the forward GEMM, never
-    a full-precision copy. check_finite: raise on NaN/Inf in any tensor being quantized (debug).
+    a full-precision copy. fold_backward_scales: move the weight's and the activation's row
+    scales into the output gradient before its quantization, so dgrad and wgrad run on FP8
+    tensor cores (``megatron_fp4.backward``); False keeps Q_g(dY)·Q(W) (reference GEMMs only).
+    check_finite: raise on NaN/Inf in any tensor being quantized (debug).
     """
 
     name: str = "custom"
@@ -63,6 +66,7 @@ class FP4Recipe:
     wgrad_input: QuantSpec = FP4_ROW
     dge: DGEConfig = field(default_factory=DGEConfig)
     occ: OCCConfig = field(default_factory=OCCConfig)
+    fold_backward_scales: bool = True
     check_finite: bool = False
 
     def __post_init__(self) -> None:
@@ -97,7 +101,8 @@ class FP4Recipe:
             if occ.enabled
             else "no OCC"
         )
-        return f"{self.name}: {ops}; {dge}; {occ_text}"
+        fold = "backward scales folded into dY" if self.fold_backward_scales else "backward scales unfolded"
+        return f"{self.name}: {ops}; {dge}; {occ_text}; {fold}"
 
     # ---- presets -------------------------------------------------------------------------
     @classmethod

@@ -45,7 +45,11 @@ class _DGEWeight(torch.autograd.Function):
 
 
 def fake_quant_reference(x, w, b, recipe):
-    """Y = GradQ(STE(Q(clamp X)) @ DGE(W)^T + ΔX @ W^T) + b, differentiated by autograd."""
+    """Y = GradQ(STE(Q(clamp X)) @ DGE(W)^T) + ΔX @ W^T + b, differentiated by autograd.
+
+    This is the unfolded backward (``fold_backward_scales=False``, and block recipes, where
+    nothing folds): dX = Q_g(dY) Q(W), dW = (Q_g(dY)^T Q(X)) ⊙ f' + dY^T ΔX.
+    """
     x2d = x.reshape(-1, x.shape[-1])
     main, residual = x2d, None
     if recipe.occ.enabled:
@@ -54,10 +58,10 @@ def fake_quant_reference(x, w, b, recipe):
         if recipe.occ.compensate:
             residual = result.residual.to_dense()
     x_q = main + (fake_quantize(main.detach(), recipe.fprop_input) - main).detach()  # STE quantizer
-    y = x_q @ _DGEWeight.apply(w, recipe).t()
+    y = _GradQuant.apply(x_q @ _DGEWeight.apply(w, recipe).t(), recipe.dgrad_grad_output)
     if residual is not None:
         y = y + residual @ w.t()
-    y = _GradQuant.apply(y, recipe.dgrad_grad_output) + b
+    y = y + b
     return y.reshape(*x.shape[:-1], w.shape[0])
 
 
@@ -81,9 +85,14 @@ def outlier_activation(*shape):
     return x
 
 
+ROW_SCALED = ["paper", "paper_row_occ", "paper_no_compensation", "paper_pow2", "direct"]
+
+
 @pytest.mark.parametrize("name", RECIPES)
 def test_matches_fake_quant_autograd_reference(name):
     recipe = RECIPES[name]
+    if name in ROW_SCALED:
+        recipe = recipe.replace(fold_backward_scales=False)
     x = outlier_activation(4, 24, 64).requires_grad_()
     w = (torch.randn(48, 64) * 0.05).requires_grad_()
     b = torch.randn(48).requires_grad_()
@@ -97,6 +106,39 @@ def test_matches_fake_quant_autograd_reference(name):
     # the same quantized operands multiplied in fp32 in another order: fp32 accumulation error only
     for ours, ref in [(y, y_ref), (gx, rx), (gw, rw), (gb, rb)]:
         assert relative_error(ours, ref) < 1e-5, name
+
+
+@pytest.mark.parametrize("name", ROW_SCALED)
+def test_folded_backward_matches_its_formula(name):
+    """dX = Q_g(dY diag(s_W)) C_W and dW = (Q_g(diag(s_X) dY)^T C_X) ⊙ f'(W/s_W) + dY^T ΔX,
+    written out from the quantizers (megatron_fp4.backward's definition)."""
+    recipe = RECIPES[name]
+    x = outlier_activation(96, 64).requires_grad_()
+    w = (torch.randn(48, 64) * 0.05).requires_grad_()
+    grad = torch.randn(96, 48)
+    gx, gw = torch.autograd.grad(fp4_linear(x, w, None, recipe), (x, w), grad)
+
+    main, residual = x.detach(), torch.zeros(96, 64)
+    if recipe.occ.enabled:
+        result = occ_clamp(main, recipe.occ)
+        main = result.clamped
+        if recipe.occ.compensate:
+            residual = result.residual.to_dense()
+    xq, wq = quantize(main, recipe.fprop_input), quantize(w.detach(), recipe.fprop_weight)
+    s_x, s_w = xq.decode_scale(), wq.decode_scale()
+    dgrad_operand = fake_quantize(grad * s_w.t(), recipe.dgrad_grad_output)
+    wgrad_operand = fake_quantize(s_x * grad, recipe.wgrad_grad_output)
+    expected_gx = dgrad_operand @ wq.element_values()
+    expected_gw = wgrad_operand.t() @ xq.element_values()
+    if recipe.dge.enabled:
+        expected_gw = expected_gw * dge_derivative(w.detach() / s_w)
+    expected_gw = expected_gw + grad.t() @ residual
+    # the same quantized operands multiplied in fp32 in another order: fp32 accumulation error only
+    assert relative_error(gx, expected_gx) < 1e-5
+    assert relative_error(gw, expected_gw) < 1e-5
+    # and folding moves only where the gradient's FP8 scale is taken: close to the unfolded result
+    ux, uw = torch.autograd.grad(fp4_linear(x, w, None, recipe.replace(fold_backward_scales=False)), (x, w), grad)
+    assert relative_error(gx, ux) < 0.1 and relative_error(gw, uw) < 0.1
 
 
 def test_bf16_preset_is_nn_linear_exactly():

@@ -48,14 +48,14 @@ class GemmBackend(abc.ABC):
 
 
 _REGISTRY: dict[str, Callable[[], GemmBackend]] = {}
-_PRIORITY: list[str] = []  # automatic choice: first available wins
+_PRIORITY: dict[str, int] = {}  # automatic choice: the available backend of lowest priority wins
 
 
 def register_backend(name: str, factory: Callable[[], GemmBackend], auto_priority: int | None = None) -> None:
     """Make a backend selectable by ``name``; ``auto_priority`` (lower first) enters it in 'auto'."""
     _REGISTRY[name] = factory
     if auto_priority is not None:
-        _PRIORITY.insert(min(auto_priority, len(_PRIORITY)), name)
+        _PRIORITY[name] = auto_priority
 
 
 def available_backends() -> list[str]:
@@ -69,7 +69,7 @@ def get_backend(name: str | None = None) -> GemmBackend:
     """The backend ``name`` (default: the ``MEGATRON_FP4_GEMM_BACKEND`` override, else 'auto')."""
     name = name or os.environ.get(BACKEND_ENV, "auto")
     if name == "auto":
-        name = next(n for n in _PRIORITY if n in available_backends())
+        name = min((n for n in _PRIORITY if n in available_backends()), key=_PRIORITY.__getitem__)
     if name not in _REGISTRY:
         raise ValueError(f"unknown FP4 GEMM backend {name!r}; allowed: {['auto', *sorted(_REGISTRY)]}")
     if name not in available_backends():

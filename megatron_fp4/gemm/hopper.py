@@ -1,15 +1,17 @@
 """Hopper backend: FP4-valued operands on FP8 tensor cores (``torch._scaled_mm``).
 
-Every E2M1 value is exact in FP8 E4M3, so an FP4 GEMM with per-row activation scales and
-per-output-channel weight scales runs as an FP8 GEMM whose row/column scales are applied in the
-epilogue: ``Y = diag(s_X) (q_X q_W^T) diag(s_W)``. The products of E2M1 values are exact and
-accumulate in fp32, so the result equals the reference backend's up to accumulation order and
-the bf16 rounding of the output (``_scaled_mm`` with row-wise scales writes bf16).
-
-Covered now: fprop with `row`-granular E2M1 operands. dgrad and wgrad carry the weight's
-per-channel and the activation's per-token scales on their reduction dimension, where an FP8
-GEMM cannot apply them; they run on the reference backend until the transposed quantizers of
-the fast path exist. Selected with ``MEGATRON_FP4_GEMM_BACKEND=hopper`` (not yet by 'auto').
+Every E2M1 value is exact in FP8 E4M3, so each of a linear layer's GEMMs runs as an FP8 GEMM
+whose scales stay outside the sum:
+    fprop  Y  = diag(s_X) (C_X C_W^T) diag(s_W)        row-wise scales in the epilogue
+    dgrad  dX = s_g · (G_d C_W)                          G_d = Q8(dY diag(s_W)), tensor scale s_g
+    wgrad  dW = s_g · (G_w^T C_X)                        G_w = Q8(diag(s_X) dY)
+(C: E2M1 elements as E4M3 bytes; dgrad/wgrad take the folded operands of ``megatron_fp4.backward``.)
+Products of E2M1 and FP8 values are exact and accumulate in fp32, so results equal the
+reference backend's up to accumulation order (and the bf16 rounding of fprop's output where
+this PyTorch cannot write fp32 with row-wise scales). The B operands are rebuilt from the saved
+packed codes as transposed E4M3 tiles by a Triton kernel. Operands it cannot take (block
+scales, unfolded row scales on the reduction dimension, dims not multiples of 16) go to the
+reference backend, so results never depend on which path ran.
 """
 
 from __future__ import annotations
@@ -22,8 +24,19 @@ from .reference import ReferenceBackend
 
 __all__ = ["HopperBackend"]
 
+FP8_GRAD_DTYPES = ("fp8_e5m2", "fp8_e4m3")
 
-def _fp8_operand(q: QuantizedTensor) -> torch.Tensor:
+
+def _is_e2m1(q: QuantizedTensor) -> bool:
+    return q.spec.dtype == "fp4" and q.spec.fp4_format == "e2m1"
+
+
+def _aligned(*dims: int) -> bool:
+    return all(d % 16 == 0 for d in dims)
+
+
+def _fp8_rows(q: QuantizedTensor) -> torch.Tensor:
+    """The E2M1 elements as E4M3 [rows, K] (the fused quantizer's copy, else rebuilt from codes)."""
     if q.fp8 is not None:
         return q.fp8
     from ..kernels.quantize_rows import fp8_from_codes
@@ -31,34 +44,60 @@ def _fp8_operand(q: QuantizedTensor) -> torch.Tensor:
     return fp8_from_codes(q.data)
 
 
+def _fp8_transposed(q: QuantizedTensor) -> torch.Tensor:
+    """The E2M1 elements as E4M3, transposed: [K, rows] contiguous."""
+    from ..kernels.codes_to_fp8 import codes_to_fp8_t
+
+    return codes_to_fp8_t(q.data)
+
+
 class HopperBackend(GemmBackend):
     name = "hopper"
 
     def __init__(self) -> None:
         self.fallback = ReferenceBackend()
+        self.fprop_out_dtype = torch.float32  # becomes bf16 if this PyTorch refuses fp32 row-wise output
 
     @classmethod
     def is_available(cls) -> bool:
         return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (9, 0) and hasattr(torch, "_scaled_mm")
 
     def supports(self, a: QuantizedTensor, b: QuantizedTensor) -> bool:
-        row_fp4 = all(q.spec.dtype == "fp4" and q.spec.granularity == "row" and q.spec.fp4_format == "e2m1" for q in (a, b))
-        rows, k = a.data.shape[0], a.shape[-1]
-        return row_fp4 and rows % 16 == 0 and k % 16 == 0 and b.data.shape[0] % 16 == 0
+        """fprop: row-scaled E2M1 activation and weight, dims multiples of 16."""
+        row_e2m1 = all(_is_e2m1(q) and q.spec.granularity == "row" and q.scale is not None for q in (a, b))
+        return row_e2m1 and _aligned(a.data.shape[0], a.shape[-1], b.data.shape[0])
+
+    def supports_backward(self, g: QuantizedTensor, operand: QuantizedTensor) -> bool:
+        """dgrad/wgrad: FP8 tensor-scaled gradient and a folded (unit-scale) E2M1 operand."""
+        fp8_grad = g.spec.dtype in FP8_GRAD_DTYPES and g.spec.granularity == "tensor"
+        folded = _is_e2m1(operand) and operand.scale is None
+        return fp8_grad and folded and _aligned(*g.data.shape, operand.shape[-1])
 
     def fprop(self, x: QuantizedTensor, w: QuantizedTensor) -> torch.Tensor:
         if not self.supports(x, w):
             return self.fallback.fprop(x, w)
-        out = torch._scaled_mm(
-            _fp8_operand(x), _fp8_operand(w).t(), scale_a=x.scale, scale_b=w.scale.t(), out_dtype=torch.bfloat16
-        )
-        return out.float()
+        a, b = _fp8_rows(x), _fp8_rows(w).t()
+        if self.fprop_out_dtype == torch.float32:
+            try:
+                return torch._scaled_mm(a, b, scale_a=x.scale, scale_b=w.scale.t(), out_dtype=torch.float32)
+            except (RuntimeError, NotImplementedError):
+                self.fprop_out_dtype = torch.bfloat16
+        return torch._scaled_mm(a, b, scale_a=x.scale, scale_b=w.scale.t(), out_dtype=torch.bfloat16).float()
 
     def dgrad(self, g: QuantizedTensor, w: QuantizedTensor) -> torch.Tensor:
-        return self.fallback.dgrad(g, w)
+        if not self.supports_backward(g, w):
+            return self.fallback.dgrad(g, w)
+        one = torch.ones((), dtype=torch.float32, device=g.data.device)
+        return torch._scaled_mm(
+            g.data.contiguous(), _fp8_transposed(w).t(), scale_a=g.scale.reshape(()), scale_b=one, out_dtype=torch.float32
+        )
 
     def wgrad(self, g: QuantizedTensor, x: QuantizedTensor) -> torch.Tensor:
-        return self.fallback.wgrad(g, x)
+        if not self.supports_backward(g, x):
+            return self.fallback.wgrad(g, x)
+        one = torch.ones((), dtype=torch.float32, device=g.data.device)
+        g_t = g.data.t().contiguous()  # already contiguous when the fused quantizer wrote it
+        return torch._scaled_mm(g_t, _fp8_transposed(x).t(), scale_a=g.scale.reshape(()), scale_b=one, out_dtype=torch.float32)
 
 
-register_backend("hopper", HopperBackend)
+register_backend("hopper", HopperBackend, auto_priority=10)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import torch
 
+from ..dge import dge_derivative
+from ..formats import E2M1
 from ..quantize import QuantizedTensor, QuantSpec, check_finite_enabled, quantize
 
-__all__ = ["quantize_fast", "triton_available"]
+__all__ = ["quantize_fast", "quantize_grad_fast", "dge_scale_grad_fast", "triton_available"]
 
 
 def triton_available() -> bool:
@@ -21,14 +23,53 @@ def triton_available() -> bool:
     return True
 
 
-def quantize_fast(x: torch.Tensor, spec: QuantSpec, *, check_finite: bool | None = None, name: str = "tensor") -> QuantizedTensor:
-    """``quantize`` through a fused kernel on CUDA where one exists for ``spec``, else the reference."""
-    if x.is_cuda and triton_available():
+def quantize_fast(
+    x: torch.Tensor,
+    spec: QuantSpec,
+    *,
+    check_finite: bool | None = None,
+    name: str = "tensor",
+    clamp: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> QuantizedTensor:
+    """``quantize(clamp(x))`` through a fused kernel on CUDA where one exists for ``spec``, else
+    the reference. clamp: optional (low, high) bounds in x's dtype (OCC); scalar bounds are
+    applied inside the kernel, per-row ones by a clamp before it."""
+    checking = check_finite if check_finite is not None else check_finite_enabled()
+    fused = x.is_cuda and triton_available()
+    if fused:
         from .quantize_rows import quantize_rows, supports_spec
 
-        if supports_spec(spec):
-            checking = check_finite if check_finite is not None else check_finite_enabled()
-            if checking and not torch.isfinite(x).all():
-                quantize(x, spec, check_finite=True, name=name)  # raises, naming the tensor
-            return quantize_rows(x)
-    return quantize(x, spec, check_finite=check_finite, name=name)
+        fused = supports_spec(spec)
+    if clamp is not None and not (fused and clamp[0].numel() == 1 and clamp[1].numel() == 1):
+        low, high = clamp
+        x, clamp = torch.maximum(torch.minimum(x, high), low), None  # NaN stays NaN, as the kernel
+    if not fused:
+        return quantize(x, spec, check_finite=check_finite, name=name)
+    if checking and not torch.isfinite(x).all():
+        quantize(x, spec, check_finite=True, name=name)  # raises, naming the tensor
+    bounds = None if clamp is None else torch.stack([clamp[0].reshape(()), clamp[1].reshape(())])
+    return quantize_rows(x, bounds)
+
+
+def quantize_grad_fast(g2d, dgrad_spec, wgrad_spec, weight_scale, input_scale, check: bool, name: str):
+    """The fused folded gradient quantizer on CUDA for FP8 `tensor` specs, else None (caller runs
+    the reference, ``megatron_fp4.backward.quantize_grad_output_reference``)."""
+    if not (g2d.is_cuda and triton_available()):
+        return None
+    from .quantize_grad import quantize_grad_folded, supports_grad_specs
+
+    if not supports_grad_specs(dgrad_spec, wgrad_spec):
+        return None
+    if (check or check_finite_enabled()) and not torch.isfinite(g2d).all():
+        quantize(g2d, dgrad_spec, check_finite=True, name=name)  # raises, naming the tensor
+    return quantize_grad_folded(g2d, dgrad_spec, wgrad_spec, weight_scale, input_scale)
+
+
+def dge_scale_grad_fast(grad_w: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, fmt, k: float, max_derivative: float) -> torch.Tensor:
+    """grad_w ⊙ f'(W / s_W) (DGE, grid ``fmt``): the fused E2M1 kernel on CUDA (in place), else the reference."""
+    fused = fmt is E2M1 and scale.shape == (weight.shape[0], 1)
+    if fused and grad_w.is_cuda and triton_available() and grad_w.dtype == torch.float32 and grad_w.is_contiguous():
+        from .dge_grad import dge_scale_grad
+
+        return dge_scale_grad(grad_w, weight, scale, k, max_derivative)
+    return grad_w * dge_derivative(weight.float() / scale, fmt, k, max_derivative)

@@ -21,6 +21,7 @@ __all__ = ["quantize_rows", "quantize_rows_reference", "fp8_from_codes", "suppor
 
 ROW_SPEC = QuantSpec("fp4", "row", "e2m1")
 MAX_WHOLE_ROW = 4096  # longer rows spill registers when held whole (measured on H100: NOTES.md)
+ROWS_PER_PROGRAM = 1  # see the sweep in benchmarks/NOTES.md
 
 
 @triton.jit
@@ -40,16 +41,18 @@ def _e4m3_byte(index):
 
 
 @triton.jit
-def _store_row_block(x, scale, offsets, fp8_row, codes_row, start, K: tl.constexpr, BLOCK: tl.constexpr):
-    """Quantize one block of a row with its scale; store the FP8 bytes and the packed codes."""
+def _store_block(x, scale, rows, start, fp8_ptr, codes_ptr, M, K: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr):
+    """Quantize a [R, BLOCK] tile with its rows' scales [R, 1]; store FP8 bytes and packed codes."""
+    cols = start + tl.arange(0, BLOCK)
     q = tl.math.div_rn(x, scale)
     negative = (q.to(tl.int32, bitcast=True) < 0).to(tl.int32)
     index = _e2m1_index(tl.abs(q))
-    tl.store(fp8_row + offsets, (_e4m3_byte(index) | (negative << 7)).to(tl.uint8), mask=offsets < K)
+    row_mask = rows[:, None] < M
+    tl.store(fp8_ptr + rows[:, None] * K + cols[None, :], (_e4m3_byte(index) | (negative << 7)).to(tl.uint8), mask=row_mask & (cols[None, :] < K))
     codes = (index | (negative << 3)).to(tl.uint8)
-    low_nibble, high_nibble = tl.split(tl.reshape(codes, (BLOCK // 2, 2)))
+    low_nibble, high_nibble = tl.split(tl.reshape(codes, (R, BLOCK // 2, 2)))
     half = start // 2 + tl.arange(0, BLOCK // 2)
-    tl.store(codes_row + half, low_nibble | (high_nibble << 4), mask=half < K // 2)
+    tl.store(codes_ptr + rows[:, None] * (K // 2) + half[None, :], low_nibble | (high_nibble << 4), mask=row_mask & (half[None, :] < K // 2))
 
 
 @triton.jit
@@ -59,50 +62,62 @@ def _row_scale(amax, not_finite):
 
 
 @triton.jit
-def _quantize_rows_kernel(x_ptr, fp8_ptr, codes_ptr, scale_ptr, bounds_ptr, stride_x, K: tl.constexpr, HAS_CLAMP: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    x_row, fp8_row, codes_row = x_ptr + row * stride_x, fp8_ptr + row * K, codes_ptr + row * (K // 2)
+def _load_block(x_ptr, rows, cols, M, K: tl.constexpr, stride_x, low, high, HAS_CLAMP: tl.constexpr):
+    mask = (rows[:, None] < M) & (cols[None, :] < K)
+    x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    not_finite = tl.sum(((x != x) | (tl.abs(x) == float("inf"))).to(tl.int32), axis=1)
+    if HAS_CLAMP:
+        x = tl.minimum(tl.maximum(x, low), high)
+    return x, not_finite
+
+
+@triton.jit
+def _quantize_rows_kernel(x_ptr, fp8_ptr, codes_ptr, scale_ptr, bounds_ptr, M, stride_x, K: tl.constexpr, HAS_CLAMP: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr):
+    """R rows per program (their reductions overlap each other's loads), BLOCK columns per step."""
+    rows = (tl.program_id(0) * R + tl.arange(0, R)).to(tl.int64)
+    low = 0.0
+    high = 0.0
     if HAS_CLAMP:
         low = tl.load(bounds_ptr)
         high = tl.load(bounds_ptr + 1)
-    if BLOCK >= K:  # the whole row in registers: one read of x
-        offsets = tl.arange(0, BLOCK)
-        x = tl.load(x_row + offsets, mask=offsets < K, other=0.0).to(tl.float32)
-        not_finite = tl.sum(((x != x) | (tl.abs(x) == float("inf"))).to(tl.int32), axis=0)
-        if HAS_CLAMP:
-            x = tl.minimum(tl.maximum(x, low), high)
-        scale = _row_scale(tl.max(tl.abs(x), axis=0), not_finite)
-        tl.store(scale_ptr + row, scale)
-        _store_row_block(x, scale, offsets, fp8_row, codes_row, 0, K, BLOCK)
-    else:  # long rows: an absmax pass, then a quantize pass (the row is re-read, mostly from L2)
-        amax = tl.zeros((), dtype=tl.float32)
-        not_finite = tl.zeros((), dtype=tl.int32)
+    if BLOCK >= K:  # whole rows in registers: one read of x
+        cols = tl.arange(0, BLOCK)
+        x, not_finite = _load_block(x_ptr, rows, cols, M, K, stride_x, low, high, HAS_CLAMP)
+        scale = _row_scale(tl.max(tl.abs(x), axis=1), not_finite)
+        tl.store(scale_ptr + rows, scale, mask=rows < M)
+        _store_block(x, scale[:, None], rows, 0, fp8_ptr, codes_ptr, M, K, R, BLOCK)
+    else:  # long rows: an absmax pass, then a quantize pass (the rows are re-read, mostly from L2)
+        amax = tl.zeros((R,), dtype=tl.float32)
+        not_finite = tl.zeros((R,), dtype=tl.int32)
         for start in range(0, K, BLOCK):
-            offsets = start + tl.arange(0, BLOCK)
-            x = tl.load(x_row + offsets, mask=offsets < K, other=0.0).to(tl.float32)
-            not_finite += tl.sum(((x != x) | (tl.abs(x) == float("inf"))).to(tl.int32), axis=0)
-            if HAS_CLAMP:
-                x = tl.minimum(tl.maximum(x, low), high)
-            amax = tl.maximum(amax, tl.max(tl.abs(x), axis=0))
+            cols = start + tl.arange(0, BLOCK)
+            x, bad = _load_block(x_ptr, rows, cols, M, K, stride_x, low, high, HAS_CLAMP)
+            not_finite += bad
+            amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1))
         scale = _row_scale(amax, not_finite)
-        tl.store(scale_ptr + row, scale)
+        tl.store(scale_ptr + rows, scale, mask=rows < M)
         for start in range(0, K, BLOCK):
-            offsets = start + tl.arange(0, BLOCK)
-            x = tl.load(x_row + offsets, mask=offsets < K, other=0.0).to(tl.float32)
-            if HAS_CLAMP:
-                x = tl.minimum(tl.maximum(x, low), high)
-            _store_row_block(x, scale, offsets, fp8_row, codes_row, start, K, BLOCK)
+            cols = start + tl.arange(0, BLOCK)
+            x, _ = _load_block(x_ptr, rows, cols, M, K, stride_x, low, high, HAS_CLAMP)
+            _store_block(x, scale[:, None], rows, start, fp8_ptr, codes_ptr, M, K, R, BLOCK)
 
 
 def supports_spec(spec: QuantSpec) -> bool:
     return spec == ROW_SPEC
 
 
-def quantize_rows(x: torch.Tensor, bounds: torch.Tensor | None = None, block: int | None = None, num_warps: int | None = None) -> QuantizedTensor:
+def quantize_rows(
+    x: torch.Tensor,
+    bounds: torch.Tensor | None = None,
+    block: int | None = None,
+    num_warps: int | None = None,
+    rows_per_program: int | None = None,
+) -> QuantizedTensor:
     """Per-row E2M1 quantization of ``x`` [..., K] (optionally clamped to ``bounds`` = (low, high)).
 
     block: elements per step along K; by default rows up to 4096 are held whole in registers (x
-    read once), longer ones take two passes of 1024 (tuned on H100, see benchmarks/NOTES.md).
+    read once), longer ones take two passes of 1024; rows_per_program: rows one program handles
+    together (defaults tuned on H100, see benchmarks/NOTES.md).
     """
     k = x.shape[-1]
     if k % 2:
@@ -119,9 +134,10 @@ def quantize_rows(x: torch.Tensor, bounds: torch.Tensor | None = None, block: in
     whole_row = max(2, triton.next_power_of_2(k))
     block = min(block, whole_row) if block else (whole_row if whole_row <= MAX_WHOLE_ROW else 1024)
     num_warps = num_warps or (8 if block >= 4096 else 4)
-    _quantize_rows_kernel[(rows,)](
-        x2d, fp8, codes, scale, bounds if bounds is not None else scale, x2d.stride(0), K=k,
-        HAS_CLAMP=bounds is not None, BLOCK=block, num_warps=num_warps,
+    per_program = rows_per_program or ROWS_PER_PROGRAM
+    _quantize_rows_kernel[(triton.cdiv(rows, per_program),)](
+        x2d, fp8, codes, scale, bounds if bounds is not None else scale, rows, x2d.stride(0), K=k,
+        HAS_CLAMP=bounds is not None, R=per_program, BLOCK=block, num_warps=num_warps,
     )
     return QuantizedTensor(codes, scale, None, ROW_SPEC, x.shape, x.dtype, fp8=fp8.view(torch.float8_e4m3fn))
 

@@ -73,7 +73,7 @@ class FP4ParallelLinearFunction(torch.autograd.Function):
 
         grad_weight = None
         if ctx.needs_input_grad[1]:
-            grad_w = state.grad_weight(gq_wgrad, weight)
+            grad_w = state.grad_weight(gq_wgrad, weight, g2d)
             if accumulate_in_main_grad and hasattr(weight, "main_grad"):
                 weight.main_grad.add_(grad_w.to(weight.main_grad.dtype))
                 if hasattr(weight, "grad_added_to_main_grad"):  # megatron DDP's convention

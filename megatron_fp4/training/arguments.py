@@ -19,6 +19,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from ..gemm import available_backends
 from ..recipe import RECIPES, DGEConfig, FP4Recipe, get_recipe
 
 __all__ = ["build_parser", "parse_args", "fp4_recipe_from_args", "transformer_config_from_args", "UNSUPPORTED_MEGATRON_FLAGS"]
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--bf16", action="store_true")
     training.add_argument("--seed", type=int, default=1234)
     training.add_argument("--exit-interval", type=_positive_int, default=None, help="stop (after saving) at this iteration")
+    training.add_argument("--exit-duration-in-mins", type=float, default=None, help="stop (after saving) once training has run this many minutes")
 
     data = parser.add_argument_group("data and tokenizer")
     data.add_argument("--data-path", nargs="+", default=None)
@@ -133,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     fp4.add_argument("--no-fp4-occ", action="store_true", help="no outlier clamping")
     fp4.add_argument("--no-fp4-occ-compensation", action="store_true", help="clamp without the sparse residual")
     fp4.add_argument("--fp4-bf16-layers", type=_positive_int, nargs="+", default=[], help="1-based layers kept in BF16")
+    fp4.add_argument("--fp4-gemm-backend", choices=["auto", "reference", "hopper", "blackwell"], default=None, help="GEMM backend (default: auto, or MEGATRON_FP4_GEMM_BACKEND)")
+    fp4.add_argument("--no-fp4-fold-backward-scales", action="store_true", help="dgrad/wgrad as Q_g(dY)·Q(W) without folding the row scales into dY (reference GEMMs)")
     fp4.add_argument("--fp4-health-interval", type=int, default=None, help="per-layer FP4 health every N iterations (default: --log-interval; 0: off)")
     return parser
 
@@ -156,7 +160,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--group-query-attention needs --num-query-groups")
     if args.num_query_groups is not None and not args.group_query_attention:
         parser.error("--num-query-groups needs --group-query-attention")
-    fp4_knobs = [args.fp4_recipe, args.fp4_dge_k, args.fp4_occ_alpha] + [args.no_fp4_dge, args.no_fp4_occ, args.no_fp4_occ_compensation, bool(args.fp4_bf16_layers)]
+    fp4_knobs = [args.fp4_recipe, args.fp4_dge_k, args.fp4_occ_alpha] + [args.no_fp4_dge, args.no_fp4_occ, args.no_fp4_occ_compensation, bool(args.fp4_bf16_layers), args.fp4_gemm_backend, args.no_fp4_fold_backward_scales]
     if not (args.fp4 or args.fp4_format) and any(k not in (None, False) for k in fp4_knobs):
         parser.error("FP4 options were given without --fp4 or --fp4-format e2m1")
     args.global_batch_size = args.global_batch_size or args.micro_batch_size
@@ -174,6 +178,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.fp4_quant_recipe = fp4_recipe_from_args(args)
     except ValueError as error:
         parser.error(str(error))
+    if args.fp4_gemm_backend not in (None, "auto") and args.fp4_gemm_backend not in available_backends():
+        parser.error(f"--fp4-gemm-backend {args.fp4_gemm_backend} is not available on this machine; available: {available_backends()}")
     return args
 
 
@@ -194,7 +200,7 @@ def fp4_recipe_from_args(args: argparse.Namespace) -> FP4Recipe | None:
             occ = dataclasses.replace(occ, enabled=True, alpha=args.fp4_occ_alpha)
         if args.no_fp4_occ_compensation:
             occ = dataclasses.replace(occ, compensate=False)
-    return recipe.replace(occ=occ)
+    return recipe.replace(occ=occ, fold_backward_scales=not args.no_fp4_fold_backward_scales)
 
 
 def transformer_config_from_args(args: argparse.Namespace):

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_iteration"]
+__all__ = ["save_checkpoint", "load_checkpoint", "load_model_weights", "latest_iteration"]
 
 TRACKER = "latest_checkpointed_iteration.txt"
 
@@ -77,6 +77,17 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, scheduler, cons
         os.replace(os.path.join(root, TRACKER + ".tmp"), os.path.join(root, TRACKER))
     dist.barrier()
     return final
+
+
+def load_model_weights(root: str, model) -> int:
+    """Only the model's weights from the latest checkpoint under ``root`` (evaluation, export);
+    dist_checkpointing reshards them to this run's TP/PP. Returns the checkpoint's iteration."""
+    iteration = latest_iteration(root)
+    if iteration is None:
+        raise FileNotFoundError(f"--load {root}: no {TRACKER} (no finished checkpoint there)")
+    loaded = dist_checkpointing.load({"model": _unwrap(model).sharded_state_dict()}, _directory(root, iteration))
+    _unwrap(model).load_state_dict(loaded["model"])
+    return iteration
 
 
 def load_checkpoint(root: str, model, optimizer, scheduler) -> tuple[int, int]:

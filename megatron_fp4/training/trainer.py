@@ -23,13 +23,14 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
 from .. import health
+from ..gemm import BACKEND_ENV, get_backend
 from ..megatron import build_fp4_gpt_model, enable_cpu_runtime
 from .arguments import transformer_config_from_args
 from .checkpointing import latest_iteration, load_checkpoint, save_checkpoint
 from .data import build_datasets, micro_batches
 from .tokenizer import BPETokenizer
 
-__all__ = ["pretrain", "initialize_distributed"]
+__all__ = ["pretrain", "initialize_distributed", "build_model"]
 
 
 def initialize_distributed(args) -> torch.device:
@@ -61,6 +62,18 @@ def initialize_distributed(args) -> torch.device:
 def _padded_vocab(vocab: int, tp: int, multiple: int = 128) -> int:
     step = multiple * tp
     return math.ceil(vocab / step) * step
+
+
+def build_model(args, config, tokenizer):
+    """This rank's GPTModel as the flags describe it (also used by tools and evaluation scripts)."""
+    return build_fp4_gpt_model(
+        config,
+        vocab_size=args.vocab_size or _padded_vocab(tokenizer.vocab_size, args.tensor_model_parallel_size),
+        max_sequence_length=args.max_position_embeddings or args.seq_length,
+        position_embedding_type=args.position_embedding_type,
+        rotary_base=args.rotary_base,
+        share_embeddings_and_output_weights=not args.untie_embeddings_and_output_weights,
+    )
 
 
 def _is_logging_rank() -> bool:
@@ -136,20 +149,22 @@ def _format_seconds(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
 
 
+def _out_of_time(run_start: float, minutes: float, device: torch.device) -> bool:
+    """Whether any rank has trained past the wall-clock limit (all ranks then stop together)."""
+    late = torch.tensor([float(time.time() - run_start >= minutes * 60)], device=device)
+    dist.all_reduce(late, op=dist.ReduceOp.MAX)
+    return bool(late.item())
+
+
 def pretrain(args) -> list[dict]:
     """Train as the arguments say; returns the logged records (iteration, loss, lr, ...)."""
+    if args.fp4_gemm_backend:  # the layers ask get_backend(), which reads this
+        os.environ[BACKEND_ENV] = args.fp4_gemm_backend
     device = initialize_distributed(args)
     tokenizer = BPETokenizer(args.tokenizer_model)
     config = transformer_config_from_args(args)
     config.finalize_model_grads_func = finalize_model_grads
-    model = build_fp4_gpt_model(
-        config,
-        vocab_size=args.vocab_size or _padded_vocab(tokenizer.vocab_size, args.tensor_model_parallel_size),
-        max_sequence_length=args.max_position_embeddings or args.seq_length,
-        position_embedding_type=args.position_embedding_type,
-        rotary_base=args.rotary_base,
-        share_embeddings_and_output_weights=not args.untie_embeddings_and_output_weights,
-    ).to(device)
+    model = build_model(args, config, tokenizer).to(device)
     model = DistributedDataParallel(
         config=config,
         ddp_config=DistributedDataParallelConfig(grad_reduce_in_fp32=True, use_distributed_optimizer=args.use_distributed_optimizer),
@@ -176,7 +191,8 @@ def pretrain(args) -> list[dict]:
     train_data, valid_data = build_datasets(args, tokenizer)
     dp_rank, dp_size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
     recipe = config.fp4_quant_recipe.describe() if config.fp4_quant_recipe.quantizes else "bf16 (no FP4)"
-    _log(f"model: {sum(p.numel() for p in model.parameters())} parameters on this rank; recipe {recipe}")
+    backend = get_backend().name if config.fp4_quant_recipe.quantizes else "-"
+    _log(f"model: {sum(p.numel() for p in model.parameters())} parameters on this rank; recipe {recipe}; GEMM backend {backend}")
 
     writer = None
     if args.tensorboard_dir and _is_logging_rank():
@@ -238,6 +254,9 @@ def pretrain(args) -> list[dict]:
         if args.save and args.save_interval and iteration % args.save_interval == 0:
             save_checkpoint(args.save, iteration, model, optimizer, scheduler, consumed)
         if args.exit_interval and iteration % args.exit_interval == 0:
+            break
+        if args.exit_duration_in_mins and _out_of_time(run_start, args.exit_duration_in_mins, device):
+            _log(f"exiting at iteration {iteration}: --exit-duration-in-mins {args.exit_duration_in_mins:g} reached")
             break
     if args.save and (not args.save_interval or iteration % args.save_interval):
         save_checkpoint(args.save, iteration, model, optimizer, scheduler, consumed)

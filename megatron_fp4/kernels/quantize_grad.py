@@ -1,0 +1,125 @@
+"""Fused FP8 quantization of the output gradient for both backward GEMMs, reference beside it.
+
+dY [M, N] is read twice (an amax pass, then a quantize pass); one launch of each writes
+    dgrad operand  Q8(dY · diag(s_W))    FP8 [M, N], row-major    (A of dX = A · C_W)
+    wgrad operand  Q8(diag(s_X) · dY)    FP8 [N, M], row-major    (A of dW = A · C_X: already
+                                          transposed, as the FP8 GEMM wants it)
+each with one fp32 tensor scale amax / fp8_max: the recipe's FP8 `tensor` specs, with the
+backward folding of ``megatron_fp4.backward``. The reference is
+``megatron_fp4.backward.quantize_grad_output_reference``; the test compares them bit for bit.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..quantize import QuantizedTensor, QuantSpec
+from ..scaling import absmax_scale
+from .fp8_rounding import fp8_byte
+
+__all__ = ["FP8_TENSOR_SPECS", "quantize_grad_folded", "supports_grad_specs"]
+
+# recipe dtype -> (mantissa bits, exponent bias, is E4M3FN, torch dtype)
+FP8_LAYOUTS = {"fp8_e5m2": (2, 15, False, torch.float8_e5m2), "fp8_e4m3": (3, 7, True, torch.float8_e4m3fn)}
+FP8_TENSOR_SPECS = tuple(QuantSpec(dtype, "tensor") for dtype in FP8_LAYOUTS)
+BLOCK_M, BLOCK_N, NUM_WARPS = 64, 64, 4
+
+
+@triton.jit
+def _tile(g_ptr, column_scale_ptr, row_scale_ptr, M, N, stride_g, BM: tl.constexpr, BN: tl.constexpr):
+    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    cols = tl.program_id(1) * BN + tl.arange(0, BN)
+    mask = (rows[:, None] < M) & (cols[None, :] < N)
+    g = tl.load(g_ptr + rows[:, None].to(tl.int64) * stride_g + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    column_scale = tl.load(column_scale_ptr + cols, mask=cols < N, other=1.0)
+    row_scale = tl.load(row_scale_ptr + rows, mask=rows < M, other=1.0)
+    return rows, cols, mask, g * column_scale[None, :], g * row_scale[:, None]
+
+
+@triton.jit
+def _not_finite_count(x):
+    return tl.sum(tl.sum(((x != x) | (tl.abs(x) == float("inf"))).to(tl.float32), axis=1), axis=0)
+
+
+@triton.jit
+def _folded_amax_kernel(g_ptr, column_scale_ptr, row_scale_ptr, partial_ptr, M, N, stride_g, BM: tl.constexpr, BN: tl.constexpr):
+    _, _, _, dgrad, wgrad = _tile(g_ptr, column_scale_ptr, row_scale_ptr, M, N, stride_g, BM, BN)
+    out = partial_ptr + (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * 4
+    tl.store(out, tl.max(tl.max(tl.abs(dgrad), axis=1), axis=0))
+    tl.store(out + 1, _not_finite_count(dgrad))
+    tl.store(out + 2, tl.max(tl.max(tl.abs(wgrad), axis=1), axis=0))
+    tl.store(out + 3, _not_finite_count(wgrad))
+
+
+@triton.jit
+def _folded_quantize_kernel(
+    g_ptr, column_scale_ptr, row_scale_ptr, scales_ptr, dgrad_ptr, wgrad_t_ptr, M, N, stride_g,
+    D_MANTISSA: tl.constexpr, D_BIAS: tl.constexpr, D_E4M3FN: tl.constexpr,
+    W_MANTISSA: tl.constexpr, W_BIAS: tl.constexpr, W_E4M3FN: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr,
+):
+    rows, cols, mask, dgrad, wgrad = _tile(g_ptr, column_scale_ptr, row_scale_ptr, M, N, stride_g, BM, BN)
+    dgrad_byte = fp8_byte(tl.math.div_rn(dgrad, tl.load(scales_ptr)), D_MANTISSA, D_BIAS, D_E4M3FN)
+    tl.store(dgrad_ptr + rows[:, None].to(tl.int64) * N + cols[None, :], dgrad_byte.to(tl.uint8), mask=mask)
+    wgrad_byte = fp8_byte(tl.math.div_rn(wgrad, tl.load(scales_ptr + 1)), W_MANTISSA, W_BIAS, W_E4M3FN)
+    transposed = cols[None, :].to(tl.int64) * M + rows[:, None]
+    tl.store(wgrad_t_ptr + transposed, wgrad_byte.to(tl.uint8), mask=mask)
+
+
+def supports_grad_specs(dgrad_spec: QuantSpec, wgrad_spec: QuantSpec) -> bool:
+    return dgrad_spec in FP8_TENSOR_SPECS and wgrad_spec in FP8_TENSOR_SPECS
+
+
+def _amax_or_nan(partial: torch.Tensor, column: int) -> torch.Tensor:
+    amax = partial[:, column].amax().reshape(1, 1)
+    return torch.where(partial[:, column + 1].sum() > 0, torch.full_like(amax, float("nan")), amax)
+
+
+def quantize_grad_folded(
+    g2d: torch.Tensor,
+    dgrad_spec: QuantSpec,
+    wgrad_spec: QuantSpec,
+    weight_scale: torch.Tensor | None,
+    input_scale: torch.Tensor | None,
+    tile: tuple[int, int] | None = None,
+    num_warps: int | None = None,
+) -> tuple[QuantizedTensor, QuantizedTensor]:
+    """(Q8(dY·diag(s_W)), Q8(diag(s_X)·dY)) for FP8 `tensor` specs; a scale None is not folded.
+
+    The wgrad operand's data is a [M, N] view of its transposed [N, M] storage. tile/num_warps:
+    the programs' [rows, columns] tile (defaults tuned on H100, benchmarks/NOTES.md).
+    """
+    if not supports_grad_specs(dgrad_spec, wgrad_spec):
+        raise ValueError(f"quantize_grad_folded: FP8 tensor specs only, got {dgrad_spec.describe()}, {wgrad_spec.describe()}")
+    m, n = g2d.shape
+    if g2d.stride(-1) != 1:
+        g2d = g2d.contiguous()
+    ones = None
+    if weight_scale is None or input_scale is None:
+        ones = torch.ones(max(m, n), dtype=torch.float32, device=g2d.device)
+    column_scale = (weight_scale if weight_scale is not None else ones[:n]).float().contiguous()
+    row_scale = (input_scale if input_scale is not None else ones[:m]).float().contiguous()
+    block_m, block_n = tile or (BLOCK_M, BLOCK_N)
+    warps = num_warps or NUM_WARPS
+    grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
+    partial = torch.empty(grid[0] * grid[1], 4, dtype=torch.float32, device=g2d.device)
+    _folded_amax_kernel[grid](g2d, column_scale, row_scale, partial, m, n, g2d.stride(0), BM=block_m, BN=block_n, num_warps=warps)
+    d_mantissa, d_bias, d_e4m3, d_dtype = FP8_LAYOUTS[dgrad_spec.dtype]
+    w_mantissa, w_bias, w_e4m3, w_dtype = FP8_LAYOUTS[wgrad_spec.dtype]
+    dgrad_scale = absmax_scale(_amax_or_nan(partial, 0), torch.finfo(d_dtype).max)
+    wgrad_scale = absmax_scale(_amax_or_nan(partial, 2), torch.finfo(w_dtype).max)
+    scales = torch.cat((dgrad_scale.reshape(1), wgrad_scale.reshape(1)))
+    dgrad = torch.empty(m, n, dtype=torch.uint8, device=g2d.device)
+    wgrad_t = torch.empty(n, m, dtype=torch.uint8, device=g2d.device)
+    _folded_quantize_kernel[grid](
+        g2d, column_scale, row_scale, scales, dgrad, wgrad_t, m, n, g2d.stride(0),
+        D_MANTISSA=d_mantissa, D_BIAS=d_bias, D_E4M3FN=d_e4m3, W_MANTISSA=w_mantissa, W_BIAS=w_bias, W_E4M3FN=w_e4m3,
+        BM=block_m, BN=block_n, num_warps=warps,
+    )
+    shape = torch.Size((m, n))
+    return (
+        QuantizedTensor(dgrad.view(d_dtype), dgrad_scale, None, dgrad_spec, shape, torch.float32),
+        QuantizedTensor(wgrad_t.view(w_dtype).t(), wgrad_scale, None, wgrad_spec, shape, torch.float32),
+    )

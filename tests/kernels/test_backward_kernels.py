@@ -1,0 +1,93 @@
+"""The backward-path Triton kernels against their PyTorch references.
+
+Folded FP8 gradient quantizer and codes -> transposed FP8: bit for bit. DGE weight-gradient
+scaling: within 16 ulp (the kernel's exp2(e·log2 d) against torch's pow; see kernels/dge_grad.py).
+On CPU this runs in Triton's interpreter on small shapes; on a GPU compiled, on larger ones.
+"""
+
+import os
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("Triton kernels need a GPU or TRITON_INTERPRET=1", allow_module_level=True)
+
+from megatron_fp4.backward import quantize_grad_output_reference  # noqa: E402
+from megatron_fp4.kernels.codes_to_fp8 import codes_to_fp8_t, codes_to_fp8_t_reference  # noqa: E402
+from megatron_fp4.kernels.dge_grad import dge_scale_grad, dge_scale_grad_reference  # noqa: E402
+from megatron_fp4.kernels.quantize_grad import quantize_grad_folded  # noqa: E402
+from megatron_fp4.quantize import QuantSpec, quantize  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SHAPES = [(64, 64), (100, 72), (33, 130)] if DEVICE == "cpu" else [(64, 64), (1000, 720), (8192, 4096), (4096, 11008)]
+E5M2, E4M3 = QuantSpec("fp8_e5m2", "tensor"), QuantSpec("fp8_e4m3", "tensor")
+
+
+def bits(q):
+    return q.data.contiguous().view(torch.uint8)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("specs", [(E5M2, E5M2), (E4M3, E5M2)])
+def test_folded_grad_quantizer_is_bit_exact(shape, dtype, specs):
+    m, n = shape
+    # a wide dynamic range, so values land in the FP8 subnormals too
+    g = (torch.randn(m, n) * torch.logspace(-6, 2, m)[:, None]).to(dtype).to(DEVICE)
+    g[0, :4] = torch.tensor([0.0, -0.0, 1e-30, -1e-30])
+    weight_scale = torch.rand(n, device=DEVICE) * 0.1 + 1e-3
+    input_scale = torch.rand(m, device=DEVICE) * 3
+    for folds in [(weight_scale, input_scale), (None, input_scale), (None, None)]:
+        fast = quantize_grad_folded(g, *specs, *folds)
+        reference = quantize_grad_output_reference(g, *specs, *folds)
+        for f, r in zip(fast, reference):
+            assert torch.equal(bits(f), bits(r))
+            assert torch.equal(f.scale, r.scale) and f.shape == r.shape
+    _, wgrad = quantize_grad_folded(g, *specs, weight_scale, input_scale)
+    assert wgrad.data.t().is_contiguous()  # stored transposed: the FP8 GEMM's A operand as is
+
+
+@pytest.mark.parametrize("spec, top, edges", [
+    (E5M2, 57344.0, [1.125, 1.375, -1.125, 2.0**-16, 2.0**-17, 3 * 2.0**-17, 2.0**-14 * 0.875, 2.0**-14 * 0.9375]),
+    (E4M3, 448.0, [1.0625, 1.1875, -1.0625, 2.0**-9, 2.0**-10, 3 * 2.0**-10, 2.0**-6 * 0.9375, 2.0**-6 * 0.96875]),
+])
+def test_fp8_rounding_edges_match_torch(spec, top, edges):
+    """Ties to even (normal and subnormal), the subnormal/normal boundary, signed zero: the
+    row's amax is the format's max, so the tensor scale is 1 and these values are rounded as is."""
+    row = torch.tensor([top, *edges, 0.0, -0.0, -top])
+    g = row.repeat(16, 1).to(DEVICE)
+    fast, _ = quantize_grad_folded(g, spec, spec, None, None)
+    reference, _ = quantize_grad_output_reference(g, spec, spec, None, None)
+    assert float(reference.scale) == 1.0
+    assert torch.equal(bits(fast), bits(reference))
+
+
+def test_non_finite_gradient_gives_nan_scale():
+    g = torch.randn(64, 64, device=DEVICE)
+    g[3, 5] = float("inf")
+    dgrad, wgrad = quantize_grad_folded(g, E5M2, E5M2, None, None)
+    assert torch.isnan(dgrad.scale).all() and torch.isnan(wgrad.dequantize_2d()).all()
+
+
+@pytest.mark.parametrize("shape", [(64, 128), (50, 70), (130, 34)] if DEVICE == "cpu" else [(64, 128), (4096, 4096), (11008, 4096), (1000, 2050)])
+def test_codes_to_fp8_transposed_is_bit_exact(shape):
+    codes = quantize(torch.randn(*shape, device=DEVICE), QuantSpec("fp4", "row")).data
+    fast, reference = codes_to_fp8_t(codes), codes_to_fp8_t_reference(codes)
+    assert fast.shape == (shape[1], shape[0]) and fast.is_contiguous()
+    assert torch.equal(fast.view(torch.uint8), reference.view(torch.uint8))
+
+
+@pytest.mark.parametrize("shape", [(16, 96), (40, 1030)] if DEVICE == "cpu" else [(16, 96), (4096, 4096), (11008, 4096)])
+def test_dge_weight_gradient_within_16_ulp(shape):
+    weight = torch.randn(*shape, device=DEVICE) * 0.05
+    scale = quantize(weight, QuantSpec("fp4", "row")).decode_scale()
+    weight[0, :3] = scale[0, 0] * torch.tensor([0.25, 2.5, 6.0], device=DEVICE)  # midpoints (clamped) and the top
+    grad = torch.randn(*shape, device=DEVICE)
+    reference = dge_scale_grad_reference(grad, weight, scale, 5.0, 3.0)
+    fast = dge_scale_grad(grad.clone(), weight, scale, 5.0, 3.0)
+    ulp = torch.finfo(torch.float32).eps * reference.abs()
+    assert ((fast - reference).abs() <= 16 * ulp).all()
+    weight[1, 1] = float("nan")
+    assert torch.isnan(dge_scale_grad(grad.clone(), weight, scale, 5.0, 3.0)[1, 1])
