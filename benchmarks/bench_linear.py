@@ -100,7 +100,7 @@ def main() -> None:
             ratios = [bf16 / fp8_ceiling_ms(tokens, k, n)]
             for name in args.recipes:
                 recipe = VARIANTS[name]()
-                ratios.append(bf16 / fwd_bwd_ms(lambda a, b: fp4_linear(a, b, None, recipe), x, w, grad))
+                ratios.append(bf16 / fwd_bwd_ms(lambda a, b, recipe=recipe: fp4_linear(a, b, None, recipe), x, w, grad))
             saved, clamped = saved_bytes_per_element(x.detach(), w.detach())
             print(
                 f"{tokens:>6} {model:>5} {layer:>5} {k:>6} {n:>6} {bf16:>8.3f} {ratios[0]:>8.2f}x"
