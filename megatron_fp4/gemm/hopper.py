@@ -11,7 +11,7 @@ reference backend's up to accumulation order (and the bf16 rounding of fprop's o
 this PyTorch cannot write fp32 with row-wise scales). The B operands are rebuilt from the saved
 packed codes as transposed E4M3 tiles by a Triton kernel. Operands it cannot take (block
 scales, unfolded row scales on the reduction dimension, dims not multiples of 16) go to the
-reference backend, so results never depend on which path ran.
+reference backend (so do CPU tensors), so results never depend on which path ran.
 """
 
 from __future__ import annotations
@@ -65,13 +65,13 @@ class HopperBackend(GemmBackend):
     def supports(self, a: QuantizedTensor, b: QuantizedTensor) -> bool:
         """fprop: row-scaled E2M1 activation and weight, dims multiples of 16."""
         row_e2m1 = all(_is_e2m1(q) and q.spec.granularity == "row" and q.scale is not None for q in (a, b))
-        return row_e2m1 and _aligned(a.data.shape[0], a.shape[-1], b.data.shape[0])
+        return row_e2m1 and a.data.is_cuda and _aligned(a.data.shape[0], a.shape[-1], b.data.shape[0])
 
     def supports_backward(self, g: QuantizedTensor, operand: QuantizedTensor) -> bool:
         """dgrad/wgrad: FP8 tensor-scaled gradient and a folded (unit-scale) E2M1 operand."""
         fp8_grad = g.spec.dtype in FP8_GRAD_DTYPES and g.spec.granularity == "tensor"
         folded = _is_e2m1(operand) and operand.scale is None
-        return fp8_grad and folded and _aligned(*g.data.shape, operand.shape[-1])
+        return fp8_grad and folded and g.data.is_cuda and _aligned(*g.data.shape, operand.shape[-1])
 
     def fprop(self, x: QuantizedTensor, w: QuantizedTensor) -> torch.Tensor:
         if not self.supports(x, w):

@@ -31,13 +31,13 @@ def _dge_scale_grad_kernel(grad_ptr, weight_ptr, scale_ptr, K, exponent, inverse
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < K
     weight = tl.load(weight_ptr + row * K + cols, mask=mask, other=0.0).to(tl.float32)
-    everything_nan = tl.PropagateNan.ALL  # a NaN weight (or scale) gives a NaN factor, as the reference
-    magnitude = tl.minimum(tl.abs(tl.math.div_rn(weight, tl.load(scale_ptr + row))), 6.0, propagate_nan=everything_nan)
+    # propagate_nan: a NaN weight (or scale) gives a NaN factor, as the reference
+    magnitude = tl.minimum(tl.abs(tl.math.div_rn(weight, tl.load(scale_ptr + row))), 6.0, propagate_nan=tl.PropagateNan.ALL)
     # interval of the E2M1 grid 0, .5, 1, 1.5, 2, 3, 4, 6 holding |x| (a grid point opens the one above)
     lower = tl.where(magnitude < 2.0, tl.floor(magnitude * 2.0) * 0.5, tl.where(magnitude < 4.0, tl.floor(magnitude), 4.0))
     width = tl.where(magnitude < 2.0, 0.5, tl.where(magnitude < 4.0, 1.0, 2.0))
     distance = tl.abs(2.0 * (magnitude - lower) / width - 1.0)
-    derivative = tl.minimum(inverse_k * tl.exp2(exponent * tl.log2(distance)), max_derivative, propagate_nan=everything_nan)
+    derivative = tl.minimum(inverse_k * tl.exp2(exponent * tl.log2(distance)), max_derivative, propagate_nan=tl.PropagateNan.ALL)
     grad = tl.load(grad_ptr + row * K + cols, mask=mask)
     tl.store(grad_ptr + row * K + cols, grad * derivative, mask=mask)
 
