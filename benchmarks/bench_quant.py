@@ -46,9 +46,9 @@ def kernels(rows: int, k: int, **options) -> dict[str, tuple]:
     scale = x.float().abs().amax(dim=1, keepdim=True) / 6
     elements = rows * k
     return {
-        "row quantize": (lambda: quantize_rows(x, **options.get("rows", {})), elements * 3.5 + rows * 4),
-        "row quantize+clamp": (lambda: quantize_rows(x, bounds, **options.get("rows", {})), elements * 3.5 + rows * 4),
-        "grad quantize (both)": (lambda: quantize_grad_folded(x, E5M2, E5M2, column_scale, row_scale, **options.get("grad", {})), elements * 4),
+        "row quantize": (lambda: quantize_rows(x, **options.get("row_options", {})), elements * 3.5 + rows * 4),
+        "row quantize+clamp": (lambda: quantize_rows(x, bounds, **options.get("row_options", {})), elements * 3.5 + rows * 4),
+        "grad quantize (both)": (lambda: quantize_grad_folded(x, E5M2, E5M2, column_scale, row_scale, **options.get("grad_options", {})), elements * 4),
         "codes -> fp8^T": (lambda: codes_to_fp8_t(codes), elements * 1.5),
         "DGE on dW": (lambda: dge_scale_grad(grad_w, x, scale, 5.0, 3.0), elements * 10),
     }
@@ -71,11 +71,11 @@ def sweep(rows: int, k: int) -> None:
             if block * per_program > 16384:
                 continue
             for warps in (4, 8, 16):
-                fn, nbytes = kernels(rows, k, rows=dict(block=block, rows_per_program=per_program, num_warps=warps))["row quantize"]
+                fn, nbytes = kernels(rows, k, row_options={"block": block, "rows_per_program": per_program, "num_warps": warps})["row quantize"]
                 print(f"  {rows}x{k} row quantize block {block:>5} rows/program {per_program} warps {warps:>2}: {nbytes / median_ms(fn) / 1e6 / copy_gbs:.2f} of copy")
     for tile in ((32, 64), (64, 64), (64, 128), (128, 64), (128, 128)):
         for warps in (4, 8):
-            fn, nbytes = kernels(rows, k, grad=dict(tile=tile, num_warps=warps))["grad quantize (both)"]
+            fn, nbytes = kernels(rows, k, grad_options={"tile": tile, "num_warps": warps})["grad quantize (both)"]
             print(f"  {rows}x{k} grad quantize tile {tile} warps {warps}: {nbytes / median_ms(fn) / 1e6 / copy_gbs:.2f} of copy")
 
 

@@ -122,6 +122,7 @@ class SparseResidual:
     shape: tuple[int, int]
 
     dense_column_fraction = 0.25  # gather columns while at most this share of K holds outliers
+    sparse_format = "csr"  # where they are spread: "csr" or "coo" (torch.sparse; benchmarks/bench_occ.py)
 
     @classmethod
     def from_mask(cls, mask: torch.Tensor, values: torch.Tensor) -> "SparseResidual":
@@ -159,12 +160,23 @@ class SparseResidual:
         compact[self.rows, position] = self.values
         return columns, compact
 
-    def _coo(self, transpose: bool = False) -> torch.Tensor:
-        indices = torch.stack((self.columns, self.rows) if transpose else (self.rows, self.columns))
-        shape = self.shape[::-1] if transpose else self.shape
+    def _sparse(self, transpose: bool = False) -> torch.Tensor:
+        """ΔA (or ΔA^T) as a torch sparse tensor in ``sparse_format``."""
+        rows, columns, values = self.rows, self.columns, self.values
+        shape = self.shape
+        if transpose:
+            rows, columns, shape = columns, rows, shape[::-1]
+            if self.sparse_format == "csr":  # CSR wants row-major order: sort by the new rows
+                order = torch.argsort(rows * shape[1] + columns)
+                rows, columns, values = rows[order], columns[order], values[order]
+        if self.sparse_format == "csr":
+            counts = torch.bincount(rows, minlength=shape[0])
+            crow = torch.zeros(shape[0] + 1, dtype=torch.int64, device=values.device)
+            torch.cumsum(counts, 0, out=crow[1:])
+            return torch.sparse_csr_tensor(crow, columns, values, shape, device=values.device, check_invariants=False)
         # positions come from nonzero(): in range and unique, so skip the invariant checks
         return torch.sparse_coo_tensor(
-            indices, self.values, shape, device=self.values.device, check_invariants=False, is_coalesced=not transpose
+            torch.stack((rows, columns)), values, shape, device=values.device, check_invariants=False, is_coalesced=not transpose
         )
 
     def matmul_weight_t(self, weight: torch.Tensor) -> torch.Tensor:
@@ -176,7 +188,7 @@ class SparseResidual:
         if gathered is not None:
             columns, compact = gathered
             return compact @ weight.float()[:, columns].t()
-        return torch.sparse.mm(self._coo(), weight.float().t())
+        return torch.sparse.mm(self._sparse(), weight.float().t().contiguous())
 
     def t_matmul(self, grad: torch.Tensor) -> torch.Tensor:
         """grad^T @ ΔA in fp32 ([N, K]) for grad [rows, N]: the residual's weight-gradient term."""
@@ -189,7 +201,7 @@ class SparseResidual:
             columns, compact = gathered
             out[:, columns] = grad.float().t() @ compact
             return out
-        return torch.sparse.mm(self._coo(transpose=True), grad.float()).t()
+        return torch.sparse.mm(self._sparse(transpose=True), grad.float()).t()
 
 
 @dataclass(frozen=True)

@@ -58,14 +58,15 @@ def _dense_products(residual: SparseResidual, weight, grad):
     return dense @ weight.t(), grad.t() @ dense
 
 
-@pytest.mark.parametrize("layout", ["few_columns", "scattered"])
-def test_sparse_products_equal_dense(layout):
+@pytest.mark.parametrize("layout, sparse_format", [("few_columns", "csr"), ("scattered", "csr"), ("scattered", "coo")])
+def test_sparse_products_equal_dense(layout, sparse_format, monkeypatch):
+    monkeypatch.setattr(SparseResidual, "sparse_format", sparse_format)
     rows, k, n = 512, 256, 96
     x = torch.randn(rows, k)
     if layout == "few_columns":
         x[:, torch.randperm(k)[:6]] *= 50  # channel outliers: the gathered-column GEMM runs
     else:
-        x.view(-1)[torch.randperm(rows * k)[:2000]] *= 50  # everywhere: the COO product runs
+        x.view(-1)[torch.randperm(rows * k)[:2000]] *= 50  # everywhere: the sparse (CSR/COO) product runs
     result = occ_clamp(x, OCCConfig(alpha=0.995))
     columns = result.residual.columns.unique().numel()
     assert (columns <= SparseResidual.dense_column_fraction * k) == (layout == "few_columns")

@@ -64,8 +64,10 @@ def _folded_quantize_kernel(
     dgrad_byte = fp8_byte(tl.math.div_rn(dgrad, tl.load(scales_ptr)), D_MANTISSA, D_BIAS, D_E4M3FN)
     tl.store(dgrad_ptr + rows[:, None].to(tl.int64) * N + cols[None, :], dgrad_byte.to(tl.uint8), mask=mask)
     wgrad_byte = fp8_byte(tl.math.div_rn(wgrad, tl.load(scales_ptr + 1)), W_MANTISSA, W_BIAS, W_E4M3FN)
-    transposed = cols[None, :].to(tl.int64) * M + rows[:, None]
-    tl.store(wgrad_t_ptr + transposed, wgrad_byte.to(tl.uint8), mask=mask)
+    # store the transposed tile in its own layout (rows contiguous), so the writes coalesce
+    transposed = cols[:, None].to(tl.int64) * M + rows[None, :]
+    transposed_mask = (cols[:, None] < N) & (rows[None, :] < M)
+    tl.store(wgrad_t_ptr + transposed, tl.trans(wgrad_byte.to(tl.uint8)), mask=transposed_mask)
 
 
 def supports_grad_specs(dgrad_spec: QuantSpec, wgrad_spec: QuantSpec) -> bool:
