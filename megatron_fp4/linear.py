@@ -60,8 +60,9 @@ class FP4GemmState:
         self.residual: SparseResidual | None = None
         self.folded = (False, False)  # whether dgrad's weight / wgrad's input scales moved into dY
 
-    def forward(self, x2d: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """fp32 ``Q(clamp X) Q(W)^T + ΔX W^T`` for x2d [M, K], weight [N, K]; keeps the saved forms."""
+    def forward(self, x2d: torch.Tensor, weight: torch.Tensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``Q(clamp X) Q(W)^T + ΔX W^T`` (accumulated in fp32, returned in ``out_dtype``) for x2d
+        [M, K], weight [N, K]; keeps the saved forms."""
         recipe = self.recipe
         if x2d.shape[-1] != weight.shape[1]:
             raise ValueError(
@@ -80,9 +81,9 @@ class FP4GemmState:
         if not recipe.occ.compensate:
             residual = None
         wq, self.w_saved = _quantize_pair(weight, recipe.fprop_weight, recipe.dgrad_weight, self.check, "linear weight")
-        y = self.backend.fprop(xq, wq)
+        y = self.backend.fprop(xq, wq, out_dtype if residual is None else torch.float32)
         if residual is not None:
-            y = y + residual.matmul_weight_t(weight)
+            y = (y + residual.matmul_weight_t(weight)).to(out_dtype)
 
         if recipe.wgrad_input == recipe.fprop_input:
             self.x_saved = xq
@@ -109,21 +110,25 @@ class FP4GemmState:
             g2d, recipe.dgrad_grad_output, recipe.wgrad_grad_output, weight_scale, input_scale, self.check, "linear grad_output"
         )
 
-    def grad_input(self, gq_dgrad: QuantizedTensor) -> torch.Tensor:
-        """fp32 dX = Q_g(dY diag(s_W)) C_W, or Q_g(dY) Q(W) unfolded (the clamp is straight-through)."""
+    def grad_input(self, gq_dgrad: QuantizedTensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """dX = Q_g(dY diag(s_W)) C_W, or Q_g(dY) Q(W) unfolded (the clamp is straight-through)."""
         weight = self.w_saved.without_scale() if self.folded[0] else self.w_saved
-        return self.backend.dgrad(gq_dgrad, weight)
+        return self.backend.dgrad(gq_dgrad, weight, out_dtype)
 
-    def grad_weight(self, gq_wgrad: QuantizedTensor, weight: torch.Tensor, g2d: torch.Tensor) -> torch.Tensor:
-        """fp32 dW = (Q_g(diag(s_X) dY)^T C_X) ⊙ f'(W / s_W) + dY^T ΔX (g2d: the unquantized dY)."""
+    def grad_weight(self, gq_wgrad: QuantizedTensor, weight: torch.Tensor, g2d: torch.Tensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """dW = (Q_g(diag(s_X) dY)^T C_X) ⊙ f'(W / s_W) + dY^T ΔX (g2d: the unquantized dY), summed
+        in fp32 and returned in ``out_dtype``."""
         saved_input = self.x_saved.without_scale() if self.folded[1] else self.x_saved
-        grad_w = self.backend.wgrad(gq_wgrad, saved_input)
+        last_step_casts = self.residual is None  # the DGE or GEMM step writes the result directly
+        grad_w = self.backend.wgrad(gq_wgrad, saved_input, out_dtype if last_step_casts and self.w_fprop_scale is None else torch.float32)
         if self.w_fprop_scale is not None:
             dge, fmt = self.recipe.dge, self.recipe.fprop_weight.format
-            grad_w = dge_scale_grad_fast(grad_w.contiguous(), weight, self.w_fprop_scale, fmt, dge.k, dge.max_derivative)
+            grad_w = dge_scale_grad_fast(
+                grad_w.contiguous(), weight, self.w_fprop_scale, fmt, dge.k, dge.max_derivative, out_dtype if last_step_casts else None
+            )
         if self.residual is not None:
             grad_w = grad_w + self.residual.t_matmul(g2d)
-        return grad_w
+        return grad_w.to(out_dtype)
 
     def release(self) -> None:
         """Drop the saved operands once backward is done."""
@@ -136,7 +141,7 @@ class FP4LinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, recipe: FP4Recipe, backend: GemmBackend):
         state = FP4GemmState(recipe, backend)
-        y = state.forward(x.reshape(-1, x.shape[-1]), weight)
+        y = state.forward(x.reshape(-1, x.shape[-1]), weight, torch.float32 if bias is not None else x.dtype)
         if bias is not None:
             y = y + bias.float()
         ctx.state = state
@@ -152,9 +157,9 @@ class FP4LinearFunction(torch.autograd.Function):
         gq_dgrad, gq_wgrad = state.quantize_grad_output(g2d)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = state.grad_input(gq_dgrad).to(ctx.x_dtype).reshape(ctx.x_shape)
+            grad_x = state.grad_input(gq_dgrad, ctx.x_dtype).reshape(ctx.x_shape)
         if ctx.needs_input_grad[1]:
-            grad_w = state.grad_weight(gq_wgrad, weight, g2d).to(weight.dtype)
+            grad_w = state.grad_weight(gq_wgrad, weight, g2d, weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g2d.float().sum(0).to(grad_output.dtype)
         state.release()

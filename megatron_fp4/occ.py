@@ -83,10 +83,20 @@ def _quantile_source(values: torch.Tensor, config: OCCConfig) -> torch.Tensor:
     return flat.float()
 
 
+def _order_statistics(source: torch.Tensor, quantiles: tuple[float, ...]) -> list[torch.Tensor]:
+    """Several order statistics of one flat tensor: ``kthvalue`` for one, else one sort (on GPU a
+    radix sort of the sample is far cheaper than repeated selections)."""
+    count = source.numel()
+    ranks = [_rank(count, q) for q in quantiles]
+    if len(ranks) == 1:
+        return [source.kthvalue(ranks[0]).values]
+    ordered = torch.sort(source).values
+    return [ordered[rank - 1] for rank in ranks]
+
+
 def quantile_order_statistic(values: torch.Tensor, quantile: float, config: OCCConfig) -> torch.Tensor:
     """The ``quantile`` order statistic of a flat tensor: exact, or sampled past the size limit."""
-    source = _quantile_source(values, config)
-    return source.kthvalue(_rank(source.numel(), quantile)).values
+    return _order_statistics(_quantile_source(values, config), (quantile,))[0]
 
 
 def occ_thresholds(x2d: torch.Tensor, config: OCCConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,9 +111,8 @@ def occ_thresholds(x2d: torch.Tensor, config: OCCConfig) -> tuple[torch.Tensor, 
     if config.symmetric:
         high = quantile_order_statistic(x2d.abs(), alpha, config)
         return -high, high
-    source = _quantile_source(x2d, config)  # one sample serves both bounds
-    count = source.numel()
-    return source.kthvalue(_rank(count, 1 - alpha)).values, source.kthvalue(_rank(count, alpha)).values
+    low, high = _order_statistics(_quantile_source(x2d, config), (1 - alpha, alpha))  # one sample, one sort
+    return low, high
 
 
 @dataclass(frozen=True)
@@ -233,12 +242,17 @@ def occ_residual(x2d: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> Sp
 
     For bf16/fp16 inputs clamp(A) + ΔA equals A exactly (the difference of two 16-bit floats is
     exact in fp32 unless their exponents differ by more than 16). NaN compares false, so a NaN
-    entry is neither clamped nor in the residual.
+    entry is neither clamped nor in the residual. One ``nonzero`` (one host sync), then gathers.
     """
     outlier = (x2d > high) | (x2d < low)
-    picked = x2d[outlier]
-    values = picked.float() - clamp_to(picked, low.expand_as(x2d)[outlier], high.expand_as(x2d)[outlier]).float()
-    return SparseResidual.from_mask(outlier, values)
+    index_dtype = torch.int32 if x2d.numel() < 2**31 else torch.int64
+    flat_index = outlier.reshape(-1).nonzero().squeeze(1)
+    picked = x2d.reshape(-1)[flat_index]
+    if low.numel() > 1:  # per-row bounds
+        row = flat_index // x2d.shape[-1]
+        low, high = low.reshape(-1)[row], high.reshape(-1)[row]
+    values = picked.float() - clamp_to(picked, low, high).float()
+    return SparseResidual(flat_index.to(index_dtype), values, tuple(x2d.shape))
 
 
 def occ_clamp(x2d: torch.Tensor, config: OCCConfig) -> OCCResult:

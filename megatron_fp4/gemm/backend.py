@@ -1,6 +1,8 @@
 """The GEMM backend seam: one interface, several implementations, chosen by name or automatically.
 
-A backend computes the three GEMMs of a linear layer from quantized operands and returns fp32:
+A backend computes the three GEMMs of a linear layer from quantized operands; they accumulate in
+fp32 and return ``out_dtype`` (fp32 by default; a fast backend writes a bf16 result directly
+instead of an fp32 tensor that is cast afterwards):
     fprop(x, w)  = X @ W^T     x: [M, K], w: [N, K]
     dgrad(g, w)  = dY @ W      g: [M, N], w: [N, K]
     wgrad(g, x)  = dY^T @ X    g: [M, N], x: [M, K]
@@ -38,13 +40,13 @@ class GemmBackend(abc.ABC):
         return True
 
     @abc.abstractmethod
-    def fprop(self, x: QuantizedTensor, w: QuantizedTensor) -> torch.Tensor: ...
+    def fprop(self, x: QuantizedTensor, w: QuantizedTensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor: ...
 
     @abc.abstractmethod
-    def dgrad(self, g: QuantizedTensor, w: QuantizedTensor) -> torch.Tensor: ...
+    def dgrad(self, g: QuantizedTensor, w: QuantizedTensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor: ...
 
     @abc.abstractmethod
-    def wgrad(self, g: QuantizedTensor, x: QuantizedTensor) -> torch.Tensor: ...
+    def wgrad(self, g: QuantizedTensor, x: QuantizedTensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor: ...
 
 
 _REGISTRY: dict[str, Callable[[], GemmBackend]] = {}

@@ -46,9 +46,9 @@ class BlackwellBackend(HopperBackend):
             and hasattr(torch, "float8_e8m0fnu")
         )
 
-    def fprop(self, x: QuantizedTensor, w: QuantizedTensor) -> torch.Tensor:
+    def fprop(self, x: QuantizedTensor, w: QuantizedTensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
         if not (self.supports(x, w) and x.shape[-1] % MX_BLOCK == 0):
-            return super().fprop(x, w)
+            return super().fprop(x, w, out_dtype)
         k = x.shape[-1]
         a = x.data.view(torch.float4_e2m1fn_x2)
         b = w.data.view(torch.float4_e2m1fn_x2).t()
@@ -58,7 +58,7 @@ class BlackwellBackend(HopperBackend):
             scale_b=_unit_block_scales(w.data.shape[0], k, a.device),
             out_dtype=torch.float32,
         )
-        return product * x.scale * w.scale.t()
+        return (product * x.scale * w.scale.t()).to(out_dtype)
 
 
 register_backend("blackwell", BlackwellBackend, auto_priority=0)

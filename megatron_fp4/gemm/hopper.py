@@ -73,31 +73,32 @@ class HopperBackend(GemmBackend):
         folded = _is_e2m1(operand) and operand.scale is None
         return fp8_grad and folded and g.data.is_cuda and _aligned(*g.data.shape, operand.shape[-1])
 
-    def fprop(self, x: QuantizedTensor, w: QuantizedTensor) -> torch.Tensor:
+    def fprop(self, x: QuantizedTensor, w: QuantizedTensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
         if not self.supports(x, w):
-            return self.fallback.fprop(x, w)
+            return self.fallback.fprop(x, w, out_dtype)
         a, b = _fp8_rows(x), _fp8_rows(w).t()
-        if self.fprop_out_dtype == torch.float32:
+        if out_dtype == torch.float32 and self.fprop_out_dtype == torch.float32:
             try:
                 return torch._scaled_mm(a, b, scale_a=x.scale, scale_b=w.scale.t(), out_dtype=torch.float32)
             except (RuntimeError, NotImplementedError):
                 self.fprop_out_dtype = torch.bfloat16
-        return torch._scaled_mm(a, b, scale_a=x.scale, scale_b=w.scale.t(), out_dtype=torch.bfloat16).float()
+        written = out_dtype if out_dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+        return torch._scaled_mm(a, b, scale_a=x.scale, scale_b=w.scale.t(), out_dtype=written).to(out_dtype)
 
-    def dgrad(self, g: QuantizedTensor, w: QuantizedTensor) -> torch.Tensor:
+    def dgrad(self, g: QuantizedTensor, w: QuantizedTensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
         if not self.supports_backward(g, w):
-            return self.fallback.dgrad(g, w)
+            return self.fallback.dgrad(g, w, out_dtype)
         one = torch.ones((), dtype=torch.float32, device=g.data.device)
         return torch._scaled_mm(
-            g.data.contiguous(), _fp8_transposed(w).t(), scale_a=g.scale.reshape(()), scale_b=one, out_dtype=torch.float32
+            g.data.contiguous(), _fp8_transposed(w).t(), scale_a=g.scale.reshape(()), scale_b=one, out_dtype=out_dtype
         )
 
-    def wgrad(self, g: QuantizedTensor, x: QuantizedTensor) -> torch.Tensor:
+    def wgrad(self, g: QuantizedTensor, x: QuantizedTensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
         if not self.supports_backward(g, x):
-            return self.fallback.wgrad(g, x)
+            return self.fallback.wgrad(g, x, out_dtype)
         one = torch.ones((), dtype=torch.float32, device=g.data.device)
         g_t = g.data.t().contiguous()  # already contiguous when the fused quantizer wrote it
-        return torch._scaled_mm(g_t, _fp8_transposed(x).t(), scale_a=g.scale.reshape(()), scale_b=one, out_dtype=torch.float32)
+        return torch._scaled_mm(g_t, _fp8_transposed(x).t(), scale_a=g.scale.reshape(()), scale_b=one, out_dtype=out_dtype)
 
 
 register_backend("hopper", HopperBackend, auto_priority=10)

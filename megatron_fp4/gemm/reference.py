@@ -18,14 +18,14 @@ __all__ = ["ReferenceBackend"]
 class ReferenceBackend(GemmBackend):
     name = "reference"
 
-    def fprop(self, x: QuantizedTensor, w: QuantizedTensor) -> torch.Tensor:
-        return x.dequantize_2d() @ w.dequantize_2d().t()
+    def fprop(self, x: QuantizedTensor, w: QuantizedTensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return (x.dequantize_2d() @ w.dequantize_2d().t()).to(out_dtype)
 
-    def dgrad(self, g: QuantizedTensor, w: QuantizedTensor) -> torch.Tensor:
-        return g.dequantize_2d() @ w.dequantize_2d()
+    def dgrad(self, g: QuantizedTensor, w: QuantizedTensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return (g.dequantize_2d() @ w.dequantize_2d()).to(out_dtype)
 
-    def wgrad(self, g: QuantizedTensor, x: QuantizedTensor) -> torch.Tensor:
-        return g.dequantize_2d().t() @ x.dequantize_2d()
+    def wgrad(self, g: QuantizedTensor, x: QuantizedTensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return (g.dequantize_2d().t() @ x.dequantize_2d()).to(out_dtype)
 
 
 register_backend("reference", ReferenceBackend, auto_priority=100)

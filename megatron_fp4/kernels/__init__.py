@@ -65,11 +65,14 @@ def quantize_grad_fast(g2d, dgrad_spec, wgrad_spec, weight_scale, input_scale, c
     return quantize_grad_folded(g2d, dgrad_spec, wgrad_spec, weight_scale, input_scale)
 
 
-def dge_scale_grad_fast(grad_w: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, fmt, k: float, max_derivative: float) -> torch.Tensor:
-    """grad_w ⊙ f'(W / s_W) (DGE, grid ``fmt``): the fused E2M1 kernel on CUDA (in place), else the reference."""
+def dge_scale_grad_fast(
+    grad_w: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, fmt, k: float, max_derivative: float, out_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """grad_w ⊙ f'(W / s_W) (DGE, grid ``fmt``) in ``out_dtype`` (default fp32): the fused E2M1
+    kernel on CUDA, else the reference."""
     fused = fmt is E2M1 and scale.shape == (weight.shape[0], 1)
     if fused and grad_w.is_cuda and triton_available() and grad_w.dtype == torch.float32 and grad_w.is_contiguous():
         from .dge_grad import dge_scale_grad
 
-        return dge_scale_grad(grad_w, weight, scale, k, max_derivative)
-    return grad_w * dge_derivative(weight.float() / scale, fmt, k, max_derivative)
+        return dge_scale_grad(grad_w, weight, scale, k, max_derivative, out_dtype)
+    return (grad_w * dge_derivative(weight.float() / scale, fmt, k, max_derivative)).to(out_dtype or torch.float32)

@@ -26,7 +26,7 @@ BLOCK = 1024
 
 
 @triton.jit
-def _dge_scale_grad_kernel(grad_ptr, weight_ptr, scale_ptr, K, exponent, inverse_k, max_derivative, BLOCK: tl.constexpr):
+def _dge_scale_grad_kernel(grad_ptr, weight_ptr, scale_ptr, out_ptr, K, exponent, inverse_k, max_derivative, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < K
@@ -39,19 +39,23 @@ def _dge_scale_grad_kernel(grad_ptr, weight_ptr, scale_ptr, K, exponent, inverse
     distance = tl.abs(2.0 * (magnitude - lower) / width - 1.0)
     derivative = tl.minimum(inverse_k * tl.exp2(exponent * tl.log2(distance)), max_derivative, propagate_nan=tl.PropagateNan.ALL)
     grad = tl.load(grad_ptr + row * K + cols, mask=mask)
-    tl.store(grad_ptr + row * K + cols, grad * derivative, mask=mask)
+    tl.store(out_ptr + row * K + cols, (grad * derivative).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def dge_scale_grad(grad_w: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, k: float, max_derivative: float) -> torch.Tensor:
-    """grad_w *= f'(weight / scale) in place (fp32 [N, K]; scale [N, 1]); returns grad_w."""
+def dge_scale_grad(
+    grad_w: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, k: float, max_derivative: float, out_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """grad_w ⊙ f'(weight / scale) (grad_w fp32 [N, K], scale [N, 1]): in place, or written once in
+    ``out_dtype`` (e.g. the weight's bf16) when that differs from fp32."""
     if grad_w.dtype != torch.float32 or not grad_w.is_contiguous():
         raise ValueError(f"dge_scale_grad: grad_w must be contiguous fp32, got {grad_w.dtype} strides {grad_w.stride()}")
     n, k_dim = weight.shape
     weight = weight.contiguous()
     scale = scale.float().contiguous()
+    out = grad_w if out_dtype in (None, torch.float32) else torch.empty_like(grad_w, dtype=out_dtype)
     grid = (n, triton.cdiv(k_dim, BLOCK))
-    _dge_scale_grad_kernel[grid](grad_w, weight, scale, k_dim, 1 / k - 1, 1 / k, max_derivative, BLOCK=BLOCK)
-    return grad_w
+    _dge_scale_grad_kernel[grid](grad_w, weight, scale, out, k_dim, 1 / k - 1, 1 / k, max_derivative, BLOCK=BLOCK)
+    return out
 
 
 def dge_scale_grad_reference(grad_w: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, k: float, max_derivative: float) -> torch.Tensor:

@@ -44,7 +44,7 @@ class FP4ParallelLinearFunction(torch.autograd.Function):
     def forward(ctx, input, weight, bias, recipe, backend, gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel, tp_group, name="linear"):
         total_input = _all_gather_first_dim(input, tp_group) if sequence_parallel else input
         state = FP4GemmState(recipe, backend, name)
-        output = state.forward(total_input.reshape(-1, total_input.shape[-1]), weight)
+        output = state.forward(total_input.reshape(-1, total_input.shape[-1]), weight, torch.float32 if bias is not None else input.dtype)
         if bias is not None:
             output = output + bias.float()
         ctx.state, ctx.tp_group = state, tp_group
@@ -64,7 +64,7 @@ class FP4ParallelLinearFunction(torch.autograd.Function):
 
         grad_input, handle = None, None
         if ctx.needs_input_grad[0]:
-            grad_input = state.grad_input(gq_dgrad).to(dtype).reshape(total_shape)
+            grad_input = state.grad_input(gq_dgrad, dtype).reshape(total_shape)
             if allreduce_dgrad:  # overlaps with the weight-gradient GEMM below
                 handle = dist.all_reduce(grad_input, group=ctx.tp_group, async_op=True)
             elif sequence_parallel:
@@ -73,14 +73,15 @@ class FP4ParallelLinearFunction(torch.autograd.Function):
 
         grad_weight = None
         if ctx.needs_input_grad[1]:
-            grad_w = state.grad_weight(gq_wgrad, weight, g2d)
-            if accumulate_in_main_grad and hasattr(weight, "main_grad"):
-                weight.main_grad.add_(grad_w.to(weight.main_grad.dtype))
+            into_main_grad = accumulate_in_main_grad and hasattr(weight, "main_grad")
+            grad_w = state.grad_weight(gq_wgrad, weight, g2d, weight.main_grad.dtype if into_main_grad else weight.dtype)
+            if into_main_grad:
+                weight.main_grad.add_(grad_w)
                 if hasattr(weight, "grad_added_to_main_grad"):  # megatron DDP's convention
                     weight.grad_added_to_main_grad = True
                     grad_weight = torch.zeros_like(weight) if getattr(weight, "zero_out_wgrad", False) else torch.empty_like(weight)
             else:
-                grad_weight = grad_w.to(weight.dtype)
+                grad_weight = grad_w
         grad_bias = g2d.float().sum(0).to(grad_output.dtype) if use_bias and ctx.needs_input_grad[2] else None
         if handle is not None:
             handle.wait()

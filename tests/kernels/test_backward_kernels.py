@@ -89,5 +89,8 @@ def test_dge_weight_gradient_within_16_ulp(shape):
     fast = dge_scale_grad(grad.clone(), weight, scale, 5.0, 3.0)
     ulp = torch.finfo(torch.float32).eps * reference.abs()
     assert ((fast - reference).abs() <= 16 * ulp).all()
+    written_bf16 = dge_scale_grad(grad.clone(), weight, scale, 5.0, 3.0, out_dtype=torch.bfloat16)
+    assert written_bf16.dtype == torch.bfloat16
+    assert ((written_bf16.float() - reference).abs() <= reference.abs() * 2**-8).all()  # one bf16 rounding
     weight[1, 1] = float("nan")
     assert torch.isnan(dge_scale_grad(grad.clone(), weight, scale, 5.0, 3.0)[1, 1])
