@@ -19,6 +19,7 @@ import triton.language as tl
 
 from ..dge import dge_derivative
 from ..formats import E2M1
+from .fp8_rounding import round_to_bf16
 
 __all__ = ["dge_scale_grad", "dge_scale_grad_reference"]
 
@@ -26,7 +27,7 @@ BLOCK = 1024
 
 
 @triton.jit
-def _dge_scale_grad_kernel(grad_ptr, weight_ptr, scale_ptr, out_ptr, K, exponent, inverse_k, max_derivative, BLOCK: tl.constexpr):
+def _dge_scale_grad_kernel(grad_ptr, weight_ptr, scale_ptr, out_ptr, K, exponent, inverse_k, max_derivative, OUT_BF16: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < K
@@ -39,7 +40,10 @@ def _dge_scale_grad_kernel(grad_ptr, weight_ptr, scale_ptr, out_ptr, K, exponent
     distance = tl.abs(2.0 * (magnitude - lower) / width - 1.0)
     derivative = tl.minimum(inverse_k * tl.exp2(exponent * tl.log2(distance)), max_derivative, propagate_nan=tl.PropagateNan.ALL)
     grad = tl.load(grad_ptr + row * K + cols, mask=mask)
-    tl.store(out_ptr + row * K + cols, (grad * derivative).to(out_ptr.dtype.element_ty), mask=mask)
+    result = grad * derivative
+    if OUT_BF16:
+        result = round_to_bf16(result)
+    tl.store(out_ptr + row * K + cols, result.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def dge_scale_grad(
@@ -52,9 +56,13 @@ def dge_scale_grad(
     n, k_dim = weight.shape
     weight = weight.contiguous()
     scale = scale.float().contiguous()
+    if out_dtype not in (None, torch.float32, torch.bfloat16):
+        return dge_scale_grad(grad_w, weight, scale, k, max_derivative).to(out_dtype)
     out = grad_w if out_dtype in (None, torch.float32) else torch.empty_like(grad_w, dtype=out_dtype)
     grid = (n, triton.cdiv(k_dim, BLOCK))
-    _dge_scale_grad_kernel[grid](grad_w, weight, scale, out, k_dim, 1 / k - 1, 1 / k, max_derivative, BLOCK=BLOCK)
+    _dge_scale_grad_kernel[grid](
+        grad_w, weight, scale, out, k_dim, 1 / k - 1, 1 / k, max_derivative, OUT_BF16=out.dtype == torch.bfloat16, BLOCK=BLOCK
+    )
     return out
 
 

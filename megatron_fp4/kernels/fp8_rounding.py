@@ -1,4 +1,4 @@
-"""Round fp32 to an FP8 format in Triton, bit for bit as ``tensor.to(torch.float8_*)`` does.
+"""Round fp32 to FP8 (and bf16) in Triton, bit for bit as ``tensor.to(torch.float8_*)`` does.
 
 Triton's own fp8 casts differ between the compiled and the interpreted backends, so the kernels
 build the FP8 byte themselves from integer operations: round to nearest, ties to even, with
@@ -11,7 +11,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-__all__ = ["fp8_byte"]
+__all__ = ["fp8_byte", "round_to_bf16"]
 
 
 @triton.jit
@@ -41,3 +41,12 @@ def fp8_byte(v, MANTISSA: tl.constexpr, BIAS: tl.constexpr, E4M3FN: tl.constexpr
         byte = tl.where((byte > 0x7C) | (magnitude == float("inf")), 0x7C, byte)
     byte = tl.where(v != v, 0x7F, byte)
     return byte | sign
+
+
+@triton.jit
+def round_to_bf16(v):
+    """fp32 holding ``v`` rounded to bfloat16 (nearest, ties to even), so a later cast is exact
+    (the interpreter's casts truncate; compiled ones round: this makes both the same)."""
+    bits = v.to(tl.int32, bitcast=True)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536  # -65536 == 0xFFFF0000
+    return tl.where(v != v, v, rounded.to(tl.float32, bitcast=True))
