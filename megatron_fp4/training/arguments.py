@@ -166,6 +166,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.global_batch_size = args.global_batch_size or args.micro_batch_size
     if args.global_batch_size % args.micro_batch_size:
         parser.error(f"--global-batch-size {args.global_batch_size} is not a multiple of --micro-batch-size {args.micro_batch_size}")
+    decay = args.lr_decay_iters or args.train_iters
+    if args.lr_warmup_iters >= decay:
+        which = "--lr-decay-iters" if args.lr_decay_iters else "--train-iters"
+        parser.error(f"--lr-warmup-iters {args.lr_warmup_iters} must be smaller than {which} {decay} (the decay needs steps after warm-up)")
     if args.sequence_parallel and args.tensor_model_parallel_size == 1:
         parser.error("--sequence-parallel needs --tensor-model-parallel-size > 1")
     if args.fp4_dge_k is not None and args.no_fp4_dge:

@@ -96,7 +96,8 @@ def _forward_step(batch_iterator, model):
     def loss_func(per_token_loss):
         mask = batch["loss_mask"].float()
         loss = (per_token_loss.float() * mask).sum() / mask.sum().clamp_min(1)
-        return loss, {"lm loss": loss.detach()}
+        # clone: megatron-core divides the returned loss in place by the number of micro-batches
+        return loss, {"lm loss": loss.detach().clone()}
 
     return output, loss_func
 

@@ -49,6 +49,8 @@ def test_fp4_flags_build_the_recipe():
         ("--fp4 --fp4-occ-alpha 1.5", "--fp4-occ-alpha: must be in"),
         ("--fp4 --fp4-bf16-layers 9", "--fp4-bf16-layers \\[9\\]: layers are 1..4"),
         ("--global-batch-size 7", "--global-batch-size 7 is not a multiple of --micro-batch-size 2"),
+        ("--lr-warmup-iters 10", "--lr-warmup-iters 10 must be smaller than --train-iters 10"),
+        ("--fp4 --fp4-gemm-backend hopper", "--fp4-gemm-backend hopper is not available on this machine"),
         ("--fp4 --fp4-dge-k 0.5", "DGEConfig.k=0.5"),
         ("--lr-decay-style cosinus", "invalid choice: 'cosinus'"),
         ("--tokenizer-type GPT2BPETokenizer", "--tokenizer-type: invalid choice: 'GPT2BPETokenizer'"),
