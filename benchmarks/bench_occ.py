@@ -5,7 +5,7 @@
 Times, in one run: the FP4 forward GEMM (hopper backend, the thing OCC is an add-on to); OCC's
 thresholds (sampled quantiles), the outlier extraction (mask + nonzero + values), and the two
 residual products (forward ΔX·W^T and weight-gradient dY^T·ΔX) with each product method: gathered
-columns (when outliers sit in few channels), CSR and COO sparse. Also for an activation whose
+columns (when outliers sit in few channels), dense hi/lo bf16 GEMMs, CSR and COO sparse. Also for an activation whose
 outliers sit in a few channels only. Ratios are to the FP4 forward GEMM.
 """
 
@@ -46,7 +46,7 @@ def report(name: str, x: torch.Tensor, w: torch.Tensor, grad: torch.Tensor) -> N
           f"in {columns / x.shape[1]:.1%} of the columns; FP4 forward GEMM {gemm:.3f} ms")
     rows = [("thresholds (sampled quantiles)", ms(lambda: occ_bounds(x, config))),
             ("outlier extraction", ms(lambda: occ_residual(x, *bounds)))]
-    for method in ("gather", "csr", "coo"):
+    for method in ("gather", "dense", "csr", "coo"):
         if method == "gather" and columns > SparseResidual.dense_column_fraction * x.shape[1]:
             continue
         saved = (SparseResidual.dense_column_fraction, SparseResidual.sparse_format)

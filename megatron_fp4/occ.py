@@ -115,6 +115,13 @@ def occ_thresholds(x2d: torch.Tensor, config: OCCConfig) -> tuple[torch.Tensor, 
     return low, high
 
 
+def _matmul_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b accumulated and returned in fp32 (16-bit operands: exact products, no output rounding)."""
+    if a.dtype in (torch.bfloat16, torch.float16) and a.is_cuda:
+        return torch.mm(a, b.to(a.dtype), out_dtype=torch.float32)
+    return a.float() @ b.float()
+
+
 @dataclass(frozen=True)
 class SparseResidual:
     """ΔA = A - clamp(A) in coordinate form: only the clamped entries, in fp32.
@@ -131,7 +138,9 @@ class SparseResidual:
     shape: tuple[int, int]
 
     dense_column_fraction = 0.25  # gather columns while at most this share of K holds outliers
-    sparse_format = "csr"  # where they are spread: "csr" or "coo" (torch.sparse; benchmarks/bench_occ.py)
+    # where they are spread: "dense" (two 16-bit GEMMs on the hi/lo split of ΔA), "csr" or "coo"
+    # (torch.sparse); "auto": dense on CUDA, csr elsewhere (measured in benchmarks/bench_occ.py)
+    sparse_format = "auto"
 
     @classmethod
     def from_mask(cls, mask: torch.Tensor, values: torch.Tensor) -> "SparseResidual":
@@ -169,16 +178,34 @@ class SparseResidual:
         compact[self.rows, position] = self.values
         return columns, compact
 
+    def _format(self) -> str:
+        if self.sparse_format != "auto":
+            return self.sparse_format
+        return "dense" if self.values.is_cuda else "csr"
+
+    def _dense_split(self, dtype: torch.dtype) -> list[torch.Tensor]:
+        """ΔA as dense GEMM operands in ``dtype``: for 16-bit dtypes hi + lo (hi = ΔA rounded, lo =
+        the rest), which together hold ΔA to ~2^-16 relative; for fp32 ΔA itself."""
+        if dtype not in (torch.bfloat16, torch.float16):
+            return [self.to_dense()]
+        hi_values = self.values.to(dtype)
+        parts = []
+        for values in (hi_values, (self.values - hi_values.float()).to(dtype)):
+            dense = torch.zeros(self.shape, dtype=dtype, device=values.device)
+            dense.view(-1)[self.flat_index.long()] = values
+            parts.append(dense)
+        return parts
+
     def _sparse(self, transpose: bool = False) -> torch.Tensor:
         """ΔA (or ΔA^T) as a torch sparse tensor in ``sparse_format``."""
         rows, columns, values = self.rows, self.columns, self.values
         shape = self.shape
         if transpose:
             rows, columns, shape = columns, rows, shape[::-1]
-            if self.sparse_format == "csr":  # CSR wants row-major order: sort by the new rows
+            if self._format() == "csr":  # CSR wants row-major order: sort by the new rows
                 order = torch.argsort(rows * shape[1] + columns)
                 rows, columns, values = rows[order], columns[order], values[order]
-        if self.sparse_format == "csr":
+        if self._format() == "csr":
             counts = torch.bincount(rows, minlength=shape[0])
             crow = torch.zeros(shape[0] + 1, dtype=torch.int64, device=values.device)
             torch.cumsum(counts, 0, out=crow[1:])
@@ -197,6 +224,8 @@ class SparseResidual:
         if gathered is not None:
             columns, compact = gathered
             return compact @ weight.float()[:, columns].t()
+        if self._format() == "dense":
+            return sum(_matmul_fp32(part, weight.t()) for part in self._dense_split(weight.dtype))
         return torch.sparse.mm(self._sparse(), weight.float().t().contiguous())
 
     def t_matmul(self, grad: torch.Tensor) -> torch.Tensor:
@@ -210,6 +239,8 @@ class SparseResidual:
             columns, compact = gathered
             out[:, columns] = grad.float().t() @ compact
             return out
+        if self._format() == "dense":
+            return sum(_matmul_fp32(grad.t(), part) for part in self._dense_split(grad.dtype))
         return torch.sparse.mm(self._sparse(transpose=True), grad.float()).t()
 
 
