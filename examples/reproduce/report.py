@@ -17,9 +17,10 @@ import statistics
 
 ITERATION = re.compile(r"iteration\s+(\d+)/(\d+) \| consumed tokens\s+(\d+) \| lm loss ([\d.naninf]+) .*\| tokens/s ([\d,]+)")
 VALIDATION = re.compile(r"validation loss at iteration (\d+): ([\d.naninf]+)")
-ORDER = ["bf16", "paper", "direct", "paper_no_dge", "paper_no_occ", "nvfp4", "mxfp4"]
+ORDER = ["bf16", "bf16_alone", "paper", "direct", "paper_no_dge", "paper_no_occ", "nvfp4", "mxfp4"]
 LABELS = {
     "bf16": "BF16 (no FP4)",
+    "bf16_alone": "BF16, second run",
     "paper": "FP4 `paper` (DGE + OCC)",
     "direct": "FP4 `direct` cast",
     "paper_no_dge": "FP4 `paper` without DGE",
@@ -77,17 +78,15 @@ def summary_rows(runs: dict[str, dict]) -> list[dict]:
 
 
 def runs_table(rows: list[dict]) -> str:
-    base_speed = next((r["tokens_per_s"] for r in rows if r["name"] == "bf16"), None)
     lines = [
-        "| run | iterations | train loss (last 5 logs) | validation loss @ step | vs BF16 | tokens/s | vs BF16 |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| run | iterations | train loss (last 5 logs) | validation loss @ step | vs BF16 | tokens/s (median of logs) |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         gap = "-" if r["gap"] is None else f"{r['gap']:+.2%}"
-        speed = "-" if base_speed is None else f"{r['tokens_per_s'] / base_speed:.2f}x"
         reached = f"{r['reached']}/{r['planned']}"
         valid = "-" if r["valid"] is None else f"{r['valid']:.4f} @ {r['valid_step']}"
-        lines.append(f"| {LABELS[r['name']]} | {reached} | {r['train']:.4f} | {valid} | {gap} | {r['tokens_per_s']:,.0f} | {speed} |")
+        lines.append(f"| {LABELS[r['name']]} (`{r['name']}`) | {reached} | {r['train']:.4f} | {valid} | {gap} | {r['tokens_per_s']:,.0f} |")
     return "\n".join(lines)
 
 
