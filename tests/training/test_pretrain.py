@@ -77,6 +77,12 @@ def test_logged_loss_does_not_depend_on_the_micro_batch_split(corpus):
     assert abs(one["lm loss"] - math.log(512)) < 1.0  # untrained: about ln(vocab) (400 padded to 512)
 
 
+def test_exit_duration_stops_after_saving(corpus, tmp_path):
+    records = run(corpus, f"--train-iters 50 --exit-duration-in-mins 0.0001 --save {tmp_path / 'ckpt'}")
+    assert len(records) == 1  # the first iteration already took longer than 6 ms
+    assert checkpointing.latest_iteration(str(tmp_path / "ckpt")) == 1
+
+
 def test_resume_reproduces_the_uninterrupted_run(corpus, tmp_path):
     schedule = "--train-iters 12 --hidden-dropout 0.1 --attention-dropout 0.1"  # dropout: RNG must resume too
     full = run(corpus, f"{schedule} --save {tmp_path / 'full'}")

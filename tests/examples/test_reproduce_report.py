@@ -1,0 +1,32 @@
+"""examples/reproduce/report.py regenerates the tables of docs/RESULTS.md from the committed logs."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_report_rebuilds_the_tables_from_the_logs(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    shutil.copy(os.path.join(REPO, "docs", "RESULTS.md"), docs / "RESULTS.md")
+    before = (docs / "RESULTS.md").read_text()
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "examples", "reproduce", "report.py"), os.path.join(REPO, "docs", "runs", "reproduce"), "--docs", str(docs)],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    text = (docs / "RESULTS.md").read_text()
+    assert text == before  # the committed page is exactly what the logs give
+    assert "| FP4 `paper` (DGE + OCC) (`paper`) | 600/600 |" in text and "-3.60%" in text
+    assert (docs / "results" / "loss_curves.png").stat().st_size > 10_000
+
+
+def test_report_refuses_a_directory_without_logs(tmp_path):
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "examples", "reproduce", "report.py"), str(tmp_path), "--docs", str(tmp_path)],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode != 0 and "no run logs" in result.stderr
