@@ -36,6 +36,15 @@ def quantize_fast(
     applied inside the kernel, per-row ones by a clamp before it."""
     checking = check_finite if check_finite is not None else check_finite_enabled()
     fused = x.is_cuda and triton_available()
+    if fused and clamp is None:
+        from .quantize_blocks import quantize_blocks, supports_block_spec
+
+        if supports_block_spec(spec):
+            if checking and not torch.isfinite(x).all():
+                quantize(x, spec, check_finite=True, name=name)  # raises, naming the tensor
+            if x.shape[-1] % spec.block_size:
+                quantize(x, spec, name=name)  # raises, naming the tensor and the block size
+            return quantize_blocks(x, spec)
     if fused:
         from .quantize_rows import quantize_rows, supports_spec
 
