@@ -10,6 +10,8 @@ copy's bandwidth reached (the issue's target: 0.85):
                        the second read hits L2
   codes -> FP8^T       read codes (0.5 B) + FP8 (1 B)
   DGE on dW            read dW (4 B) + W (2 B) + write dW (4 B)
+  NVFP4/MXFP4 blocks   read x (2 B) + codes (0.5 B) + a scale byte per 16/32 elements (NVFP4 also
+                       reads x once more for the tensor absmax, not counted)
 The copy moves 2 B read + 2 B written per bf16 element. ``--sweep`` times the kernels' tile and
 warp options (used to set the defaults; see NOTES.md).
 """
@@ -23,12 +25,14 @@ from triton.testing import do_bench
 
 from megatron_fp4.kernels.codes_to_fp8 import codes_to_fp8_t
 from megatron_fp4.kernels.dge_grad import dge_scale_grad
+from megatron_fp4.kernels.quantize_blocks import quantize_blocks
 from megatron_fp4.kernels.quantize_grad import quantize_grad_folded
 from megatron_fp4.kernels.quantize_rows import quantize_rows
 from megatron_fp4.quantize import QuantSpec
 
 SHAPES = [(8192, 2048), (8192, 4096), (16384, 5120), (8192, 11008), (16384, 13824)]
 E5M2 = QuantSpec("fp8_e5m2", "tensor")
+NVFP4, MXFP4 = QuantSpec("fp4", "nvfp4"), QuantSpec("fp4", "mxfp4")
 
 
 def median_ms(fn) -> float:
@@ -51,6 +55,8 @@ def kernels(rows: int, k: int, **options) -> dict[str, tuple]:
         "grad quantize (both)": (lambda: quantize_grad_folded(x, E5M2, E5M2, column_scale, row_scale, **options.get("grad_options", {})), elements * 4),
         "codes -> fp8^T": (lambda: codes_to_fp8_t(codes), elements * 1.5),
         "DGE on dW": (lambda: dge_scale_grad(grad_w, x, scale, 5.0, 3.0), elements * 10),
+        "NVFP4 blocks": (lambda: quantize_blocks(x, NVFP4), elements * (2 + 0.5 + 1 / 16)),
+        "MXFP4 blocks": (lambda: quantize_blocks(x, MXFP4), elements * (2 + 0.5 + 1 / 32)),
     }
 
 
