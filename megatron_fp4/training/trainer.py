@@ -227,6 +227,7 @@ def pretrain(args) -> list[dict]:
                 f"lm loss {loss if loss is not None else float('nan'):.4f} | lr {record['lr']:.3e} | "
                 f"grad norm {grad_norm:.3f} | tokens/s {tokens_per_second:,.0f} | "
                 f"ETA {_format_seconds(done * (args.train_iters - iteration))}"
+                + (f" | max memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.type == "cuda" else "")
             )
             window_start, window_iterations = time.time(), 0
         if args.eval_interval and (iteration % args.eval_interval == 0 or iteration == args.train_iters) and args.eval_iters > 0:
