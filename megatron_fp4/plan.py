@@ -116,9 +116,11 @@ def memory_per_gpu(shape: ModelShape, tp: int, pp: int, dp: int, micro_batch: in
     """Bytes on the most loaded GPU (the first pipeline stage holds the embedding and PP in-flight micro-batches)."""
     layers_per_stage = shape.layers // pp
     stage_params = layers_per_stage * shape.layer_parameters() + shape.embedding_parameters()
+    norms = layers_per_stage * 2 * shape.hidden  # norm weights are replicated on every TP rank
     if pp == 1:
         stage_params += shape.output_parameters() + shape.hidden
-    local = stage_params / tp
+        norms += shape.hidden
+    local = (stage_params - norms) / tp + norms
     optimizer_shards = dp if distributed_optimizer else 1
     in_flight = pp  # 1F1B: the first stage holds PP micro-batches' activations at its peak
     activations = {

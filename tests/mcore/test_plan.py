@@ -61,3 +61,14 @@ def test_paper_configs_pass_at_their_documented_gpu_counts(name, capsys):
 def test_impossible_layouts_fail_naming_the_flag(extra, message):
     with pytest.raises((SystemExit, ValueError), match=message):
         plan.main(["--config", CONFIGS["7b"], *shlex.split(extra)])
+
+
+def test_per_gpu_count_equals_a_tensor_parallel_rank(tmp_path):
+    flags = shlex.split(
+        f"{SMALL} --ffn-hidden-size 176 --swiglu --normalization RMSNorm --position-embedding-type rope "
+        "--untie-embeddings-and-output-weights --disable-bias-linear --tensor-model-parallel-size 2 --sequence-parallel"
+    )
+    per_rank = dist_harness.run(plan_jobs.count_parameters_job, flags, tp=2, outdir=str(tmp_path))
+    shape = plan.ModelShape.from_args(plan.parse_args(flags), 1024)
+    estimate = plan.memory_per_gpu(shape, tp=2, pp=1, dp=1, micro_batch=1, sp=True, distributed_optimizer=False)
+    assert per_rank[0] == per_rank[1] == estimate["parameters on this GPU"]
