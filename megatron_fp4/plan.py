@@ -20,7 +20,6 @@ checks against megatron-core models built for real at small sizes.
 from __future__ import annotations
 
 import argparse
-import math
 import shlex
 import subprocess
 import sys

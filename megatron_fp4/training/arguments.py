@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     checkpoint = parser.add_argument_group("checkpointing")
     checkpoint.add_argument("--save", default=None)
     checkpoint.add_argument("--load", default=None)
+    checkpoint.add_argument("--finetune", action="store_true", help="load only the model weights from --load (e.g. an imported checkpoint) and start at iteration 0")
     checkpoint.add_argument("--save-interval", type=_positive_int, default=None)
 
     logging = parser.add_argument_group("logging and evaluation")
@@ -156,6 +157,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     _reject_unsupported(parser, argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # kept with checkpoints (args.json): tools rebuild the model from it
     if args.group_query_attention and args.num_query_groups is None:
         parser.error("--group-query-attention needs --num-query-groups")
     if args.num_query_groups is not None and not args.group_query_attention:

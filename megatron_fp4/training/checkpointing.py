@@ -7,6 +7,7 @@ that. A crash mid-save leaves the previous checkpoint and tracker untouched.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -15,13 +16,32 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_model_weights", "latest_iteration"]
+__all__ = ["save_checkpoint", "save_model_weights", "load_checkpoint", "load_model_weights", "latest_iteration", "write_run_args", "read_run_args"]
 
 TRACKER = "latest_checkpointed_iteration.txt"
 
 
 def _directory(root: str, iteration: int) -> str:
     return os.path.join(root, f"iter_{iteration:07d}")
+
+
+RUN_ARGS = "args.json"
+
+
+def write_run_args(root: str, argv: list[str]) -> None:
+    """The trainer's command line next to its checkpoints: tools rebuild the model from it."""
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, RUN_ARGS + ".tmp"), "w") as f:
+        json.dump({"argv": list(argv)}, f, indent=1)
+    os.replace(os.path.join(root, RUN_ARGS + ".tmp"), os.path.join(root, RUN_ARGS))
+
+
+def read_run_args(root: str) -> list[str] | None:
+    path = os.path.join(root, RUN_ARGS)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)["argv"]
 
 
 def latest_iteration(root: str) -> int | None:
@@ -60,13 +80,24 @@ def _state(model, optimizer, scheduler, extra: dict, is_loading: bool) -> dict:
 
 
 def save_checkpoint(root: str, iteration: int, model, optimizer, scheduler, consumed_samples: int) -> str:
+    """Model, optimizer, scheduler, RNG and counters at ``iteration``, crash-safe."""
+    state = _state(model, optimizer, scheduler, {"iteration": iteration, "consumed_samples": consumed_samples}, False)
+    return _save_state(root, iteration, state)
+
+
+def save_model_weights(root: str, iteration: int, model) -> str:
+    """Only the model's weights (an imported checkpoint: load it with --finetune), crash-safe."""
+    return _save_state(root, iteration, {"model": _unwrap(model).sharded_state_dict()})
+
+
+def _save_state(root: str, iteration: int, state: dict) -> str:
+    """Write to iter_N.tmp, rename when complete, then replace the tracker atomically."""
     final = _directory(root, iteration)
     temporary = final + ".tmp"
     if dist.get_rank() == 0:
         shutil.rmtree(temporary, ignore_errors=True)
         os.makedirs(temporary)
     dist.barrier()
-    state = _state(model, optimizer, scheduler, {"iteration": iteration, "consumed_samples": consumed_samples}, False)
     dist_checkpointing.save(state, temporary)
     dist.barrier()
     if dist.get_rank() == 0:

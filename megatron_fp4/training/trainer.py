@@ -26,7 +26,7 @@ from .. import health
 from ..gemm import BACKEND_ENV, get_backend
 from ..megatron import build_fp4_gpt_model, enable_cpu_runtime
 from .arguments import transformer_config_from_args
-from .checkpointing import latest_iteration, load_checkpoint, save_checkpoint
+from .checkpointing import latest_iteration, load_checkpoint, load_model_weights, save_checkpoint, write_run_args
 from .data import build_datasets, micro_batches
 from .tokenizer import BPETokenizer
 
@@ -186,9 +186,20 @@ def pretrain(args) -> list[dict]:
         start_wd=args.weight_decay, end_wd=args.weight_decay, wd_incr_steps=args.train_iters, wd_incr_style="constant",
     )
     iteration, consumed = 0, 0
-    if args.load and latest_iteration(args.load) is not None:
-        iteration, consumed = load_checkpoint(args.load, model, optimizer, scheduler)
-        _log(f"resumed from {args.load} at iteration {iteration} ({consumed} samples consumed)")
+    resume_from = args.load
+    if args.finetune and args.save and latest_iteration(args.save) is not None:
+        resume_from = args.save  # a requeued fine-tuning run continues from its own checkpoints
+    elif args.finetune:
+        if not args.load or latest_iteration(args.load) is None:
+            raise SystemExit(f"error: --finetune needs --load with a finished checkpoint (got {args.load})")
+        loaded = load_model_weights(args.load, model)
+        _log(f"loaded the weights of {args.load} (iteration {loaded}); training starts at iteration 0")
+        resume_from = None
+    if resume_from and latest_iteration(resume_from) is not None:
+        iteration, consumed = load_checkpoint(resume_from, model, optimizer, scheduler)
+        _log(f"resumed from {resume_from} at iteration {iteration} ({consumed} samples consumed)")
+    if args.save and dist.get_rank() == 0:
+        write_run_args(args.save, args.argv)
     train_data, valid_data = build_datasets(args, tokenizer)
     dp_rank, dp_size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
     recipe = config.fp4_quant_recipe.describe() if config.fp4_quant_recipe.quantizes else "bf16 (no FP4)"
