@@ -13,7 +13,7 @@ from megatron_fp4.tools.fp4_checkpoint import load_packed
 
 from conftest import relative_error
 
-from .test_pretrain import _tp2_worker, argv, corpus, free_port, run  # noqa: F401 (corpus: a fixture)
+from .test_pretrain import _tp2_worker, argv, free_port, run
 
 transformers = pytest.importorskip("transformers")
 MODEL = "--fp4 --hidden-dropout 0 --attention-dropout 0 --group-query-attention --num-query-groups 2"
