@@ -7,6 +7,7 @@ that. A crash mid-save leaves the previous checkpoint and tracker untouched.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -67,14 +68,24 @@ def _unwrap(model):
     return getattr(model, "module", model)
 
 
+def _optimizer_format(optimizer) -> dict:
+    """The distributed optimizer saves in megatron-core's 'fully_reshardable' format: a checkpoint
+    can resume at another TP/PP/DP (the default 'fully_sharded_model_space' fails to save here)."""
+    inner = getattr(optimizer, "chained_optimizers", [optimizer])
+    if any(type(o).__name__ == "DistributedOptimizer" for o in inner):
+        return {"metadata": {"distrib_optim_sharding_type": "fully_reshardable"}}
+    return {}
+
+
 def _state(model, optimizer, scheduler, extra: dict, is_loading: bool) -> dict:
     model_state = _unwrap(model).sharded_state_dict()
     rank, world = dist.get_rank(), dist.get_world_size()
     return {
         "model": model_state,
-        "optimizer": optimizer.sharded_state_dict(model_state, is_loading=is_loading),
+        "optimizer": optimizer.sharded_state_dict(model_state, is_loading=is_loading, **_optimizer_format(optimizer)),
         "scheduler": scheduler.state_dict(),
         "rng": ShardedObject("rng_state", _rng_state(), (world,), (rank,), replica_id=0),
+        "world_size": world,
         **extra,
     }
 
@@ -121,21 +132,65 @@ def load_model_weights(root: str, model) -> int:
     return iteration
 
 
+@contextlib.contextmanager
+def _torch_adam_step_kept(optimizer):
+    """Work around megatron-core 0.16 loading a 'fully_reshardable' DistributedOptimizer state into
+    torch's own Adam (no Apex/TE): distrib_optimizer.py load_parameter_state_from_fully_reshardable
+    drops each parameter's "step" from the tensors it hands to _set_main_param_and_optimizer_states,
+    which then copies every key of the optimizer state, "step" included (KeyError). The step was
+    already set from the checkpoint just before, so handing the current one back is a no-op copy."""
+    patched = []
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        original = getattr(inner, "_set_main_param_and_optimizer_states", None)
+        if original is None:
+            continue
+
+        def with_step(model_param, tensors, inner=inner, original=original):
+            group_index, group_order = inner.model_param_group_index_map[model_param]
+            main_param = inner.optimizer.param_groups[group_index]["params"][group_order]
+            state = inner.optimizer.state.get(main_param, {})
+            if "step" in state and "step" not in tensors:
+                tensors = {**tensors, "step": state["step"]}
+            return original(model_param, tensors)
+
+        inner._set_main_param_and_optimizer_states = with_step
+        patched.append(inner)
+    try:
+        yield
+    finally:
+        for inner in patched:
+            del inner._set_main_param_and_optimizer_states
+
+
 def load_checkpoint(root: str, model, optimizer, scheduler) -> tuple[int, int]:
     """Restore the latest checkpoint under ``root``; returns (iteration, consumed_samples)."""
     iteration = latest_iteration(root)
     if iteration is None:
         raise FileNotFoundError(f"--load {root}: no {TRACKER} (no finished checkpoint there)")
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        # a fresh DistributedOptimizer has no Adam state yet, and its state_dict() asserts on the
+        # step count; megatron-core's own loaders fill it with placeholders first, so do we
+        if hasattr(inner, "_init_optimizer_states_with_dummy_values"):
+            inner._init_optimizer_states_with_dummy_values()
     state = _state(model, optimizer, scheduler, {"iteration": 0, "consumed_samples": 0}, True)
-    loaded = dist_checkpointing.load(state, _directory(root, iteration))
+    directory = _directory(root, iteration)
+    saved_world = dist_checkpointing.load_common_state_dict(directory).get("world_size", dist.get_world_size())
+    if saved_world != dist.get_world_size():  # per-rank RNG streams do not map onto another layout
+        del state["rng"]
+        if dist.get_rank() == 0:
+            print(f"note: {root} was saved by {saved_world} ranks, this run has {dist.get_world_size()}: "
+                  "model, optimizer and schedule are resharded; RNG states start fresh", flush=True)
+    loaded = dist_checkpointing.load(state, directory)
     _unwrap(model).load_state_dict(loaded["model"])
-    optimizer.load_state_dict(loaded["optimizer"])
+    with _torch_adam_step_kept(optimizer):
+        optimizer.load_state_dict(loaded["optimizer"])
     scheduler.load_state_dict(loaded["scheduler"])
-    rng = loaded["rng"]
-    torch.set_rng_state(rng["cpu"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state(rng["cuda"])
-    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+    if "rng" in loaded:
+        rng = loaded["rng"]
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+        from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
-    get_cuda_rng_tracker().set_states(rng["tracker"])
+        get_cuda_rng_tracker().set_states(rng["tracker"])
     return loaded["iteration"], loaded["consumed_samples"]

@@ -26,7 +26,7 @@ from .. import health
 from ..gemm import BACKEND_ENV, get_backend
 from ..megatron import build_fp4_gpt_model, enable_cpu_runtime
 from .arguments import transformer_config_from_args
-from .checkpointing import latest_iteration, load_checkpoint, load_model_weights, save_checkpoint, write_run_args
+from .checkpointing import latest_iteration, load_checkpoint, load_model_weights, read_run_args, save_checkpoint, write_run_args
 from .data import build_datasets, micro_batches
 from .tokenizer import BPETokenizer
 
@@ -150,6 +150,25 @@ def _format_seconds(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
 
 
+def _check_same_vocabulary(root: str, args, tokenizer) -> None:
+    """Refuse to resume with another padded vocabulary: megatron-core loads embeddings with a
+    different row count without complaint (it truncates or pads), which would silently change the
+    model. The padding follows the TP size (128 x TP) unless --vocab-size fixes it."""
+    from .arguments import parse_args
+
+    saved_argv = read_run_args(root)
+    if saved_argv is None:
+        return
+    saved = parse_args(saved_argv)
+    before = saved.vocab_size or _padded_vocab(tokenizer.vocab_size, saved.tensor_model_parallel_size)
+    now = args.vocab_size or _padded_vocab(tokenizer.vocab_size, args.tensor_model_parallel_size)
+    if before != now:
+        raise SystemExit(
+            f"error: {root} was trained with a padded vocabulary of {before} rows (--tensor-model-parallel-size "
+            f"{saved.tensor_model_parallel_size}); this run would use {now}: pass --vocab-size {before}"
+        )
+
+
 def _out_of_time(run_start: float, minutes: float, device: torch.device) -> bool:
     """Whether any rank has trained past the wall-clock limit (all ranks then stop together)."""
     late = torch.tensor([float(time.time() - run_start >= minutes * 60)], device=device)
@@ -196,6 +215,7 @@ def pretrain(args) -> list[dict]:
         _log(f"loaded the weights of {args.load} (iteration {loaded}); training starts at iteration 0")
         resume_from = None
     if resume_from and latest_iteration(resume_from) is not None:
+        _check_same_vocabulary(resume_from, args, tokenizer)
         iteration, consumed = load_checkpoint(resume_from, model, optimizer, scheduler)
         _log(f"resumed from {resume_from} at iteration {iteration} ({consumed} samples consumed)")
     if args.save and dist.get_rank() == 0:
