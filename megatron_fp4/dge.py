@@ -22,7 +22,7 @@ import torch
 
 from .formats import E2M1, FP4Format
 
-__all__ = ["DEFAULT_K", "DEFAULT_MAX_DERIVATIVE", "dge_interval", "dge_smooth", "dge_derivative"]
+__all__ = ["DEFAULT_K", "DEFAULT_MAX_DERIVATIVE", "dge_interval", "dge_smooth", "dge_derivative", "dge_scale_weight_grad"]
 
 DEFAULT_K = 5.0
 DEFAULT_MAX_DERIVATIVE = 3.0
@@ -66,3 +66,15 @@ def dge_derivative(
     distance = (2 * u / width - 1).abs()
     derivative = (1 / k) * distance.pow(1 / k - 1)  # inf at the midpoint (distance 0)
     return derivative.clamp_max(max_derivative)
+
+
+def dge_scale_weight_grad(
+    grad_w: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    fmt: FP4Format = E2M1,
+    k: float = DEFAULT_K,
+    max_derivative: float = DEFAULT_MAX_DERIVATIVE,
+) -> torch.Tensor:
+    """grad_w ⊙ f'(W / s_W) in fp32: DGE applied to a weight gradient (the fused kernel's reference)."""
+    return grad_w * dge_derivative(weight.float() / scale, fmt, k, max_derivative)

@@ -142,13 +142,6 @@ class SparseResidual:
     # (torch.sparse); "auto": dense on CUDA, csr elsewhere (measured in benchmarks/bench_occ.py)
     sparse_format = "auto"
 
-    @classmethod
-    def from_mask(cls, mask: torch.Tensor, values: torch.Tensor) -> "SparseResidual":
-        """Build from a boolean outlier mask over [rows, K] and the residual values at it."""
-        index_dtype = torch.int32 if mask.numel() < 2**31 else torch.int64
-        flat_index = mask.reshape(-1).nonzero().squeeze(1).to(index_dtype)
-        return cls(flat_index, values, tuple(mask.shape))
-
     @property
     def nnz(self) -> int:
         return self.values.numel()

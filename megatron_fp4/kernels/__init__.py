@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..dge import dge_derivative
+from ..dge import dge_scale_weight_grad
 from ..formats import E2M1
 from ..quantize import QuantizedTensor, QuantSpec, check_finite_enabled, quantize
 
@@ -84,4 +84,4 @@ def dge_scale_grad_fast(
         from .dge_grad import dge_scale_grad
 
         return dge_scale_grad(grad_w, weight, scale, k, max_derivative, out_dtype)
-    return (grad_w * dge_derivative(weight.float() / scale, fmt, k, max_derivative)).to(out_dtype or torch.float32)
+    return dge_scale_weight_grad(grad_w, weight, scale, fmt, k, max_derivative).to(out_dtype or torch.float32)

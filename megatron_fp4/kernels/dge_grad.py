@@ -17,8 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..dge import dge_derivative
-from ..formats import E2M1
+from ..dge import dge_scale_weight_grad
 from .fp8_rounding import round_to_bf16
 
 __all__ = ["dge_scale_grad", "dge_scale_grad_reference"]
@@ -67,4 +66,4 @@ def dge_scale_grad(
 
 
 def dge_scale_grad_reference(grad_w: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, k: float, max_derivative: float) -> torch.Tensor:
-    return grad_w * dge_derivative(weight.float() / scale, E2M1, k, max_derivative)
+    return dge_scale_weight_grad(grad_w, weight, scale, k=k, max_derivative=max_derivative)
