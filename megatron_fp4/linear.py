@@ -74,13 +74,13 @@ class FP4GemmState:
             bounds = occ_bounds(x2d, recipe.occ)
             if recipe.occ.compensate or health.is_collecting():
                 residual = occ_residual(x2d, *bounds)
-        xq = quantize_fast(x2d, recipe.fprop_input, check_finite=self.check, name="linear input", clamp=bounds)
+        xq = quantize_fast(x2d, recipe.fprop_input, check_finite=self.check, name=f"{self.name} input", clamp=bounds)
         if health.is_collecting():
             compensation = residual.to_dense() if residual is not None and recipe.occ.compensate else 0
             health.record_input(self.name, x2d, xq.dequantize_2d() + compensation, residual.nnz if residual is not None else 0)
         if not recipe.occ.compensate:
             residual = None
-        wq, self.w_saved = _quantize_pair(weight, recipe.fprop_weight, recipe.dgrad_weight, self.check, "linear weight")
+        wq, self.w_saved = _quantize_pair(weight, recipe.fprop_weight, recipe.dgrad_weight, self.check, f"{self.name} weight")
         y = self.backend.fprop(xq, wq, out_dtype if residual is None else torch.float32)
         if residual is not None:
             y = (y + residual.matmul_weight_t(weight)).to(out_dtype)
@@ -88,7 +88,7 @@ class FP4GemmState:
         if recipe.wgrad_input == recipe.fprop_input:
             self.x_saved = xq
         elif recipe.wgrad_input.is_quantized:
-            self.x_saved = quantize_fast(x2d, recipe.wgrad_input, check_finite=self.check, name="linear input", clamp=bounds)
+            self.x_saved = quantize_fast(x2d, recipe.wgrad_input, check_finite=self.check, name=f"{self.name} input", clamp=bounds)
         else:  # high-precision wgrad input: the true input, outliers included
             self.x_saved, residual = quantize(x2d, recipe.wgrad_input), None
         self.residual = residual
@@ -107,7 +107,7 @@ class FP4GemmState:
         input_scale = fold_scale(self.x_saved) if fold and recipe.wgrad_grad_output.is_quantized else None
         self.folded = (weight_scale is not None, input_scale is not None)
         return quantize_grad_output(
-            g2d, recipe.dgrad_grad_output, recipe.wgrad_grad_output, weight_scale, input_scale, self.check, "linear grad_output"
+            g2d, recipe.dgrad_grad_output, recipe.wgrad_grad_output, weight_scale, input_scale, self.check, f"{self.name} output gradient"
         )
 
     def grad_input(self, gq_dgrad: QuantizedTensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -28,3 +28,19 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """‖actual − expected‖ / ‖expected‖ in fp64 (the error measure every numerics test states)."""
     expected = expected.double()
     return ((actual.double() - expected).norm() / expected.norm().clamp_min(1e-300)).item()
+
+
+CORPUS_WORDS = "the of and to in that he shall unto for his a lord they be is him not them with it all thou was god which".split()
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """A small preprocessed corpus and its tokenizer: (data prefix, tokenizer path)."""
+    root = tmp_path_factory.mktemp("corpus")
+    rng = random.Random(0)
+    text = "\n\n".join(" ".join(rng.choice(CORPUS_WORDS[: 12 if d % 2 else None]) for _ in range(rng.randint(40, 100))) + "." for d in range(300))
+    (root / "corpus.txt").write_text(text)
+    from megatron_fp4.tools import preprocess_data as preprocess
+
+    prefix = preprocess.main(["--input", str(root / "corpus.txt"), "--output-prefix", str(root / "corpus"), "--train-tokenizer", "--vocab-size", "400"])
+    return prefix, str(root / "tokenizer.json")
