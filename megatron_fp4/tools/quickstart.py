@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     print(f"corpus: {write_corpus(corpus)} documents from pydoc_data.topics (PSF License) -> {corpus}")
     prefix = preprocess_data.main(
         ["--input", corpus, "--json-keys", "text", "--output-prefix", os.path.join(args.out, "data", "topics"),
-         "--train-tokenizer", "--vocab-size", str(args.vocab_size)]
+         "--train-tokenizer", "--vocab-size", str(args.vocab_size), "--force"]  # the quickstart's own data, remade each run
     )
     tokenizer = os.path.join(args.out, "data", "tokenizer.json")
     curves = {}
