@@ -32,34 +32,11 @@ import sys
 import torch
 from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
+from ..training.arguments import flag_value, model_flags, parse_model_args
+from .output_directory import check_output_directory, written_atomically
+
 SUPPORTED = "LLaMA-style models only: --swiglu, --normalization RMSNorm, --position-embedding-type rope, --disable-bias-linear"
-MODEL_FLAGS_WITH_VALUE = {
-    "--num-layers", "--hidden-size", "--num-attention-heads", "--ffn-hidden-size", "--kv-channels", "--num-query-groups",
-    "--seq-length", "--max-position-embeddings", "--normalization", "--norm-epsilon", "--position-embedding-type",
-    "--rotary-base", "--init-method-std", "--tokenizer-model", "--vocab-size",
-}
-MODEL_SWITCHES = {"--group-query-attention", "--swiglu", "--untie-embeddings-and-output-weights", "--disable-bias-linear"}
 VOCAB_MULTIPLE = 1024  # padding that stays valid for TP 1, 2, 4, 8 (the trainer pads to 128 x TP)
-
-
-def model_flags(argv: list[str]) -> list[str]:
-    """The architecture flags of a trainer command line (parallelism, data and FP4 dropped)."""
-    kept, index = [], 0
-    while index < len(argv):
-        flag = argv[index].split("=", 1)[0]
-        if flag in MODEL_SWITCHES:
-            kept.append(flag)
-        elif flag in MODEL_FLAGS_WITH_VALUE:
-            kept += [flag, argv[index].split("=", 1)[1]] if "=" in argv[index] else argv[index : index + 2]
-            index += 0 if "=" in argv[index] else 1
-        index += 1
-    return kept
-
-
-def _parse_model(flags: list[str]):
-    from ..training.arguments import parse_args
-
-    return parse_args([*flags, "--micro-batch-size", "1", "--train-iters", "1", "--lr", "0", "--hidden-dropout", "0", "--attention-dropout", "0"])
 
 
 def _check_supported(args) -> None:
@@ -115,40 +92,47 @@ def _build(args, vocab_size: int | None = None):
     return build_model(args, transformer_config_from_args(args), tokenizer), tokenizer
 
 
-def load_megatron(load: str, extra_flags: list[str]):
-    """(args, model, tokenizer) with the weights of the latest checkpoint under ``load`` (one process)."""
-    from ..training.checkpointing import latest_iteration, load_model_weights, read_run_args
+def read_checkpoint_flags(load: str, extra_flags: list[str]) -> tuple[list[str], list[str] | None]:
+    """(model flags, the trainer's saved argv or None) of the latest checkpoint under ``load``,
+    after checking that its files are whole; nothing is built yet."""
+    from ..training.checkpointing import CheckpointError, checkpoint_directory, latest_iteration, read_run_args, verify_checkpoint
 
-    if not os.path.isdir(load) or latest_iteration(load) is None:
-        raise SystemExit(f"error: --load {load}: no finished checkpoint there (latest_checkpointed_iteration.txt)")
-    saved = read_run_args(load)
+    try:
+        iteration = latest_iteration(load) if os.path.isdir(load) else None
+        if iteration is None:
+            raise CheckpointError(f"--load {load}: no finished checkpoint there (latest_checkpointed_iteration.txt)")
+        verify_checkpoint(checkpoint_directory(load, iteration))
+        saved = read_run_args(load)
+    except CheckpointError as error:
+        raise SystemExit(f"error: {error}") from None
     if saved is None and not extra_flags:
         raise SystemExit(f"error: --load {load} has no args.json: give the model flags after --")
-    args = _parse_model(model_flags((saved or []) + extra_flags))
+    return model_flags((saved or []) + extra_flags), saved
+
+
+def load_megatron(load: str, extra_flags: list[str]):
+    """(args, model, tokenizer) with the weights of the latest checkpoint under ``load`` (one process)."""
+    from ..training.checkpointing import load_model_weights
+    from ..training.resume import padded_vocab_size
+
+    flags, saved = read_checkpoint_flags(load, extra_flags)
+    args = parse_model_args(flags)
     _check_supported(args)
     vocab_size = None
     if args.vocab_size is None and saved is not None:  # the trainer padded for its own TP size
-        trained = _trained_tensor_parallel_size(saved)
         from ..training.tokenizer import BPETokenizer
 
         if args.tokenizer_model and os.path.exists(args.tokenizer_model):
-            step = 128 * trained
-            vocab_size = -(-BPETokenizer(args.tokenizer_model).vocab_size // step) * step
+            trained = int(flag_value(saved, "--tensor-model-parallel-size", "1"))
+            vocab_size = padded_vocab_size(BPETokenizer(args.tokenizer_model).vocab_size, trained)
     model, tokenizer = _build(args, vocab_size)
     try:
         load_model_weights(load, model)
-    except (Exception, CheckpointException) as error:  # shapes or keys that do not match the flags
+    except (Exception, CheckpointException) as error:  # the files are whole (checked above): shapes or keys differ
         first_line = str(error).strip().splitlines()[-1][:300]
-        raise SystemExit(f"error: --load {load} does not match the model flags {model_flags((saved or []) + extra_flags)}: {first_line}") from None
+        raise SystemExit(f"error: --load {load} does not match the model flags {flags}: {first_line}") from None
     model.eval()
     return args, model, tokenizer
-
-
-def _trained_tensor_parallel_size(argv: list[str]) -> int:
-    for index, token in enumerate(argv):
-        if token.startswith("--tensor-model-parallel-size"):
-            return int(token.split("=", 1)[1] if "=" in token else argv[index + 1])
-    return 1
 
 
 def _heads(args):
@@ -220,14 +204,6 @@ def hf_config(args, vocab: int, tokenizer, dtype: torch.dtype) -> dict:
     }
 
 
-def _prepare_output(path: str, force: bool) -> None:
-    if os.path.exists(path) and os.listdir(path):
-        if not force:
-            raise SystemExit(f"error: --output {path} exists and is not empty; pass --force to overwrite it")
-        shutil.rmtree(path)
-    os.makedirs(path, exist_ok=True)
-
-
 def write_safetensors(tensors: dict[str, torch.Tensor], output: str, max_shard_bytes: int, metadata: dict | None = None) -> None:
     """model.safetensors, or model-0000i-of-0000n.safetensors + model.safetensors.index.json."""
     from safetensors.torch import save_file
@@ -266,7 +242,13 @@ def read_safetensors(directory: str) -> dict[str, torch.Tensor]:
         raise SystemExit(f"error: --hf {directory}: no model.safetensors or model.safetensors.index.json")
     tensors = {}
     for name in files:
-        tensors.update(load_file(os.path.join(directory, name)))
+        path = os.path.join(directory, name)
+        if not os.path.isfile(path):
+            raise SystemExit(f"error: --hf {directory}: {name} is missing (named by model.safetensors.index.json)")
+        try:
+            tensors.update(load_file(path))
+        except Exception as error:  # safetensors raises its own error types for truncated or corrupted files
+            raise SystemExit(f"error: --hf {path}: not a readable safetensors file ({type(error).__name__}: {error})") from None
     return tensors
 
 
@@ -278,36 +260,40 @@ def write_tokenizer(tokenizer, output: str) -> None:
 
 
 def export(options, extra_flags: list[str]) -> None:
-    _prepare_output(options.output, options.force)
+    check_output_directory(options.output, "--output", options.force, {"--load": options.load})
     with _Single():
         args, model, tokenizer = load_megatron(options.load, extra_flags)
         state = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
         vocab = tokenizer.vocab_size
         tensors = megatron_to_hf(state, args, vocab)
     dtype = getattr(torch, options.dtype)
-    write_tokenizer(tokenizer, options.output)
     config = hf_config(args, vocab, tokenizer, dtype)
-    if options.fp4_packed:
-        from .fp4_checkpoint import pack_state
+    with written_atomically(options.output) as staging:
+        write_tokenizer(tokenizer, staging)
+        if options.fp4_packed:
+            from .fp4_checkpoint import pack_state
 
-        packed, metadata = pack_state(tensors, options.fp4_recipe, dtype)
-        config["megatron_fp4"] = metadata
-        write_safetensors(packed, options.output, options.max_shard_bytes, {"format": "pt", "megatron_fp4": json.dumps(metadata)})
-    else:
-        write_safetensors({k: v.to(dtype) for k, v in tensors.items()}, options.output, options.max_shard_bytes)
-    with open(os.path.join(options.output, "config.json"), "w") as f:
-        json.dump(config, f, indent=1)
+            packed, metadata = pack_state(tensors, options.fp4_recipe, dtype)
+            config["megatron_fp4"] = metadata
+            write_safetensors(packed, staging, options.max_shard_bytes, {"format": "pt", "megatron_fp4": json.dumps(metadata)})
+        else:
+            write_safetensors({k: v.to(dtype) for k, v in tensors.items()}, staging, options.max_shard_bytes)
+        with open(os.path.join(staging, "config.json"), "w") as f:
+            json.dump(config, f, indent=1)
     print(f"exported {options.load} -> {options.output} ({sum(t.numel() for t in tensors.values()):,} parameters)")
 
 
 def import_hf(options) -> None:
-    from ..training.checkpointing import save_model_weights, write_run_args
+    from ..training.checkpointing import run_record, save_model_weights
 
     config_path = os.path.join(options.hf, "config.json")
     if not os.path.exists(config_path):
         raise SystemExit(f"error: --hf {options.hf}: no config.json")
-    with open(config_path) as f:
-        config = json.load(f)
+    try:
+        with open(config_path) as f:
+            config = json.load(f)
+    except ValueError as error:
+        raise SystemExit(f"error: --hf {config_path}: not valid JSON ({error})") from None
     unsupported = {
         "model_type": config.get("model_type") != "llama", "hidden_act": config.get("hidden_act", "silu") != "silu",
         "attention_bias": bool(config.get("attention_bias")), "mlp_bias": bool(config.get("mlp_bias")),
@@ -315,10 +301,9 @@ def import_hf(options) -> None:
     }
     if any(unsupported.values()):
         raise SystemExit(f"error: --hf {options.hf}: unsupported config.json options {[k for k, v in unsupported.items() if v]} ({SUPPORTED})")
-    if os.path.exists(options.save) and os.listdir(options.save) and not options.force:
-        raise SystemExit(f"error: --save {options.save} exists and is not empty; pass --force to overwrite it")
-    if options.force:
-        shutil.rmtree(options.save, ignore_errors=True)
+    check_output_directory(options.save, "--save", options.force, {"--hf": options.hf})
+    if not os.path.isfile(options.tokenizer_model):
+        raise SystemExit(f"error: --tokenizer-model {options.tokenizer_model}: no such file")
     heads, groups = config["num_attention_heads"], config.get("num_key_value_heads", config["num_attention_heads"])
     vocab = config["vocab_size"]
     padded = -(-vocab // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
@@ -338,16 +323,23 @@ def import_hf(options) -> None:
         flags.append("--untie-embeddings-and-output-weights")
     tensors = read_safetensors(options.hf)
     with _Single():
-        args = _parse_model(flags)
+        args = parse_model_args(flags)
         model, _ = _build(args)
-        state = hf_to_megatron(tensors, args, padded)
-        missing = set(k for k in model.state_dict() if not k.endswith("_extra_state")) - set(state)
+        try:
+            state = hf_to_megatron(tensors, args, padded)
+        except KeyError as error:
+            raise SystemExit(f"error: --hf {options.hf}: tensor {error} is missing from its safetensors") from None
+        expected = model.state_dict()
+        missing = set(k for k in expected if not k.endswith("_extra_state")) - set(state)
         if missing:
             raise SystemExit(f"error: --hf {options.hf}: tensors missing for {sorted(missing)[:4]}")
-        model.load_state_dict({**model.state_dict(), **{k: v.to(model.state_dict()[k].dtype) for k, v in state.items()}})
-        save_model_weights(options.save, 0, model)
-        write_run_args(options.save, flags)
-    print(f"imported {options.hf} -> {options.save} (vocabulary {vocab} padded to {padded}); train from it with --load {options.save} --finetune")
+        wrong = [f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})" for k, v in state.items() if v.shape != expected[k].shape]
+        if wrong:
+            raise SystemExit(f"error: --hf {options.hf}: tensors do not match its config.json: {wrong[:4]}")
+        model.load_state_dict({**expected, **{k: v.to(expected[k].dtype) for k, v in state.items()}})
+        with written_atomically(options.save) as staging:
+            save_model_weights(staging, 0, model, run_record(flags, options.tokenizer_model))
+    print(f"imported {options.hf} -> {options.save} (vocabulary {vocab} padded to {padded}); train from it with --load {options.save} --finetune --vocab-size {padded}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -360,13 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--max-shard-bytes", type=int, default=5 * 1024**3)
     out.add_argument("--fp4-packed", action="store_true", help="linear weights as packed FP4 codes + scales")
     out.add_argument("--fp4-recipe", default="paper", help="whose weight quantizer packs them (default: paper)")
-    out.add_argument("--force", action="store_true", help="replace a non-empty --output")
+    out.add_argument("--force", action="store_true", help="replace a non-empty --output (only once the new export is complete)")
     into = sub.add_parser("import", help="Hugging Face LLaMA directory -> our checkpoint (weights only)")
     into.add_argument("--hf", required=True)
     into.add_argument("--save", required=True)
     into.add_argument("--tokenizer-model", required=True, help="tokenizer.json for training from it")
     into.add_argument("--seq-length", type=int, default=None, help="training sequence length (default: max_position_embeddings)")
-    into.add_argument("--force", action="store_true", help="replace a non-empty --save")
+    into.add_argument("--force", action="store_true", help="replace a non-empty --save (only once the new checkpoint is complete)")
     return parser
 
 

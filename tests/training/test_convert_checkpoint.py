@@ -62,8 +62,8 @@ def test_import_gives_back_bit_identical_weights(trained, tmp_path, corpus):
     convert.main(["export", "--load", str(tmp_path / "imported"), "--output", str(tmp_path / "again")])
     first, second = convert.read_safetensors(str(tmp_path / "hf")), convert.read_safetensors(str(tmp_path / "again"))
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
-    # and the trainer continues from it (weights only, iteration 0)
-    records = run(corpus, f"{MODEL} --train-iters 3 --load {tmp_path / 'imported'} --finetune --save {tmp_path / 'tuned'}")
+    # and the trainer continues from it (weights only, iteration 0) with the import's padded vocabulary
+    records = run(corpus, f"{MODEL} --train-iters 3 --load {tmp_path / 'imported'} --finetune --vocab-size 1024 --save {tmp_path / 'tuned'}")
     assert [r["iteration"] for r in records] == [1, 2, 3]
 
 
