@@ -145,13 +145,26 @@ def _config_flags(path: str) -> list[str]:
     return shlex.split(result.stdout)
 
 
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m megatron_fp4.plan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="a config script (examples/configs/*.sh); its flags come first, flags given here override")
-    parser.add_argument("--gpus", type=int, required=True, help="GPUs in the job")
-    parser.add_argument("--gpu-memory-gib", type=float, default=80.0, help="memory per GPU (H100 80 GB: 80)")
-    parser.add_argument("--achieved-tflops", type=float, default=None, help="measured model TFLOP/s per GPU, for the speed estimate")
-    parser.add_argument("--padded-vocab-size", type=int, default=32000, help="vocabulary (LLaMA-2: 32000)")
+    parser.add_argument("--gpus", type=_positive(int), required=True, help="GPUs in the job")
+    parser.add_argument("--gpu-memory-gib", type=_positive(float), default=80.0, help="memory per GPU (H100 80 GB: 80)")
+    parser.add_argument("--achieved-tflops", type=_positive(float), default=None, help="measured model TFLOP/s per GPU, for the speed estimate")
+    parser.add_argument("--padded-vocab-size", type=_positive(int), default=32000, help="vocabulary (LLaMA-2: 32000)")
     return parser
 
 

@@ -9,20 +9,31 @@ FP4 flags. Upstream's meanings are kept: ``--fp4-format e2m1`` alone switches FP
 supported here yet, so it fails). ``--fp4`` is our shorthand for ``--fp4-format e2m1
 --fp4-recipe paper``. Recipe knobs: ``--fp4-dge-k``, ``--no-fp4-dge``, ``--fp4-occ-alpha``,
 ``--no-fp4-occ``, ``--no-fp4-occ-compensation``, ``--fp4-bf16-layers``.
+
+Errors are found here, before torch.distributed starts, and printed once (by rank 0) rather than
+as a traceback on every rank: flag combinations, the layout (TP/PP/heads/FFN divisibility, FP4
+block sizes), the learning-rate schedule.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import sys
 
 import torch
 import torch.nn.functional as F
 
+from megatron.core.transformer.enums import AttnBackend
+
 from ..gemm import available_backends
 from ..recipe import RECIPES, DGEConfig, FP4Recipe, get_recipe
 
-__all__ = ["build_parser", "parse_args", "fp4_recipe_from_args", "transformer_config_from_args", "UNSUPPORTED_MEGATRON_FLAGS"]
+__all__ = [
+    "build_parser", "parse_args", "parse_model_args", "model_flags", "flag_value", "fp4_recipe_from_args",
+    "transformer_config_from_args", "UNSUPPORTED_MEGATRON_FLAGS",
+]
 
 # Megatron-LM flags users commonly pass that this trainer does not implement (yet).
 UNSUPPORTED_MEGATRON_FLAGS = {
@@ -33,9 +44,7 @@ UNSUPPORTED_MEGATRON_FLAGS = {
     "--context-parallel-size": "context parallelism",
     "--num-layers-per-virtual-pipeline-stage": "the interleaved pipeline schedule",
     "--fp16": "fp16 with loss scaling: use --bf16",
-    "--use-flash-attn": "flash attention outside Transformer Engine",
     "--transformer-impl": "choosing the transformer implementation (the FP4 spec picks TE when importable)",
-    "--mock-data": "mock data: give --data-path (tools/preprocess_data.py makes it)",
 }
 
 
@@ -53,8 +62,43 @@ def _fraction(text: str) -> float:
     return value
 
 
+class _OnceParser(argparse.ArgumentParser):
+    """Prints usage errors on rank 0 only: torchrun starts one parser per rank, and N copies of the
+    same message bury it. Every rank still exits with status 2."""
+
+    def error(self, message: str):
+        if os.environ.get("RANK", "0") == "0":
+            self.print_usage(sys.stderr)
+            sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def _join_negative_numbers(argv: list[str]) -> list[str]:
+    """``--lr -1e-3`` -> ``--lr=-1e-3``: argparse takes '-1e-3' for an option (its negative-number
+    test knows no exponents) and reports a missing value instead of the real problem."""
+    joined, index = [], 0
+    while index < len(argv):
+        token = argv[index]
+        following = argv[index + 1] if index + 1 < len(argv) else None
+        if token.startswith("--") and "=" not in token and following is not None and following.startswith("-") and _is_number(following):
+            joined.append(f"{token}={following}")
+            index += 2
+            continue
+        joined.append(token)
+        index += 1
+    return joined
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OnceParser(
         prog="python -m megatron_fp4.pretrain_gpt", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
     )
@@ -78,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--hidden-dropout", type=float, default=0.1)
     model.add_argument("--attention-dropout", type=float, default=0.1)
     model.add_argument("--init-method-std", type=float, default=0.02)
+    model.add_argument(
+        "--attention-backend", choices=[b.name for b in AttnBackend], default="auto",
+        help="core attention: flash (torch SDPA, FlashAttention on CUDA), unfused/local (megatron-core's), "
+        "fused (Transformer Engine), auto (TE's where installed, else flash)",
+    )
+    model.add_argument("--use-flash-attn", action="store_true", help="upstream's older spelling of --attention-backend flash")
 
     parallel = parser.add_argument_group("parallelism")
     parallel.add_argument("--tensor-model-parallel-size", type=_positive_int, default=1)
@@ -103,22 +153,44 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--seed", type=int, default=1234)
     training.add_argument("--exit-interval", type=_positive_int, default=None, help="stop (after saving) at this iteration")
     training.add_argument("--exit-duration-in-mins", type=float, default=None, help="stop (after saving) once training has run this many minutes")
+    training.add_argument(
+        "--check-for-nan-in-loss-and-grad", action=argparse.BooleanOptionalAction, default=True,
+        help="stop with an error at the first iteration whose loss or gradient norm is NaN/Inf (default: on, as upstream)",
+    )
 
     data = parser.add_argument_group("data and tokenizer")
     data.add_argument("--data-path", nargs="+", default=None)
+    data.add_argument("--mock-data", action="store_true", help="synthetic token sequences instead of --data-path (benchmarks, smoke tests)")
     data.add_argument("--split", default="969,30,1")
     data.add_argument(
-        "--tokenizer-type", choices=["HuggingFaceTokenizer"], default="HuggingFaceTokenizer",
-        help="a tokenizers JSON file given by --tokenizer-model (tools/preprocess_data.py writes one)",
+        "--tokenizer-type", choices=["HuggingFaceTokenizer", "NullTokenizer"], default="HuggingFaceTokenizer",
+        help="HuggingFaceTokenizer: a tokenizers JSON file given by --tokenizer-model (tools/preprocess_data.py writes one); "
+        "NullTokenizer: --vocab-size ids and an end-of-document id (with --mock-data)",
     )
     data.add_argument("--tokenizer-model", default=None)
-    data.add_argument("--vocab-size", type=_positive_int, default=None)
+    data.add_argument(
+        "--vocab-size", type=_positive_int, default=None,
+        help="HuggingFaceTokenizer: the padded embedding size to use (e.g. to resume at another TP); NullTokenizer: its vocabulary",
+    )
 
     checkpoint = parser.add_argument_group("checkpointing")
     checkpoint.add_argument("--save", default=None)
     checkpoint.add_argument("--load", default=None)
     checkpoint.add_argument("--finetune", action="store_true", help="load only the model weights from --load (e.g. an imported checkpoint) and start at iteration 0")
     checkpoint.add_argument("--save-interval", type=_positive_int, default=None)
+    checkpoint.add_argument("--ckpt-step", type=int, default=None, help="load this iteration from --load instead of the tracker's")
+    checkpoint.add_argument(
+        "--override-opt_param-scheduler", action="store_true",
+        help="on resume, take the learning-rate/weight-decay schedule from the flags (the step count from the checkpoint)",
+    )
+    checkpoint.add_argument(
+        "--use-checkpoint-opt_param-scheduler", action="store_true",
+        help="on resume, keep the checkpoint's schedule and ignore the schedule flags",
+    )
+    checkpoint.add_argument(
+        "--overwrite-checkpoints", action="store_true",
+        help="allow saving over (or past) checkpoints in --save that this run did not resume from",
+    )
 
     logging = parser.add_argument_group("logging and evaluation")
     logging.add_argument("--log-interval", type=_positive_int, default=100)
@@ -156,8 +228,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     _reject_unsupported(parser, argv)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_negative_numbers(argv))
     args.argv = argv  # kept with checkpoints (args.json): tools rebuild the model from it
+    if args.use_flash_attn:
+        if args.attention_backend not in ("auto", "flash"):
+            parser.error(f"--use-flash-attn contradicts --attention-backend {args.attention_backend}")
+        args.attention_backend = "flash"
+    if args.mock_data and args.data_path:
+        parser.error("--mock-data and --data-path exclude each other")
+    if args.tokenizer_type == "NullTokenizer" and not args.vocab_size:
+        parser.error("--tokenizer-type NullTokenizer needs --vocab-size (its number of token ids)")
     if args.group_query_attention and args.num_query_groups is None:
         parser.error("--group-query-attention needs --num-query-groups")
     if args.num_query_groups is not None and not args.group_query_attention:
@@ -168,6 +248,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.global_batch_size = args.global_batch_size or args.micro_batch_size
     if args.global_batch_size % args.micro_batch_size:
         parser.error(f"--global-batch-size {args.global_batch_size} is not a multiple of --micro-batch-size {args.micro_batch_size}")
+    if args.lr < 0:
+        parser.error(f"--lr {args.lr:g} must not be negative")
+    if args.min_lr < 0 or args.min_lr > args.lr:
+        parser.error(f"--min-lr {args.min_lr:g} must be within 0..--lr {args.lr:g}")
+    if args.lr_warmup_iters < 0:
+        parser.error(f"--lr-warmup-iters {args.lr_warmup_iters} must not be negative")
+    if args.override_opt_param_scheduler and args.use_checkpoint_opt_param_scheduler:
+        parser.error("--override-opt_param-scheduler and --use-checkpoint-opt_param-scheduler contradict each other")
+    if args.ckpt_step is not None and not args.load:
+        parser.error("--ckpt-step needs --load")
     decay = args.lr_decay_iters or args.train_iters
     if args.lr_warmup_iters >= decay:
         which = "--lr-decay-iters" if args.lr_decay_iters else "--train-iters"
@@ -186,6 +276,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(str(error))
     if args.fp4_gemm_backend not in (None, "auto") and args.fp4_gemm_backend not in available_backends():
         parser.error(f"--fp4-gemm-backend {args.fp4_gemm_backend} is not available on this machine; available: {available_backends()}")
+    if args.num_layers % args.pipeline_model_parallel_size:
+        parser.error(f"--pipeline-model-parallel-size {args.pipeline_model_parallel_size} does not divide --num-layers {args.num_layers}")
+    try:  # the layout checks of the model config, before any process group exists
+        transformer_config_from_args(args)
+    except (ValueError, AssertionError) as error:
+        parser.error(str(error) or type(error).__name__)
     return args
 
 
@@ -238,4 +334,45 @@ def transformer_config_from_args(args: argparse.Namespace):
         bf16=args.bf16,
         fp4_quant_recipe=recipe,
         fp4_bf16_layers=tuple(args.fp4_bf16_layers),
+        attention_backend=AttnBackend[args.attention_backend],
     )
+
+
+MODEL_FLAGS_WITH_VALUE = {
+    "--num-layers", "--hidden-size", "--num-attention-heads", "--ffn-hidden-size", "--kv-channels", "--num-query-groups",
+    "--seq-length", "--max-position-embeddings", "--normalization", "--norm-epsilon", "--position-embedding-type",
+    "--rotary-base", "--init-method-std", "--tokenizer-model", "--tokenizer-type", "--vocab-size",
+}
+MODEL_SWITCHES = {"--group-query-attention", "--swiglu", "--untie-embeddings-and-output-weights", "--disable-bias-linear"}
+
+
+def model_flags(argv: list[str]) -> list[str]:
+    """The architecture flags of a trainer command line (parallelism, data, schedule and FP4 dropped)."""
+    kept, index = [], 0
+    while index < len(argv):
+        flag = argv[index].split("=", 1)[0]
+        if flag in MODEL_SWITCHES:
+            kept.append(flag)
+        elif flag in MODEL_FLAGS_WITH_VALUE:
+            kept += [flag, argv[index].split("=", 1)[1]] if "=" in argv[index] else argv[index : index + 2]
+            index += 0 if "=" in argv[index] else 1
+        index += 1
+    return kept
+
+
+def parse_model_args(argv: list[str]) -> argparse.Namespace:
+    """Only the model of a command line (a checkpoint's args.json, an imported model's flags),
+    with placeholder training flags: a single-process TP=1 view of the architecture."""
+    filler = ["--micro-batch-size", "1", "--train-iters", "1", "--lr", "0", "--hidden-dropout", "0", "--attention-dropout", "0"]
+    return parse_args([*model_flags(argv), *filler])
+
+
+def flag_value(argv: list[str], flag: str, default: str | None = None) -> str | None:
+    """The value of ``flag`` in a command line (``--flag value`` or ``--flag=value``; the last wins)."""
+    value = default
+    for index, token in enumerate(argv):
+        if token == flag and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif token.startswith(flag + "="):
+            value = token.split("=", 1)[1]
+    return value

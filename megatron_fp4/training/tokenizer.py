@@ -14,7 +14,11 @@ from typing import Iterable
 
 EOD_TOKEN = "<|endoftext|>"
 
-__all__ = ["BPETokenizer", "train_bpe_tokenizer", "EOD_TOKEN"]
+__all__ = ["BPETokenizer", "NullTokenizer", "TokenizerError", "build_tokenizer", "train_bpe_tokenizer", "EOD_TOKEN"]
+
+
+class TokenizerError(ValueError):
+    """A --tokenizer-model that cannot be used; the message names the file."""
 
 
 class BPETokenizer:
@@ -26,10 +30,10 @@ class BPETokenizer:
         try:
             self._tokenizer = Tokenizer.from_file(path)
         except Exception as error:
-            raise ValueError(f"--tokenizer-model {path}: not a tokenizers JSON file ({error})") from None
+            raise TokenizerError(f"--tokenizer-model {path}: not a tokenizers JSON file ({error})") from None
         eod = self._tokenizer.token_to_id(EOD_TOKEN)
         if eod is None:
-            raise ValueError(f"--tokenizer-model {path}: has no {EOD_TOKEN} token")
+            raise TokenizerError(f"--tokenizer-model {path}: has no {EOD_TOKEN} token")
         self.path, self.eod = path, eod
         # megatron-core's datasets put this in the cache key of the sample index
         self.unique_identifiers = {"class": type(self).__name__, "tokenizer_path": [path]}
@@ -58,3 +62,29 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, path: str) -> BPE
     tokenizer.train_from_iterator(texts, trainer=trainer)
     tokenizer.save(path)
     return BPETokenizer(path)
+
+
+class NullTokenizer:
+    """Upstream's ``--tokenizer-type NullTokenizer``: token ids are their own text, ``--vocab-size``
+    ids plus one end-of-document id after them. For ``--mock-data`` runs and benchmarks."""
+
+    def __init__(self, vocab_size: int) -> None:
+        self.eod, self.path = vocab_size, None
+        self.unique_identifiers = {"class": type(self).__name__, "vocab_size": vocab_size}
+
+    @property
+    def vocab_size(self) -> int:
+        return self.eod + 1
+
+    def tokenize(self, text: str) -> list[int]:
+        return [int(token) for token in text.split()]
+
+    def detokenize(self, ids: list[int]) -> str:
+        return " ".join(str(i) for i in ids)
+
+
+def build_tokenizer(args):
+    """The tokenizer ``--tokenizer-type`` names."""
+    if args.tokenizer_type == "NullTokenizer":
+        return NullTokenizer(args.vocab_size)
+    return BPETokenizer(args.tokenizer_model)

@@ -26,11 +26,17 @@ from .. import health
 from ..gemm import BACKEND_ENV, get_backend
 from ..megatron import build_fp4_gpt_model, enable_cpu_runtime
 from .arguments import transformer_config_from_args
-from .checkpointing import latest_iteration, load_checkpoint, load_model_weights, read_run_args, save_checkpoint, write_run_args
-from .data import build_datasets, micro_batches
-from .tokenizer import BPETokenizer
+from .checkpointing import load_checkpoint, load_model_weights, run_record, save_checkpoint
+from .child_processes import kill_forked_children_with_parent
+from .data import build_datasets, check_data, micro_batches
+from .resume import embedding_rows, plan_resume
+from .tokenizer import build_tokenizer
 
-__all__ = ["pretrain", "initialize_distributed", "build_model"]
+__all__ = ["pretrain", "initialize_distributed", "build_model", "build_training", "train_step", "TrainingDiverged"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient norm became NaN/Inf (--check-for-nan-in-loss-and-grad)."""
 
 
 def initialize_distributed(args) -> torch.device:
@@ -59,16 +65,11 @@ def initialize_distributed(args) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
 
 
-def _padded_vocab(vocab: int, tp: int, multiple: int = 128) -> int:
-    step = multiple * tp
-    return math.ceil(vocab / step) * step
-
-
 def build_model(args, config, tokenizer):
     """This rank's GPTModel as the flags describe it (also used by tools and evaluation scripts)."""
     return build_fp4_gpt_model(
         config,
-        vocab_size=args.vocab_size or _padded_vocab(tokenizer.vocab_size, args.tensor_model_parallel_size),
+        vocab_size=embedding_rows(args, tokenizer.vocab_size, args.tensor_model_parallel_size),
         max_sequence_length=args.max_position_embeddings or args.seq_length,
         position_embedding_type=args.position_embedding_type,
         rotary_base=args.rotary_base,
@@ -150,22 +151,17 @@ def _format_seconds(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
 
 
-def _check_same_vocabulary(root: str, args, tokenizer) -> None:
-    """Refuse to resume with another padded vocabulary: megatron-core loads embeddings with a
-    different row count without complaint (it truncates or pads), which would silently change the
-    model. The padding follows the TP size (128 x TP) unless --vocab-size fixes it."""
-    from .arguments import parse_args
-
-    saved_argv = read_run_args(root)
-    if saved_argv is None:
-        return
-    saved = parse_args(saved_argv)
-    before = saved.vocab_size or _padded_vocab(tokenizer.vocab_size, saved.tensor_model_parallel_size)
-    now = args.vocab_size or _padded_vocab(tokenizer.vocab_size, args.tensor_model_parallel_size)
-    if before != now:
-        raise SystemExit(
-            f"error: {root} was trained with a padded vocabulary of {before} rows (--tensor-model-parallel-size "
-            f"{saved.tensor_model_parallel_size}); this run would use {now}: pass --vocab-size {before}"
+def _check_finite(loss: float | None, grad_norm: float, iteration: int, device: torch.device, last_saved: str) -> None:
+    """Stop every rank together when the loss (last pipeline stage) or the gradient norm is not finite."""
+    local = (loss is not None and not math.isfinite(loss)) or not math.isfinite(grad_norm)
+    flag = torch.tensor([float(local)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if flag.item():
+        raise TrainingDiverged(
+            f"iteration {iteration}: lm loss {loss}, grad norm {grad_norm}: not finite; stopped without saving "
+            f"(latest checkpoint: {last_saved}). MEGATRON_FP4_CHECK_FINITE=1 names the first FP4 layer whose input, "
+            "weight or output gradient is not finite; --no-check-for-nan-in-loss-and-grad trains on (a model with "
+            "NaN/Inf parameters is still never saved)"
         )
 
 
@@ -176,12 +172,9 @@ def _out_of_time(run_start: float, minutes: float, device: torch.device) -> bool
     return bool(late.item())
 
 
-def pretrain(args) -> list[dict]:
-    """Train as the arguments say; returns the logged records (iteration, loss, lr, ...)."""
-    if args.fp4_gemm_backend:  # the layers ask get_backend(), which reads this
-        os.environ[BACKEND_ENV] = args.fp4_gemm_backend
-    device = initialize_distributed(args)
-    tokenizer = BPETokenizer(args.tokenizer_model)
+def build_training(args, tokenizer, device: torch.device):
+    """(model in megatron DDP, megatron optimizer, OptimizerParamScheduler, config) as the flags
+    say, freshly initialised (also used by benchmarks/bench_e2e.py)."""
     config = transformer_config_from_args(args)
     config.finalize_model_grads_func = finalize_model_grads
     model = build_model(args, config, tokenizer).to(device)
@@ -203,28 +196,55 @@ def pretrain(args) -> list[dict]:
         optimizer, init_lr=0.0, max_lr=args.lr, min_lr=args.min_lr, lr_warmup_steps=args.lr_warmup_iters,
         lr_decay_steps=args.lr_decay_iters or args.train_iters, lr_decay_style=args.lr_decay_style,
         start_wd=args.weight_decay, end_wd=args.weight_decay, wd_incr_steps=args.train_iters, wd_incr_style="constant",
+        # plan_resume has refused differing schedules unless one of these flags was given
+        use_checkpoint_opt_param_scheduler=args.use_checkpoint_opt_param_scheduler,
+        override_opt_param_scheduler=not args.use_checkpoint_opt_param_scheduler,
     )
+    return model, optimizer, scheduler, config
+
+
+def train_step(model, optimizer, batches: list[dict], args) -> tuple[float | None, float]:
+    """One optimizer step over the micro-batches of a global batch: (loss on the last pipeline
+    stage else None, gradient norm)."""
+    model.train()
+    model.zero_grad_buffer()
+    optimizer.zero_grad()
+    loss = _run_schedule(model, batches, args, forward_only=False)
+    _, grad_norm, _ = optimizer.step()
+    return loss, grad_norm
+
+
+def pretrain(args) -> list[dict]:
+    """Train as the arguments say; returns the logged records (iteration, loss, lr, ...)."""
+    if args.fp4_gemm_backend:  # the layers ask get_backend(), which reads this
+        os.environ[BACKEND_ENV] = args.fp4_gemm_backend
+    kill_forked_children_with_parent()  # megatron-core's checkpoint writers are forked
+    device = initialize_distributed(args)
+    tokenizer = build_tokenizer(args)
+    plan = plan_resume(args, tokenizer)
+    _log(plan.found)
+    has_validation = check_data(args, tokenizer, _log)
+    model, optimizer, scheduler, config = build_training(args, tokenizer, device)
     iteration, consumed = 0, 0
-    resume_from = args.load
-    if args.finetune and args.save and latest_iteration(args.save) is not None:
-        resume_from = args.save  # a requeued fine-tuning run continues from its own checkpoints
-    elif args.finetune:
-        if not args.load or latest_iteration(args.load) is None:
-            raise SystemExit(f"error: --finetune needs --load with a finished checkpoint (got {args.load})")
-        loaded = load_model_weights(args.load, model)
-        _log(f"loaded the weights of {args.load} (iteration {loaded}); training starts at iteration 0")
-        resume_from = None
-    if resume_from and latest_iteration(resume_from) is not None:
-        _check_same_vocabulary(resume_from, args, tokenizer)
-        iteration, consumed = load_checkpoint(resume_from, model, optimizer, scheduler)
-        _log(f"resumed from {resume_from} at iteration {iteration} ({consumed} samples consumed)")
-    if args.save and dist.get_rank() == 0:
-        write_run_args(args.save, args.argv)
+    if plan.weights_only:
+        load_model_weights(plan.root, model, plan.iteration)
+    elif plan.root is not None:
+        iteration, consumed = load_checkpoint(plan.root, model, optimizer, scheduler, plan.iteration)
+        _log(f"resumed from {plan.root} at iteration {iteration} ({consumed} samples consumed)")
+    if iteration >= args.train_iters:
+        _log(f"iteration {iteration} is already --train-iters {args.train_iters}: nothing to train")
+        return []
     train_data, valid_data = build_datasets(args, tokenizer)
     dp_rank, dp_size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
     recipe = config.fp4_quant_recipe.describe() if config.fp4_quant_recipe.quantizes else "bf16 (no FP4)"
     backend = get_backend().name if config.fp4_quant_recipe.quantizes else "-"
     _log(f"model: {sum(p.numel() for p in model.parameters())} parameters on this rank; recipe {recipe}; GEMM backend {backend}")
+    record_for_checkpoints = run_record(args.argv, args.tokenizer_model)
+    last_saved = f"{plan.root} iteration {plan.iteration}" if plan.root else "none"
+
+    def save(at_iteration: int) -> None:
+        nonlocal last_saved
+        last_saved = save_checkpoint(args.save, at_iteration, model, optimizer, scheduler, consumed, record_for_checkpoints)
 
     writer = None
     if args.tensorboard_dir and _is_logging_rank():
@@ -236,14 +256,12 @@ def pretrain(args) -> list[dict]:
     start_iteration = iteration
     health_interval = args.log_interval if args.fp4_health_interval is None else args.fp4_health_interval
     while iteration < args.train_iters:
-        model.train()
-        model.zero_grad_buffer()
-        optimizer.zero_grad()
         batches = micro_batches(train_data, consumed, args.global_batch_size, args.micro_batch_size, dp_rank, dp_size, device)
         collect = bool(config.fp4_quant_recipe.quantizes and health_interval and (iteration + 1) % health_interval == 0)
         with health.collecting() if collect else contextlib.nullcontext() as health_records:
-            loss = _run_schedule(model, batches, args, forward_only=False)
-        _, grad_norm, _ = optimizer.step()
+            loss, grad_norm = train_step(model, optimizer, batches, args)
+        if args.check_for_nan_in_loss_and_grad:
+            _check_finite(loss, grad_norm, iteration + 1, device, last_saved)
         scheduler.step(increment=1)
         iteration, consumed = iteration + 1, consumed + args.global_batch_size
         window_iterations += 1
@@ -261,7 +279,7 @@ def pretrain(args) -> list[dict]:
                 + (f" | max memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.type == "cuda" else "")
             )
             window_start, window_iterations = time.time(), 0
-        if args.eval_interval and (iteration % args.eval_interval == 0 or iteration == args.train_iters) and args.eval_iters > 0:
+        if has_validation and (iteration % args.eval_interval == 0 or iteration == args.train_iters):
             model.eval()
             eval_start = (iteration // args.eval_interval) * args.eval_iters * args.global_batch_size
             with torch.no_grad():
@@ -285,14 +303,14 @@ def pretrain(args) -> list[dict]:
                 elif key != "iteration" and value is not None:
                     writer.add_scalar(key, value, iteration)
         if args.save and args.save_interval and iteration % args.save_interval == 0:
-            save_checkpoint(args.save, iteration, model, optimizer, scheduler, consumed)
+            save(iteration)
         if args.exit_interval and iteration % args.exit_interval == 0:
             break
         if args.exit_duration_in_mins and _out_of_time(run_start, args.exit_duration_in_mins, device):
             _log(f"exiting at iteration {iteration}: --exit-duration-in-mins {args.exit_duration_in_mins:g} reached")
             break
     if args.save and (not args.save_interval or iteration % args.save_interval):
-        save_checkpoint(args.save, iteration, model, optimizer, scheduler, consumed)
+        save(iteration)
     if writer is not None:
         writer.close()
     return records
