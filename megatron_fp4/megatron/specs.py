@@ -18,6 +18,7 @@ import copy
 import dataclasses
 
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.transformer.enums import AttnBackend
 from megatron.core.transformer.identity_op import IdentityOp
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.torch_norm import WrappedTorchNorm
@@ -25,10 +26,11 @@ from megatron.core.transformer.transformer_block import TransformerBlockSubmodul
 from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
 from ..recipe import FP4Recipe
+from .attention import core_attention_for_backend
 from .layers import FP4ColumnParallelLinear, FP4RowParallelLinear
 from .norm import SequenceParallelNorm
 
-__all__ = ["to_fp4_spec", "with_fp4_recipe", "get_gpt_fp4_layer_spec", "get_gpt_fp4_block_spec", "te_available"]
+__all__ = ["to_fp4_spec", "with_fp4_recipe", "with_core_attention", "get_gpt_fp4_layer_spec", "get_gpt_fp4_block_spec", "te_available"]
 
 # Swaps by class name, so Transformer Engine's classes are recognised without importing TE.
 _COLUMN_NAMES = {"ColumnParallelLinear", "TEColumnParallelLinear", "FP4ColumnParallelLinear"}
@@ -124,8 +126,22 @@ def with_fp4_recipe(spec, recipe: FP4Recipe):
     return to_fp4_spec(spec, recipe)
 
 
-def get_gpt_fp4_layer_spec(normalization: str = "RMSNorm", qk_layernorm: bool = False, use_te: bool | None = None) -> ModuleSpec:
-    """A GPT/LLaMA transformer-layer spec with FP4 QKV, attention projection and MLP fc1/fc2."""
+def with_core_attention(layer_spec: ModuleSpec, module: type) -> ModuleSpec:
+    """A copy of a transformer-layer spec whose self-attention uses ``module`` as core attention."""
+    attention = layer_spec.submodules.self_attention
+    new_attention = copy.copy(attention)
+    new_attention.submodules = dataclasses.replace(attention.submodules, core_attention=module)
+    new_layer = copy.copy(layer_spec)
+    new_layer.submodules = dataclasses.replace(layer_spec.submodules, self_attention=new_attention)
+    return new_layer
+
+
+def get_gpt_fp4_layer_spec(
+    normalization: str = "RMSNorm", qk_layernorm: bool = False, use_te: bool | None = None,
+    attention_backend: AttnBackend = AttnBackend.auto, config=None,
+) -> ModuleSpec:
+    """A GPT/LLaMA transformer-layer spec with FP4 QKV, attention projection and MLP fc1/fc2, and
+    the core attention ``attention_backend`` asks for (``megatron_fp4.megatron.attention``)."""
     use_te = te_available() if use_te is None else use_te
     if use_te:
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
@@ -133,12 +149,16 @@ def get_gpt_fp4_layer_spec(normalization: str = "RMSNorm", qk_layernorm: bool = 
         base = get_gpt_layer_with_transformer_engine_spec(qk_layernorm=qk_layernorm)
     else:
         base = get_gpt_layer_local_spec(normalization=normalization, qk_layernorm=qk_layernorm)
+    te_attention = base.submodules.self_attention.submodules.core_attention if use_te else None
+    base = with_core_attention(base, core_attention_for_backend(attention_backend, config, te_attention))
     return to_fp4_spec(base)
 
 
 def get_gpt_fp4_block_spec(config, layer_spec: ModuleSpec | None = None, vp_stage: int | None = None) -> TransformerBlockSubmodules:
     """Per-layer FP4 specs for the layers of this pipeline stage, recipes from ``config``."""
-    layer_spec = layer_spec or get_gpt_fp4_layer_spec(config.normalization, config.qk_layernorm)
+    layer_spec = layer_spec or get_gpt_fp4_layer_spec(
+        config.normalization, config.qk_layernorm, attention_backend=config.attention_backend, config=config
+    )
     recipe_for = getattr(config, "fp4_recipe_for_layer", None)
     specs = [
         with_fp4_recipe(layer_spec, recipe_for(number)) if recipe_for else layer_spec

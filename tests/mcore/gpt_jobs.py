@@ -141,14 +141,26 @@ def read_grads_job(recipe: str, grads_dirs: list[str]) -> list[dict]:
 
 
 def stock_vs_bf16_job() -> dict:
-    """TP=1: megatron's stock local spec and our FP4 spec with the `bf16` preset, same weights."""
+    """TP=1: megatron's stock local spec and our FP4 spec with the `bf16` preset, same weights:
+    with megatron's own attention (`unfused`) and with SDPA (`flash`, what `auto` picks without TE)."""
+    from megatron.core.transformer.enums import AttnBackend
+
     results = {}
-    for name, kwargs in (("stock", dict(stock_spec=True)), ("bf16", dict(recipe="bf16"))):
+    runs = (
+        ("stock", dict(stock_spec=True)),
+        ("bf16", dict(recipe="bf16", attention_backend=AttnBackend.unfused)),
+        ("bf16_sdpa", dict(recipe="bf16", attention_backend=AttnBackend.flash)),
+        ("bf16_auto", dict(recipe="bf16")),
+    )
+    for name, kwargs in runs:
+        for variable in ("NVTE_FLASH_ATTN", "NVTE_FUSED_ATTN", "NVTE_UNFUSED_ATTN"):
+            os.environ.pop(variable, None)  # megatron's GPTModel sets these per backend and asserts they agree
         model_parallel_cuda_manual_seed(99)
         torch.manual_seed(99)
         model = build_model(**kwargs)
         loss = step(model)
         results[name] = (loss, {n: p.grad.detach().cpu().clone() for n, p in model.named_parameters()})
+        results[name + "_attention"] = type(model.decoder.layers[0].self_attention.core_attention).__name__
     return results
 
 

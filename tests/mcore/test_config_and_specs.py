@@ -6,11 +6,13 @@ import pytest
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.tensor_parallel.layers import ColumnParallelLinear
 from megatron.core.transformer.dot_product_attention import DotProductAttention
+from megatron.core.transformer.enums import AttnBackend
 from megatron.core.transformer.identity_op import IdentityOp
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
 from megatron_fp4.megatron import FP4ColumnParallelLinear, FP4RowParallelLinear, FP4TransformerConfig, SequenceParallelNorm, to_fp4_spec
+from megatron_fp4.megatron.attention import SDPACoreAttention
 from megatron_fp4.megatron.specs import get_gpt_fp4_layer_spec
 from megatron_fp4.recipe import FP4Recipe, get_recipe
 
@@ -47,7 +49,11 @@ def test_local_spec_becomes_fp4_everywhere_linear_and_nowhere_else():
     attention, mlp = spec.submodules.self_attention.submodules, spec.submodules.mlp.submodules
     assert attention.linear_qkv.module is FP4ColumnParallelLinear and attention.linear_proj.module is FP4RowParallelLinear
     assert mlp.linear_fc1.module is FP4ColumnParallelLinear and mlp.linear_fc2.module is FP4RowParallelLinear
-    assert attention.core_attention is DotProductAttention  # attention math stays high precision
+    assert attention.core_attention is SDPACoreAttention  # attention math stays high precision (auto: SDPA without TE)
+    local = get_gpt_fp4_layer_spec(normalization="RMSNorm", use_te=False, attention_backend=AttnBackend.local)
+    assert local.submodules.self_attention.submodules.core_attention is DotProductAttention
+    with pytest.raises(ValueError, match="--attention-backend fused is Transformer Engine's"):
+        get_gpt_fp4_layer_spec(normalization="RMSNorm", use_te=False, attention_backend=AttnBackend.fused)
     assert spec.submodules.input_layernorm is SequenceParallelNorm and spec.submodules.pre_mlp_layernorm is SequenceParallelNorm
     original = get_gpt_layer_local_spec(normalization="RMSNorm")
     assert original.submodules.self_attention.submodules.linear_qkv is ColumnParallelLinear  # input untouched

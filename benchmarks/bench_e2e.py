@@ -1,0 +1,174 @@
+"""The trainer's step end to end, BF16 and each FP4 recipe, in one process: tokens/s and where the time goes.
+
+    python benchmarks/bench_e2e.py [--shapes 1.3B 7B 13B] [--seq-lengths 2048 4096] [--layers 2]
+        [--recipes bf16 paper paper-no-occ direct] [--attention flash unfused] [--tokens-per-step 8192]
+
+For each layer shape (LLaMA-2 full width, ``--layers`` transformer layers, vocabulary 32000) and
+sequence length, every (attention backend, recipe) pair builds the model the trainer builds
+(``megatron_fp4.training.trainer.build_training``: megatron DDP, megatron Adam, bf16), on the same
+``--mock-data`` micro-batches with the same seed, and times ``train_step`` (forward, backward,
+optimizer). Printed per run: tokens/s, the ratio to BF16 with the same attention backend in the
+same run (and to BF16 with flash attention, the baseline the targets use), wall vs GPU-busy time
+per step (the gap is host time the GPU waits for), and a breakdown of the GPU time by kernel
+family from one profiled step: GEMM, FP4 quantizers (our Triton kernels), sort/select (OCC's
+quantile and residual extraction), attention, other elementwise/copies.
+
+Single process (torchrun not needed); one GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import time
+
+import torch
+
+SHAPES = {  # hidden, heads, FFN (SwiGLU) of LLaMA-2
+    "1.3B": (2048, 16, 5504),
+    "7B": (4096, 32, 11008),
+    "13B": (5120, 40, 13824),
+}
+RECIPE_FLAGS = {
+    "bf16": "",
+    "paper": "--fp4 --fp4-recipe paper",
+    "paper-no-occ": "--fp4 --fp4-recipe paper --no-fp4-occ",
+    "direct": "--fp4 --fp4-recipe direct",
+    "nvfp4": "--fp4 --fp4-recipe nvfp4",
+    "mxfp4": "--fp4 --fp4-recipe mxfp4",
+}
+# kernel-name fragments (lower case) per family, checked in this order
+FAMILIES = (
+    ("attention", ("flash", "fmha", "attention", "softmax")),
+    ("quantize", ("_quantize", "_dge_", "_codes_to_fp8", "_folded_")),
+    ("sort/select", ("sort", "radix", "nonzero", "select", "topk", "cub::")),
+    ("GEMM", ("gemm", "xmma", "cutlass", "nvjet", "sm90_", "matmul", "splitk")),
+)
+
+
+def family(kernel: str) -> str:
+    name = kernel.lower()
+    for label, fragments in FAMILIES:
+        if any(fragment in name for fragment in fragments):
+            return label
+    return "other"
+
+
+def trainer_flags(shape: str, seq: int, layers: int, micro_batch: int, recipe: str, attention: str, vocab: int) -> list[str]:
+    hidden, heads, ffn = SHAPES[shape]
+    return (
+        f"--num-layers {layers} --hidden-size {hidden} --num-attention-heads {heads} --ffn-hidden-size {ffn} "
+        f"--seq-length {seq} --max-position-embeddings {seq} --swiglu --normalization RMSNorm --position-embedding-type rope "
+        f"--untie-embeddings-and-output-weights --disable-bias-linear --hidden-dropout 0 --attention-dropout 0 "
+        f"--micro-batch-size {micro_batch} --global-batch-size {micro_batch} --train-iters 1000 --lr 1e-4 --bf16 "
+        f"--mock-data --tokenizer-type NullTokenizer --vocab-size {vocab} --eval-iters 0 --attention-backend {attention} "
+        f"{RECIPE_FLAGS[recipe]}"
+    ).split()
+
+
+def profile_step(step) -> tuple[float, dict[str, float]]:
+    """(GPU-busy ms, ms per kernel family) of one step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as profiler:
+        step()
+        torch.cuda.synchronize()
+    totals: dict[str, float] = {}
+    for event in profiler.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            totals[family(event.name)] = totals.get(family(event.name), 0.0) + event.device_time / 1000
+    return sum(totals.values()), totals
+
+
+def measure(argv: list[str], warmup: int, steps: int) -> dict:
+    from megatron_fp4.training.arguments import parse_args
+    from megatron_fp4.training.data import build_datasets, micro_batches
+    from megatron_fp4.training.tokenizer import build_tokenizer
+    from megatron_fp4.training.trainer import build_training, train_step
+
+    args = parse_args(argv)
+    device = torch.device("cuda", torch.cuda.current_device())
+    for variable in ("NVTE_FLASH_ATTN", "NVTE_FUSED_ATTN", "NVTE_UNFUSED_ATTN"):
+        os.environ.pop(variable, None)  # megatron's GPTModel sets these per attention backend and asserts they agree
+    torch.manual_seed(1234)
+    tokenizer = build_tokenizer(args)
+    model, optimizer, _scheduler, _config = build_training(args, tokenizer, device)
+    train_data, _ = build_datasets(args, tokenizer)
+    batches = micro_batches(train_data, 0, args.global_batch_size, args.micro_batch_size, 0, 1, device)
+    step = lambda: train_step(model, optimizer, batches, args)  # noqa: E731
+    for _ in range(warmup):
+        loss, _ = step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    wall_ms = (time.perf_counter() - start) * 1000 / steps
+    busy_ms, families = profile_step(step)
+    result = {"wall_ms": wall_ms, "busy_ms": busy_ms, "families": families, "loss": loss,
+              "tokens_per_s": args.global_batch_size * args.seq_length / wall_ms * 1000,
+              "memory_gib": torch.cuda.max_memory_allocated() / 2**30}
+    del model, optimizer, batches, train_data
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    return result
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=["1.3B", "7B"])
+    parser.add_argument("--seq-lengths", nargs="+", type=int, default=[2048])
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--tokens-per-step", type=int, default=8192)
+    parser.add_argument("--recipes", nargs="+", choices=list(RECIPE_FLAGS), default=["bf16", "paper", "paper-no-occ", "direct"])
+    parser.add_argument("--attention", nargs="+", choices=["flash", "unfused"], default=["flash"])
+    parser.add_argument("--vocab-size", type=int, default=32000)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=8)
+    options = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_e2e needs a CUDA GPU")
+
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29533")
+    os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
+    dist.init_process_group("nccl", rank=0, world_size=1)
+    parallel_state.initialize_model_parallel(1, 1)
+    model_parallel_cuda_manual_seed(1234)
+
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}; {options.layers} layers, vocabulary {options.vocab_size}, "
+          f"{options.tokens_per_step} tokens per step; mean of {options.steps} timed steps after {options.warmup}")
+    header = "| shape | seq | attention | recipe | tokens/s | vs BF16 (same attention) | vs BF16 flash | wall ms | GPU-busy ms | GEMM | quantize | sort/select | attention | other | peak GiB |"
+    print(header)
+    print("| " + " | ".join("---" for _ in range(header.count("|") - 1)) + " |")
+    results = []
+    for shape in options.shapes:
+        for seq in options.seq_lengths:
+            micro_batch = max(1, options.tokens_per_step // seq)
+            baseline: dict[str, float] = {}
+            for attention in options.attention:
+                for recipe in options.recipes:
+                    flags = trainer_flags(shape, seq, options.layers, micro_batch, recipe, attention, options.vocab_size)
+                    r = measure(flags, options.warmup, options.steps)
+                    if recipe == "bf16":
+                        baseline[attention] = r["tokens_per_s"]
+                    same = r["tokens_per_s"] / baseline[attention] if attention in baseline else float("nan")
+                    flash = r["tokens_per_s"] / baseline["flash"] if "flash" in baseline else float("nan")
+                    f = r["families"]
+                    print(f"| {shape} | {seq} | {attention} | {recipe} | {r['tokens_per_s']:,.0f} | {same:.2f}x | {flash:.2f}x | "
+                          f"{r['wall_ms']:.1f} | {r['busy_ms']:.1f} | " + " | ".join(f"{f.get(k, 0.0):.1f}" for k in ("GEMM", "quantize", "sort/select", "attention", "other"))
+                          + f" | {r['memory_gib']:.1f} |", flush=True)
+                    results.append({"shape": shape, "seq": seq, "attention": attention, "recipe": recipe, **r})
+    parallel_state.destroy_model_parallel()
+    dist.destroy_process_group()
+    return results
+
+
+if __name__ == "__main__":
+    main()
