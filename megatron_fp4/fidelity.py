@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .occ import OCCConfig, occ_clamp
+from .occ import OCCConfig, occ_bounds, occ_clamp, occ_hot_channel_residual, occ_residual
 from .quantize import QuantSpec, fake_quantize
 
 __all__ = ["FidelityRow", "fidelity_metrics", "activation_ablation", "synthetic_llm_activation", "format_table"]
@@ -44,17 +44,30 @@ def activation_ablation(
     spec: QuantSpec = QuantSpec("fp4", "row"),
     occ: OCCConfig = OCCConfig(),
 ) -> list[FidelityRow]:
-    """Fidelity of direct FP4 cast, clamp-only and clamp+compensation for each α."""
+    """Fidelity of direct FP4 cast, clamp-only, clamp + exact compensation and clamp + hot-channel
+    compensation (``occ.hot_channel_fraction`` of the channels) for each α."""
     x2d = activation.reshape(-1, activation.shape[-1])
     rows = [FidelityRow("direct cast", None, *fidelity_metrics(x2d, fake_quantize(x2d, spec).float()), 0.0)]
     for alpha in alphas:
         result = occ_clamp(x2d, OCCConfig(alpha=alpha, scope=occ.scope, symmetric=occ.symmetric))
         clamped_q = fake_quantize(result.clamped, spec).float()
-        compensated = clamped_q + result.residual.to_dense()
+        exact = result.residual.to_dense()
+        low, high = occ_bounds(x2d, OCCConfig(alpha=alpha, scope=occ.scope, symmetric=occ.symmetric))
+        hot = occ_hot_channel_residual(x2d, low, high, occ.hot_channel_fraction).to_dense()
         fraction = result.clamp_fraction
         rows.append(FidelityRow("clamp", alpha, *fidelity_metrics(x2d, clamped_q), fraction))
-        rows.append(FidelityRow("clamp+comp", alpha, *fidelity_metrics(x2d, compensated), fraction))
+        rows.append(FidelityRow("clamp+comp", alpha, *fidelity_metrics(x2d, clamped_q + exact), fraction))
+        rows.append(FidelityRow("clamp+hot", alpha, *fidelity_metrics(x2d, clamped_q + hot), fraction))
     return rows
+
+
+def hot_channel_energy_share(activation: torch.Tensor, occ: OCCConfig = OCCConfig()) -> float:
+    """Share of the clamped residual's energy (sum of ΔA²) that hot-channel compensation keeps."""
+    x2d = activation.reshape(-1, activation.shape[-1])
+    low, high = occ_bounds(x2d, occ)
+    total = occ_residual(x2d, low, high).values.double().square().sum()
+    kept = occ_hot_channel_residual(x2d, low, high, occ.hot_channel_fraction).values.double().square().sum()
+    return 1.0 if total == 0 else float(kept / total)
 
 
 def synthetic_llm_activation(tokens: int = 4096, hidden: int = 2048, seed: int = 0) -> torch.Tensor:

@@ -30,7 +30,7 @@ from . import health
 from .backward import fold_scale, quantize_grad_output
 from .gemm import GemmBackend, get_backend
 from .kernels import dge_scale_grad_fast, quantize_fast
-from .occ import SparseResidual, occ_bounds, occ_residual
+from .occ import HotChannelResidual, SparseResidual, occ_bounds, occ_compensation_residual
 from .quantize import QuantizedTensor, check_finite_enabled, quantize
 from .recipe import FP4Recipe
 
@@ -57,7 +57,7 @@ class FP4GemmState:
         self.x_saved: QuantizedTensor | None = None
         self.w_saved: QuantizedTensor | None = None
         self.w_fprop_scale: torch.Tensor | None = None  # the forward's weight scales, for DGE
-        self.residual: SparseResidual | None = None
+        self.residual: SparseResidual | HotChannelResidual | None = None
         self.folded = (False, False)  # whether dgrad's weight / wgrad's input scales moved into dY
 
     def forward(self, x2d: torch.Tensor, weight: torch.Tensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -68,18 +68,17 @@ class FP4GemmState:
             raise ValueError(
                 f"FP4 linear: input shape {tuple(x2d.shape)} does not match weight shape {tuple(weight.shape)}"
             )
-        residual: SparseResidual | None = None
+        residual: SparseResidual | HotChannelResidual | None = None
         bounds = None
         if recipe.occ.enabled:
             bounds = occ_bounds(x2d, recipe.occ)
-            if recipe.occ.compensate or health.is_collecting():
-                residual = occ_residual(x2d, *bounds)
+            if recipe.occ.compensate:
+                residual = occ_compensation_residual(x2d, *bounds, recipe.occ)
         xq = quantize_fast(x2d, recipe.fprop_input, check_finite=self.check, name=f"{self.name} input", clamp=bounds)
         if health.is_collecting():
-            compensation = residual.to_dense() if residual is not None and recipe.occ.compensate else 0
-            health.record_input(self.name, x2d, xq.dequantize_2d() + compensation, residual.nnz if residual is not None else 0)
-        if not recipe.occ.compensate:
-            residual = None
+            compensation = residual.to_dense() if residual is not None else 0
+            clamped = int(((x2d > bounds[1]) | (x2d < bounds[0])).sum()) if bounds is not None else 0
+            health.record_input(self.name, x2d, xq.dequantize_2d() + compensation, clamped)
         wq, self.w_saved = _quantize_pair(weight, recipe.fprop_weight, recipe.dgrad_weight, self.check, f"{self.name} weight")
         y = self.backend.fprop(xq, wq, out_dtype if residual is None else torch.float32)
         if residual is not None:
@@ -127,7 +126,7 @@ class FP4GemmState:
                 grad_w.contiguous(), weight, self.w_fprop_scale, fmt, dge.k, dge.max_derivative, out_dtype if last_step_casts else None
             )
         if self.residual is not None:
-            grad_w = grad_w + self.residual.t_matmul(g2d)
+            grad_w = self.residual.add_t_matmul_to(grad_w.float(), g2d)
         return grad_w.to(out_dtype)
 
     def release(self) -> None:

@@ -24,6 +24,14 @@ from .quantize import QuantSpec
 
 __all__ = ["DGEConfig", "OCCConfig", "FP4Recipe", "RECIPES", "get_recipe"]
 
+
+def _compensation_text(occ: OCCConfig) -> str:
+    if not occ.compensate:
+        return "clamp only"
+    if occ.compensation == "hot_channels":
+        return f"compensated in the hottest {occ.hot_channel_fraction:.3g} of channels"
+    return "compensated exactly"
+
 FP4_ROW = QuantSpec("fp4", "row")
 FP8_E5M2_TENSOR = QuantSpec("fp8_e5m2", "tensor")
 BF16 = QuantSpec("bf16", "tensor")
@@ -97,7 +105,7 @@ class FP4Recipe:
         dge = f"DGE(k={self.dge.k:g}, max={self.dge.max_derivative:g})" if self.dge.enabled else "STE"
         occ = self.occ
         occ_text = (
-            f"OCC(alpha={occ.alpha:g}, {'compensated' if occ.compensate else 'clamp only'}, {occ.scope})"
+            f"OCC(alpha={occ.alpha:g}, {_compensation_text(occ)}, {occ.scope})"
             if occ.enabled
             else "no OCC"
         )

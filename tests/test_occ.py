@@ -4,7 +4,17 @@ import pytest
 import torch
 
 from conftest import relative_error
-from megatron_fp4.occ import OCCConfig, SparseResidual, occ_clamp, occ_thresholds, quantile_order_statistic
+from megatron_fp4.occ import (
+    OCCConfig,
+    SparseResidual,
+    clamp_to,
+    occ_bounds,
+    occ_clamp,
+    occ_hot_channel_residual,
+    occ_residual,
+    occ_thresholds,
+    quantile_order_statistic,
+)
 
 
 def test_exact_thresholds_are_order_statistics():
@@ -96,3 +106,73 @@ def test_empty_residual_products_are_zero():
 def test_config_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
         OCCConfig(**kwargs)
+
+
+def _channel_outliers(rows: int, k: int, hot: list[int], dtype=torch.bfloat16) -> torch.Tensor:
+    x = torch.randn(rows, k)
+    x[:, hot] *= 30  # a few channels hold the outliers, as in LLM activations
+    return x.to(dtype)
+
+
+def test_hot_channels_are_the_largest_clamped_energy():
+    """The chosen channels are the top ones by sum of squared residual, recomputed here in fp64."""
+    x = _channel_outliers(128, 512, [3, 50, 51, 400])
+    config = OCCConfig(compensation="hot_channels", hot_channel_fraction=8 / 512)
+    low, high = occ_bounds(x, config)
+    residual = occ_hot_channel_residual(x, low, high, config.hot_channel_fraction)
+    excess = x.double() - clamp_to(x, low, high).double()
+    expected = set(torch.topk(excess.square().sum(0), 8).indices.tolist())
+    assert set(residual.columns.tolist()) == expected and {3, 50, 51, 400} <= expected
+    # the kept values are ΔA of those columns, exactly
+    dense = residual.to_dense()
+    assert torch.equal(dense[:, residual.columns], (x.float() - clamp_to(x, low, high).float())[:, residual.columns])
+    assert torch.count_nonzero(dense[:, [c for c in range(512) if c not in expected]]) == 0
+
+
+def test_hot_channels_with_every_channel_equal_exact_compensation():
+    x = torch.randn(64, 96).to(torch.bfloat16)
+    low, high = occ_bounds(x, OCCConfig())
+    everything = occ_hot_channel_residual(x, low, high, 1.0)
+    assert torch.equal(everything.to_dense(), occ_residual(x, low, high).to_dense())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_hot_channel_products_equal_dense(dtype):
+    """ΔA_hot W^T and dY^T ΔA_hot against fp64 products of the dense residual: the 16-bit path
+    splits ΔA into hi + lo halves (exact to ~2^-16 of each value) and accumulates in fp32, so the
+    bound is a few fp32 roundings of the sum: 1e-5 relative."""
+    x = _channel_outliers(64, 256, [7, 9, 200], dtype)
+    low, high = occ_bounds(x, OCCConfig())
+    residual = occ_hot_channel_residual(x, low, high, 16 / 256)
+    weight, grad = torch.randn(48, 256).to(dtype), torch.randn(64, 48).to(dtype)
+    dense = residual.to_dense().double()
+    assert relative_error(residual.matmul_weight_t(weight), dense @ weight.double().t()) < 1e-5
+    assert relative_error(residual.t_matmul(grad), grad.double().t() @ dense) < 1e-5
+    accumulated = torch.ones(48, 256)
+    residual.add_t_matmul_to(accumulated, grad)
+    assert relative_error(accumulated, 1 + grad.double().t() @ dense) < 1e-5
+
+
+def test_hot_channel_linear_is_the_stated_definition():
+    """The `paper` linear with hot-channel compensation: y = Q(clamp X) Q(W)^T + ΔX_hot W_hot^T,
+    dW = (Q8(dY)^T Q(clamp X)) ⊙ f'(W/s) + dY^T ΔX_hot; the exact-compensation linear minus
+    (ΔX - ΔX_hot) terms. Checked against the exact linear on channel-concentrated outliers where
+    every clamped channel is hot: then both are the same function (up to accumulation order)."""
+    from megatron_fp4.linear import fp4_linear
+    from megatron_fp4.recipe import FP4Recipe
+
+    x = _channel_outliers(64, 128, [5, 17], torch.float32).requires_grad_(True)
+    w = (torch.randn(32, 128) * 0.05).requires_grad_(True)
+    exact = FP4Recipe.paper()
+    hot = exact.replace(occ=OCCConfig(compensation="hot_channels", hot_channel_fraction=1.0))
+    y_exact = fp4_linear(x, w, None, exact)
+    gx_e, gw_e = torch.autograd.grad(y_exact.sum(), (x, w))
+    y_hot = fp4_linear(x, w, None, hot)
+    gx_h, gw_h = torch.autograd.grad(y_hot.sum(), (x, w))
+    assert relative_error(y_hot, y_exact) < 1e-6 and relative_error(gw_h, gw_e) < 1e-6 and torch.equal(gx_h, gx_e)
+    partial = exact.replace(occ=OCCConfig(compensation="hot_channels", hot_channel_fraction=2 / 128))
+    y_partial = fp4_linear(x, w, None, partial)
+    y_clamp_only = fp4_linear(x, w, None, exact.replace(occ=OCCConfig(compensate=False)))
+    # with the two outlier channels hot, the output sits between clamp-only and exact OCC, much
+    # closer to exact: what stays uncompensated is the few clamped entries of the other channels
+    assert relative_error(y_partial, y_exact) < 0.25 * relative_error(y_clamp_only, y_exact)

@@ -18,11 +18,11 @@ import sys
 import torch
 from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
 
-from megatron_fp4.fidelity import activation_ablation, format_table
+from megatron_fp4.fidelity import activation_ablation, format_table, hot_channel_energy_share
 from megatron_fp4.training.arguments import parse_args, transformer_config_from_args
 from megatron_fp4.training.checkpointing import load_model_weights
 from megatron_fp4.training.data import build_datasets, micro_batches
-from megatron_fp4.training.tokenizer import BPETokenizer
+from megatron_fp4.training.tokenizer import build_tokenizer
 from megatron_fp4.training.trainer import build_model, initialize_distributed
 
 
@@ -46,13 +46,15 @@ def main() -> None:
     if not args.load:
         raise SystemExit("error: --load is required (the trained checkpoint)")
     device = initialize_distributed(args)
-    tokenizer = BPETokenizer(args.tokenizer_model)
+    tokenizer = build_tokenizer(args)
     model = build_model(args, transformer_config_from_args(args), tokenizer).to(device)
     iteration = load_model_weights(args.load, model)
     model.eval()
     _, valid = build_datasets(args, tokenizer)
     batch = micro_batches(valid, 0, args.micro_batch_size, args.micro_batch_size, 0, 1, device)[0]
-    per_layer = {name: activation_ablation(x) for name, x in capture_linear_inputs(model, batch).items()}
+    inputs = capture_linear_inputs(model, batch)
+    per_layer = {name: activation_ablation(x) for name, x in inputs.items()}
+    energy = {name: hot_channel_energy_share(x) for name, x in inputs.items()}
     keys = [(row.method, row.alpha) for row in next(iter(per_layer.values()))]
     mean = []
     for index, (method, alpha) in enumerate(keys):
@@ -64,12 +66,17 @@ def main() -> None:
     report = {
         "checkpoint": args.load, "iteration": iteration, "tokens": int(batch["tokens"].numel()), "layers": len(per_layer),
         "mean": mean,
+        "hot_channel_energy_share": {"mean": sum(energy.values()) / len(energy), "min": min(energy.values()), "per_layer": energy},
         "per_layer": {name: [dataclasses.asdict(row) for row in rows] for name, rows in per_layer.items()},
     }
     with open(out, "w") as f:
         json.dump(report, f, indent=1)
     print(f"{len(per_layer)} linear inputs, {report['tokens']} tokens, checkpoint iteration {iteration}; first layer:")
     print(format_table(next(iter(per_layer.values()))))
+    print(f"hot-channel compensation keeps {report['hot_channel_energy_share']['mean']:.1%} of the clamped energy on average "
+          f"(lowest layer {report['hot_channel_energy_share']['min']:.1%})")
+    for row in mean:
+        print(f"mean over layers: {row['method']:<12} alpha {row['alpha']} SNR {row['snr_db']:.2f} dB cos {row['cosine']:.5f}")
 
 
 if __name__ == "__main__":

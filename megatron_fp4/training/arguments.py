@@ -207,6 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     fp4.add_argument("--fp4-occ-alpha", type=_fraction, default=None, help="OCC quantile (paper: 0.99)")
     fp4.add_argument("--no-fp4-occ", action="store_true", help="no outlier clamping")
     fp4.add_argument("--no-fp4-occ-compensation", action="store_true", help="clamp without the sparse residual")
+    fp4.add_argument(
+        "--fp4-occ-compensation", choices=["exact", "hot_channels"], default=None,
+        help="which clamped entries are compensated: all (exact) or the hot channels' (megatron_fp4.occ)",
+    )
+    fp4.add_argument("--fp4-occ-hot-channel-fraction", type=float, default=None, help="share of channels compensated with hot_channels (default 1/32)")
     fp4.add_argument("--fp4-bf16-layers", type=_positive_int, nargs="+", default=[], help="1-based layers kept in BF16")
     fp4.add_argument("--fp4-gemm-backend", choices=["auto", "reference", "hopper", "blackwell"], default=None, help="GEMM backend (default: auto, or MEGATRON_FP4_GEMM_BACKEND)")
     fp4.add_argument("--no-fp4-fold-backward-scales", action="store_true", help="dgrad/wgrad as Q_g(dY)·Q(W) without folding the row scales into dY (reference GEMMs)")
@@ -242,7 +247,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--group-query-attention needs --num-query-groups")
     if args.num_query_groups is not None and not args.group_query_attention:
         parser.error("--num-query-groups needs --group-query-attention")
-    fp4_knobs = [args.fp4_recipe, args.fp4_dge_k, args.fp4_occ_alpha] + [args.no_fp4_dge, args.no_fp4_occ, args.no_fp4_occ_compensation, bool(args.fp4_bf16_layers), args.fp4_gemm_backend, args.no_fp4_fold_backward_scales]
+    fp4_knobs = [args.fp4_recipe, args.fp4_dge_k, args.fp4_occ_alpha, args.fp4_occ_compensation, args.fp4_occ_hot_channel_fraction] + [args.no_fp4_dge, args.no_fp4_occ, args.no_fp4_occ_compensation, bool(args.fp4_bf16_layers), args.fp4_gemm_backend, args.no_fp4_fold_backward_scales]
     if not (args.fp4 or args.fp4_format) and any(k not in (None, False) for k in fp4_knobs):
         parser.error("FP4 options were given without --fp4 or --fp4-format e2m1")
     args.global_batch_size = args.global_batch_size or args.micro_batch_size
@@ -268,6 +273,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--fp4-dge-k and --no-fp4-dge contradict each other")
     if args.fp4_occ_alpha is not None and args.no_fp4_occ:
         parser.error("--fp4-occ-alpha and --no-fp4-occ contradict each other")
+    if (args.fp4_occ_compensation or args.fp4_occ_hot_channel_fraction) and (args.no_fp4_occ or args.no_fp4_occ_compensation):
+        parser.error("--fp4-occ-compensation / --fp4-occ-hot-channel-fraction need OCC with compensation (drop --no-fp4-occ / --no-fp4-occ-compensation)")
     if any(layer > args.num_layers for layer in args.fp4_bf16_layers):
         parser.error(f"--fp4-bf16-layers {args.fp4_bf16_layers}: layers are 1..{args.num_layers} (--num-layers)")
     try:
@@ -302,6 +309,10 @@ def fp4_recipe_from_args(args: argparse.Namespace) -> FP4Recipe | None:
             occ = dataclasses.replace(occ, enabled=True, alpha=args.fp4_occ_alpha)
         if args.no_fp4_occ_compensation:
             occ = dataclasses.replace(occ, compensate=False)
+        if args.fp4_occ_compensation:
+            occ = dataclasses.replace(occ, compensation=args.fp4_occ_compensation)
+        if args.fp4_occ_hot_channel_fraction is not None:
+            occ = dataclasses.replace(occ, hot_channel_fraction=args.fp4_occ_hot_channel_fraction)
     return recipe.replace(occ=occ, fold_backward_scales=not args.no_fp4_fold_backward_scales)
 
 
