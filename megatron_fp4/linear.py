@@ -80,9 +80,12 @@ class FP4GemmState:
             clamped = int(((x2d > bounds[1]) | (x2d < bounds[0])).sum()) if bounds is not None else 0
             health.record_input(self.name, x2d, xq.dequantize_2d() + compensation, clamped)
         wq, self.w_saved = _quantize_pair(weight, recipe.fprop_weight, recipe.dgrad_weight, self.check, f"{self.name} weight")
-        y = self.backend.fprop(xq, wq, out_dtype if residual is None else torch.float32)
-        if residual is not None:
-            y = (y + residual.matmul_weight_t(weight)).to(out_dtype)
+        if isinstance(residual, HotChannelResidual):  # added in the output's dtype by an addmm epilogue
+            y = residual.add_matmul_weight_t_to(self.backend.fprop(xq, wq, out_dtype), weight)
+        elif residual is not None:  # exact: summed in fp32
+            y = (self.backend.fprop(xq, wq, torch.float32) + residual.matmul_weight_t(weight)).to(out_dtype)
+        else:
+            y = self.backend.fprop(xq, wq, out_dtype)
 
         if recipe.wgrad_input == recipe.fprop_input:
             self.x_saved = xq
@@ -118,14 +121,17 @@ class FP4GemmState:
         """dW = (Q_g(diag(s_X) dY)^T C_X) ⊙ f'(W / s_W) + dY^T ΔX (g2d: the unquantized dY), summed
         in fp32 and returned in ``out_dtype``."""
         saved_input = self.x_saved.without_scale() if self.folded[1] else self.x_saved
-        last_step_casts = self.residual is None  # the DGE or GEMM step writes the result directly
+        # the DGE or GEMM step writes the result directly, unless an exact residual is summed in fp32
+        last_step_casts = self.residual is None or isinstance(self.residual, HotChannelResidual)
         grad_w = self.backend.wgrad(gq_wgrad, saved_input, out_dtype if last_step_casts and self.w_fprop_scale is None else torch.float32)
         if self.w_fprop_scale is not None:
             dge, fmt = self.recipe.dge, self.recipe.fprop_weight.format
             grad_w = dge_scale_grad_fast(
                 grad_w.contiguous(), weight, self.w_fprop_scale, fmt, dge.k, dge.max_derivative, out_dtype if last_step_casts else None
             )
-        if self.residual is not None:
+        if isinstance(self.residual, HotChannelResidual):
+            grad_w = self.residual.add_t_matmul_to(grad_w.to(out_dtype), g2d)
+        elif self.residual is not None:
             grad_w = self.residual.add_t_matmul_to(grad_w.float(), g2d)
         return grad_w.to(out_dtype)
 

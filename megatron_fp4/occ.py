@@ -270,19 +270,14 @@ class SparseResidual:
         return grad_weight.add_(self.t_matmul(grad))
 
 
-def _hi_lo(values: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
-    """fp32 values as 16-bit GEMM operands: hi (rounded) + lo (the rest), ~2^-16 relative together;
-    fp32 itself for other dtypes."""
-    if dtype not in (torch.bfloat16, torch.float16):
-        return [values]
-    hi = values.to(dtype)
-    return [hi, (values - hi.float()).to(dtype)]
-
-
 @dataclass(frozen=True)
 class HotChannelResidual:
     """ΔA restricted to a fixed number of channels: ``columns`` [C] (int64) and their residual
-    ``values`` [rows, C] in fp32 (zero where nothing was clamped). Fixed shapes: no host sync."""
+    ``values`` [rows, C] in A's dtype (zero where nothing was clamped). Fixed shapes: no host sync.
+
+    The products run in the operands' 16-bit dtype with fp32 accumulation and are added straight
+    into the FP4 GEMM's output (a GEMM epilogue): ΔA in bf16 carries 2^-9 relative rounding per
+    value, far below the E2M1 rounding (up to 2^-2) of the clamped part it sits next to."""
 
     columns: torch.Tensor
     values: torch.Tensor
@@ -295,17 +290,21 @@ class HotChannelResidual:
 
     @property
     def nbytes(self) -> int:
-        return self.columns.numel() * self.columns.element_size() + self.values.numel() * 4
+        return self.columns.numel() * self.columns.element_size() + self.values.numel() * self.values.element_size()
 
     def to_dense(self) -> torch.Tensor:
         dense = torch.zeros(self.shape, dtype=torch.float32, device=self.values.device)
-        dense[:, self.columns] = self.values
+        dense[:, self.columns] = self.values.float()
         return dense
 
     def matmul_weight_t(self, weight: torch.Tensor) -> torch.Tensor:
-        """ΔA_hot @ W[:, hot]^T in fp32 ([rows, N]): the forward compensation term."""
-        hot_weight_t = weight.index_select(1, self.columns).t()
-        return sum(_matmul_fp32(part, hot_weight_t) for part in _hi_lo(self.values, weight.dtype))
+        """ΔA_hot @ W[:, hot]^T in fp32 ([rows, N])."""
+        return self.values.float() @ weight.index_select(1, self.columns).float().t()
+
+    def add_matmul_weight_t_to(self, out: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """out += ΔA_hot @ W[:, hot]^T in place: the forward compensation, as one addmm on ``out``."""
+        hot_weight_t = weight.index_select(1, self.columns).t().to(self.values.dtype)
+        return torch.addmm(out, self.values.to(out.dtype), hot_weight_t.to(out.dtype), out=out)
 
     def t_matmul(self, grad: torch.Tensor) -> torch.Tensor:
         """grad^T @ ΔA in fp32 ([N, K], non-zero in the hot columns only): the weight-gradient term."""
@@ -313,23 +312,21 @@ class HotChannelResidual:
         return self.add_t_matmul_to(out, grad)
 
     def add_t_matmul_to(self, grad_weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """grad_weight[:, hot] += grad^T @ ΔA_hot, in place (grad_weight fp32 [N, K])."""
-        product = sum(_matmul_fp32(grad.t(), part) for part in _hi_lo(self.values, grad.dtype))
+        """grad_weight[:, hot] += grad^T @ ΔA_hot, in place, in grad_weight's dtype."""
+        product = grad.t().to(grad_weight.dtype) @ self.values.to(grad_weight.dtype)
         return grad_weight.index_add_(1, self.columns, product)
 
 
 def occ_hot_channel_residual(x2d: torch.Tensor, low: torch.Tensor, high: torch.Tensor, fraction: float) -> HotChannelResidual:
     """ΔA of the ``fraction`` of channels with the largest clamped energy (sum of ΔA² per column).
 
-    Per-row bounds ([rows, 1]) and scalar bounds both work. For bf16/fp16 inputs the kept values
-    are exact (see ``occ_residual``); the ranking uses ΔA in the input dtype."""
+    Per-row bounds ([rows, 1]) and scalar bounds both work. Three passes over A (clamp, subtract,
+    column norms) and a top-k over K; ΔA of the chosen columns is kept in A's dtype."""
     count = max(1, min(x2d.shape[1], round(fraction * x2d.shape[1])))
-    excess = x2d - clamp_to(x2d, low, high)
-    energy = torch.sum(excess * excess, dim=0, dtype=torch.float32)
+    excess = x2d - torch.clamp(x2d, min=low, max=high)
+    energy = torch.linalg.vector_norm(excess, dim=0, dtype=torch.float32)
     columns = torch.topk(energy, count, sorted=False).indices
-    picked = x2d.index_select(1, columns)
-    values = picked.float() - clamp_to(picked, low, high).float()
-    return HotChannelResidual(columns, values, tuple(x2d.shape))
+    return HotChannelResidual(columns, excess.index_select(1, columns), tuple(x2d.shape))
 
 
 def occ_compensation_residual(x2d: torch.Tensor, low: torch.Tensor, high: torch.Tensor, config: OCCConfig):
