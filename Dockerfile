@@ -1,5 +1,6 @@
 # megatron-fp4 on NVIDIA's PyTorch container: CUDA, cuDNN, NCCL, PyTorch, Triton, Transformer
-# Engine and apex come with the base image; this adds megatron-core and megatron-fp4.
+# Engine and apex come with the base image; this adds megatron-core, megatron-fp4 and a patched
+# Megatron-LM (/opt/megatron-lm).
 #   docker build -t megatron-fp4 .
 #   docker run --gpus all --ipc=host --ulimit memlock=-1 --ulimit stack=67108864 \
 #     -v /data:/data -v /checkpoints:/checkpoints megatron-fp4 \
@@ -27,7 +28,14 @@ COPY megatron_fp4 ./megatron_fp4
 COPY tools ./tools
 COPY examples ./examples
 COPY scripts ./scripts
+COPY patches ./patches
 RUN pip install --no-cache-dir --no-deps -e .
+
+# Megatron-LM's own pretrain_gpt.py (its full training loop) at the pinned tag, with megatron-fp4's
+# patch series applied. examples/pretrain_gpt.sh uses it when MEGATRON_LM_DIR=/opt/megatron-lm is
+# set (docker run -e MEGATRON_LM_DIR=/opt/megatron-lm ...), megatron-fp4's trainer otherwise.
+RUN pip install --no-cache-dir six==1.17.0 pyyaml==6.0.4 pydantic==2.14.4 \
+ && python -m megatron_fp4.megatron_lm.checkout --dir /opt/megatron-lm --clone
 
 WORKDIR /workspace
 CMD ["bash"]

@@ -13,7 +13,7 @@ from collections import defaultdict
 
 import torch
 
-__all__ = ["collecting", "is_collecting", "record_input", "summarize"]
+__all__ = ["collecting", "is_collecting", "record_input", "summarize", "gather", "format_summary"]
 
 _STATE = {"active": False, "records": defaultdict(list)}
 
@@ -54,3 +54,32 @@ def summarize(records: dict) -> dict[str, dict[str, float]]:
         for layer, entries in records.items()
         if entries
     }
+
+
+def gather(records) -> dict[str, dict[str, float]]:
+    """Per-layer health from every rank (pipeline stages hold different layers; TP ranks differ
+    on row-parallel shards: their statistics are averaged). A collective: every rank calls it."""
+    import torch.distributed as dist
+
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, summarize(records))
+    merged: dict[str, list[dict]] = {}
+    for per_rank in gathered:
+        for layer, stats in per_rank.items():
+            merged.setdefault(layer, []).append(stats)
+    return {layer: {k: sum(s[k] for s in entries) / len(entries) for k in entries[0]} for layer, entries in sorted(merged.items())}
+
+
+def format_summary(stats: dict[str, dict[str, float]], iteration: int) -> str:
+    """One log line: mean and worst layer of input SNR and underflow, mean OCC clamp share."""
+    worst_snr = min(stats.items(), key=lambda item: item[1]["snr_db"])
+    worst_flush = max(stats.items(), key=lambda item: item[1]["flushed_to_zero"])
+
+    def mean(key: str) -> float:
+        return sum(s[key] for s in stats.values()) / len(stats)
+
+    return (
+        f" fp4 health at iteration {iteration}: {len(stats)} layers | input SNR mean {mean('snr_db'):.1f} dB, "
+        f"lowest {worst_snr[1]['snr_db']:.1f} dB ({worst_snr[0]}) | flushed to zero mean {mean('flushed_to_zero'):.2%}, "
+        f"highest {worst_flush[1]['flushed_to_zero']:.2%} ({worst_flush[0]}) | OCC clamped {mean('clamp_fraction'):.2%}"
+    )

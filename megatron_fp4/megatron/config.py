@@ -51,8 +51,9 @@ def _require_divisible(value: int, divisor: int, value_flag: str, divisor_flag: 
         raise ValueError(f"{divisor_flag} {divisor} does not divide {value_flag} {value}")
 
 
-def validate_fp4_layout(config: TransformerConfig) -> None:
-    """Fail at construction, naming flags and numbers, for layouts the FP4 layers cannot run."""
+def validate_fp4_layout(config: TransformerConfig, recipes=None) -> None:
+    """Fail at construction, naming flags and numbers, for layouts the FP4 layers cannot run
+    (``recipes``: the FP4 recipes in use; default: those of an FP4TransformerConfig)."""
     tp = config.tensor_model_parallel_size
     if config.sequence_parallel and tp == 1:
         raise ValueError("--sequence-parallel needs --tensor-model-parallel-size > 1 (got 1)")
@@ -63,7 +64,8 @@ def validate_fp4_layout(config: TransformerConfig) -> None:
     if config.num_query_groups is not None:
         _require_divisible(config.num_query_groups, tp, "--num-query-groups", "--tensor-model-parallel-size")
     kv_channels = config.kv_channels or config.hidden_size // config.num_attention_heads
-    recipes = [getattr(config, "fp4_quant_recipe", None), *getattr(config, "fp4_layer_recipes", {}).values()]
+    if recipes is None:
+        recipes = [getattr(config, "fp4_quant_recipe", None), *getattr(config, "fp4_layer_recipes", {}).values()]
     for recipe in filter(None, recipes):
         for operand in ("fprop_input", "fprop_weight"):
             block = getattr(recipe, operand).block_size

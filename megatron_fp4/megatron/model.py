@@ -11,7 +11,7 @@ from megatron.core.transformer.transformer_layer import get_transformer_layer_of
 from .layers import FP4ColumnParallelLinear
 from .specs import get_gpt_fp4_block_spec
 
-__all__ = ["build_fp4_gpt_model"]
+__all__ = ["build_fp4_gpt_model", "name_fp4_layers"]
 
 
 def build_fp4_gpt_model(config: FP4TransformerConfig, vocab_size: int, max_sequence_length: int, vp_stage: int | None = None, **gpt_kwargs) -> GPTModel:
@@ -33,9 +33,15 @@ def build_fp4_gpt_model(config: FP4TransformerConfig, vocab_size: int, max_seque
     )
     if config.fp4_output_layer and getattr(model, "output_layer", None) is not None:
         FP4ColumnParallelLinear.convert(model.output_layer, config.fp4_quant_recipe)
+    return name_fp4_layers(model, config, vp_stage)
+
+
+def name_fp4_layers(model, config, vp_stage: int | None = None):
+    """Give every FP4 linear its module path with the global layer number (health logs and
+    check-finite errors name layers the same way on every pipeline stage)."""
     offset = get_transformer_layer_offset(config, vp_stage)
     for name, module in model.named_modules():
-        if hasattr(module, "fp4_name"):  # global layer numbers, so names agree across pipeline stages
+        if hasattr(module, "fp4_name"):
             parts = name.split(".")
             if len(parts) > 2 and parts[0] == "decoder" and parts[1] == "layers":
                 parts[2] = str(int(parts[2]) + offset)

@@ -154,12 +154,14 @@ def get_gpt_fp4_layer_spec(
     return to_fp4_spec(base)
 
 
-def get_gpt_fp4_block_spec(config, layer_spec: ModuleSpec | None = None, vp_stage: int | None = None) -> TransformerBlockSubmodules:
-    """Per-layer FP4 specs for the layers of this pipeline stage, recipes from ``config``."""
+def get_gpt_fp4_block_spec(config, layer_spec: ModuleSpec | None = None, vp_stage: int | None = None, recipe_for_layer=None) -> TransformerBlockSubmodules:
+    """Per-layer FP4 specs for the layers of this pipeline stage; each layer's recipe from
+    ``recipe_for_layer(number)`` (1-based global layer number), by default the config's
+    ``fp4_recipe_for_layer`` (FP4TransformerConfig)."""
     layer_spec = layer_spec or get_gpt_fp4_layer_spec(
         config.normalization, config.qk_layernorm, attention_backend=config.attention_backend, config=config
     )
-    recipe_for = getattr(config, "fp4_recipe_for_layer", None)
+    recipe_for = recipe_for_layer or getattr(config, "fp4_recipe_for_layer", None)
     specs = [
         with_fp4_recipe(layer_spec, recipe_for(number)) if recipe_for else layer_spec
         for number in range(1, config.num_layers + 1)

@@ -162,7 +162,7 @@ def megatron_to_hf(state: dict, args, vocab: int) -> dict[str, torch.Tensor]:
     out["model.norm.weight"] = state["decoder.final_layernorm.weight"]
     if args.untie_embeddings_and_output_weights:
         out["lm_head.weight"] = state["output_layer.weight"][:vocab]
-    return {name: tensor.contiguous() for name, tensor in out.items()}
+    return {name: tensor.detach().cpu().contiguous() for name, tensor in out.items()}  # safetensors writes host memory
 
 
 def hf_to_megatron(tensors: dict[str, torch.Tensor], args, padded_vocab: int) -> dict[str, torch.Tensor]:
@@ -253,10 +253,10 @@ def read_safetensors(directory: str) -> dict[str, torch.Tensor]:
 
 
 def write_tokenizer(tokenizer, output: str) -> None:
+    from ..training.tokenizer import write_hf_tokenizer_config
+
     shutil.copy(tokenizer.path, os.path.join(output, "tokenizer.json"))
-    eod = tokenizer._tokenizer.id_to_token(tokenizer.eod)
-    with open(os.path.join(output, "tokenizer_config.json"), "w") as f:
-        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": eod, "eos_token": eod, "model_max_length": 1 << 30}, f, indent=1)
+    write_hf_tokenizer_config(output, tokenizer)
 
 
 def export(options, extra_flags: list[str]) -> None:

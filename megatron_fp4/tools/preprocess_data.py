@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> str:
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder, get_bin_path, get_idx_path
 
     from ..training.indexed_data import write_stats
-    from ..training.tokenizer import BPETokenizer, train_bpe_tokenizer
+    from ..training.tokenizer import BPETokenizer, train_bpe_tokenizer, write_hf_tokenizer_config
 
     args = build_parser().parse_args(argv)
     if bool(args.tokenizer_model) == args.train_tokenizer:
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> str:
         train_bpe_tokenizer(documents(), args.vocab_size, staged)
         os.replace(staged, path)
         tokenizer = BPETokenizer(path)
+        write_hf_tokenizer_config(os.path.dirname(path), tokenizer)  # the directory is also a transformers tokenizer
     else:
         tokenizer = BPETokenizer(args.tokenizer_model)
     prefix = f"{args.output_prefix}_text_document"

@@ -6,9 +6,12 @@ so does any unknown flag.
 
 FP4 flags. Upstream's meanings are kept: ``--fp4-format e2m1`` alone switches FP4 on with
 ``--fp4-recipe`` (default ``nvfp4``, as upstream); ``--fp4-param-gather`` is upstream's (not
-supported here yet, so it fails). ``--fp4`` is our shorthand for ``--fp4-format e2m1
---fp4-recipe paper``. Recipe knobs: ``--fp4-dge-k``, ``--no-fp4-dge``, ``--fp4-occ-alpha``,
-``--no-fp4-occ``, ``--no-fp4-occ-compensation``, ``--fp4-bf16-layers``.
+supported here yet, so it fails); ``--first-last-layers-bf16`` with
+``--num-layers-at-start-in-bf16`` / ``--num-layers-at-end-in-bf16`` as upstream. ``--fp4`` is our
+shorthand for ``--fp4-format e2m1 --fp4-recipe paper``. Recipe knobs (``megatron_fp4.training.fp4_flags``,
+shared with Megatron-LM's patched command line): ``--fp4-dge-k``, ``--no-fp4-dge``,
+``--fp4-occ-alpha``, ``--no-fp4-occ``, ``--no-fp4-occ-compensation``, ``--fp4-occ-compensation``,
+``--fp4-bf16-layers``, ...
 
 Errors are found here, before torch.distributed starts, and printed once (by rank 0) rather than
 as a traceback on every rank: flag combinations, the layout (TP/PP/heads/FFN divisibility, FP4
@@ -18,7 +21,6 @@ block sizes), the learning-rate schedule.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 
@@ -28,7 +30,8 @@ import torch.nn.functional as F
 from megatron.core.transformer.enums import AttnBackend
 
 from ..gemm import available_backends
-from ..recipe import RECIPES, DGEConfig, FP4Recipe, get_recipe
+from ..recipe import RECIPES, FP4Recipe
+from .fp4_flags import add_bf16_layer_arguments, add_fp4_knob_arguments, bf16_layers, fp4_knob_conflict, fp4_knobs_given, recipe_with_knobs
 
 __all__ = [
     "build_parser", "parse_args", "parse_model_args", "model_flags", "flag_value", "fp4_recipe_from_args",
@@ -52,13 +55,6 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.5 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0.5, 1), got {text}")
     return value
 
 
@@ -202,20 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     fp4.add_argument("--fp4", action="store_true", help="shorthand for --fp4-format e2m1 --fp4-recipe paper")
     fp4.add_argument("--fp4-format", choices=["e2m1"], default=None, help="switches FP4 on (upstream flag)")
     fp4.add_argument("--fp4-recipe", choices=sorted(set(RECIPES) - {"bf16"}), default=None, help="default: nvfp4 (upstream), paper with --fp4")
-    fp4.add_argument("--fp4-dge-k", type=float, default=None, help="DGE sharpness k (paper: 5)")
-    fp4.add_argument("--no-fp4-dge", action="store_true", help="straight-through weight gradients")
-    fp4.add_argument("--fp4-occ-alpha", type=_fraction, default=None, help="OCC quantile (paper: 0.99)")
-    fp4.add_argument("--no-fp4-occ", action="store_true", help="no outlier clamping")
-    fp4.add_argument("--no-fp4-occ-compensation", action="store_true", help="clamp without the sparse residual")
-    fp4.add_argument(
-        "--fp4-occ-compensation", choices=["exact", "hot_channels"], default=None,
-        help="which clamped entries are compensated: all (exact) or the hot channels' (megatron_fp4.occ)",
-    )
-    fp4.add_argument("--fp4-occ-hot-channel-fraction", type=float, default=None, help="share of channels compensated with hot_channels (default 1/32)")
-    fp4.add_argument("--fp4-bf16-layers", type=_positive_int, nargs="+", default=[], help="1-based layers kept in BF16")
-    fp4.add_argument("--fp4-gemm-backend", choices=["auto", "reference", "hopper", "blackwell"], default=None, help="GEMM backend (default: auto, or MEGATRON_FP4_GEMM_BACKEND)")
-    fp4.add_argument("--no-fp4-fold-backward-scales", action="store_true", help="dgrad/wgrad as Q_g(dY)·Q(W) without folding the row scales into dY (reference GEMMs)")
-    fp4.add_argument("--fp4-health-interval", type=int, default=None, help="per-layer FP4 health every N iterations (default: --log-interval; 0: off)")
+    add_fp4_knob_arguments(fp4)
+    add_bf16_layer_arguments(fp4)
     return parser
 
 
@@ -247,9 +231,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--group-query-attention needs --num-query-groups")
     if args.num_query_groups is not None and not args.group_query_attention:
         parser.error("--num-query-groups needs --group-query-attention")
-    fp4_knobs = [args.fp4_recipe, args.fp4_dge_k, args.fp4_occ_alpha, args.fp4_occ_compensation, args.fp4_occ_hot_channel_fraction] + [args.no_fp4_dge, args.no_fp4_occ, args.no_fp4_occ_compensation, bool(args.fp4_bf16_layers), args.fp4_gemm_backend, args.no_fp4_fold_backward_scales]
-    if not (args.fp4 or args.fp4_format) and any(k not in (None, False) for k in fp4_knobs):
-        parser.error("FP4 options were given without --fp4 or --fp4-format e2m1")
+    knobs = fp4_knobs_given(args) + (["--fp4-recipe"] if args.fp4_recipe else []) + (["--first-last-layers-bf16"] if args.first_last_layers_bf16 else [])
+    if not (args.fp4 or args.fp4_format) and knobs:
+        parser.error(f"FP4 options were given without --fp4 or --fp4-format e2m1: {' '.join(knobs)}")
     args.global_batch_size = args.global_batch_size or args.micro_batch_size
     if args.global_batch_size % args.micro_batch_size:
         parser.error(f"--global-batch-size {args.global_batch_size} is not a multiple of --micro-batch-size {args.micro_batch_size}")
@@ -269,14 +253,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--lr-warmup-iters {args.lr_warmup_iters} must be smaller than {which} {decay} (the decay needs steps after warm-up)")
     if args.sequence_parallel and args.tensor_model_parallel_size == 1:
         parser.error("--sequence-parallel needs --tensor-model-parallel-size > 1")
-    if args.fp4_dge_k is not None and args.no_fp4_dge:
-        parser.error("--fp4-dge-k and --no-fp4-dge contradict each other")
-    if args.fp4_occ_alpha is not None and args.no_fp4_occ:
-        parser.error("--fp4-occ-alpha and --no-fp4-occ contradict each other")
-    if (args.fp4_occ_compensation or args.fp4_occ_hot_channel_fraction) and (args.no_fp4_occ or args.no_fp4_occ_compensation):
-        parser.error("--fp4-occ-compensation / --fp4-occ-hot-channel-fraction need OCC with compensation (drop --no-fp4-occ / --no-fp4-occ-compensation)")
-    if any(layer > args.num_layers for layer in args.fp4_bf16_layers):
-        parser.error(f"--fp4-bf16-layers {args.fp4_bf16_layers}: layers are 1..{args.num_layers} (--num-layers)")
+    conflict = fp4_knob_conflict(args, args.num_layers)
+    if conflict:
+        parser.error(conflict)
     try:
         args.fp4_quant_recipe = fp4_recipe_from_args(args)
     except ValueError as error:
@@ -296,24 +275,7 @@ def fp4_recipe_from_args(args: argparse.Namespace) -> FP4Recipe | None:
     """The recipe the flags ask for, or None when FP4 is off (plain BF16 training)."""
     if not (args.fp4 or args.fp4_format):
         return None
-    recipe = get_recipe(args.fp4_recipe or ("paper" if args.fp4 else "nvfp4"))
-    if args.no_fp4_dge:
-        recipe = recipe.replace(dge=DGEConfig(enabled=False))
-    elif args.fp4_dge_k is not None:
-        recipe = recipe.replace(dge=dataclasses.replace(recipe.dge, enabled=True, k=args.fp4_dge_k))
-    occ = recipe.occ
-    if args.no_fp4_occ:
-        occ = dataclasses.replace(occ, enabled=False)
-    else:
-        if args.fp4_occ_alpha is not None:
-            occ = dataclasses.replace(occ, enabled=True, alpha=args.fp4_occ_alpha)
-        if args.no_fp4_occ_compensation:
-            occ = dataclasses.replace(occ, compensate=False)
-        if args.fp4_occ_compensation:
-            occ = dataclasses.replace(occ, compensation=args.fp4_occ_compensation)
-        if args.fp4_occ_hot_channel_fraction is not None:
-            occ = dataclasses.replace(occ, hot_channel_fraction=args.fp4_occ_hot_channel_fraction)
-    return recipe.replace(occ=occ, fold_backward_scales=not args.no_fp4_fold_backward_scales)
+    return recipe_with_knobs(args.fp4_recipe or ("paper" if args.fp4 else "nvfp4"), args)
 
 
 def transformer_config_from_args(args: argparse.Namespace):
@@ -344,7 +306,7 @@ def transformer_config_from_args(args: argparse.Namespace):
         pipeline_dtype=dtype,
         bf16=args.bf16,
         fp4_quant_recipe=recipe,
-        fp4_bf16_layers=tuple(args.fp4_bf16_layers),
+        fp4_bf16_layers=bf16_layers(args, args.num_layers),
         attention_backend=AttnBackend[args.attention_backend],
     )
 

@@ -14,7 +14,7 @@ from typing import Iterable
 
 EOD_TOKEN = "<|endoftext|>"
 
-__all__ = ["BPETokenizer", "NullTokenizer", "TokenizerError", "build_tokenizer", "train_bpe_tokenizer", "EOD_TOKEN"]
+__all__ = ["BPETokenizer", "NullTokenizer", "TokenizerError", "build_tokenizer", "train_bpe_tokenizer", "write_hf_tokenizer_config", "EOD_TOKEN"]
 
 
 class TokenizerError(ValueError):
@@ -88,3 +88,14 @@ def build_tokenizer(args):
     if args.tokenizer_type == "NullTokenizer":
         return NullTokenizer(args.vocab_size)
     return BPETokenizer(args.tokenizer_model)
+
+
+def write_hf_tokenizer_config(directory: str, tokenizer: BPETokenizer) -> None:
+    """``tokenizer_config.json`` beside a ``tokenizer.json``: the directory then loads with
+    transformers' ``AutoTokenizer`` (Megatron-LM's ``--tokenizer-type HuggingFaceTokenizer``)."""
+    import json
+    import os
+
+    eod = tokenizer._tokenizer.id_to_token(tokenizer.eod)
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": eod, "eos_token": eod, "model_max_length": 1 << 30}, f, indent=1)

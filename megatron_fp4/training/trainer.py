@@ -120,29 +120,9 @@ def _run_schedule(model, batches, args, forward_only: bool) -> float | None:
     return loss.item() / parallel_state.get_data_parallel_world_size()
 
 
-def _gather_health(records) -> dict[str, dict[str, float]]:
-    """Per-layer health from every rank (pipeline stages hold different layers; TP ranks differ
-    on row-parallel shards: their statistics are averaged)."""
-    gathered = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, health.summarize(records))
-    merged: dict[str, list[dict]] = {}
-    for per_rank in gathered:
-        for layer, stats in per_rank.items():
-            merged.setdefault(layer, []).append(stats)
-    return {layer: {k: sum(s[k] for s in entries) / len(entries) for k in entries[0]} for layer, entries in sorted(merged.items())}
-
-
 def _log_health(stats: dict[str, dict[str, float]], iteration: int) -> None:
-    if not stats:
-        return
-    worst_snr = min(stats.items(), key=lambda item: item[1]["snr_db"])
-    worst_flush = max(stats.items(), key=lambda item: item[1]["flushed_to_zero"])
-    mean = lambda key: sum(s[key] for s in stats.values()) / len(stats)  # noqa: E731
-    _log(
-        f" fp4 health at iteration {iteration}: {len(stats)} layers | input SNR mean {mean('snr_db'):.1f} dB, "
-        f"lowest {worst_snr[1]['snr_db']:.1f} dB ({worst_snr[0]}) | flushed to zero mean {mean('flushed_to_zero'):.2%}, "
-        f"highest {worst_flush[1]['flushed_to_zero']:.2%} ({worst_flush[0]}) | OCC clamped {mean('clamp_fraction'):.2%}"
-    )
+    if stats:
+        _log(health.format_summary(stats, iteration))
 
 
 def _format_seconds(seconds: float) -> str:
@@ -291,7 +271,7 @@ def pretrain(args) -> list[dict]:
                 record["validation loss"] = sum(values) / len(values)
                 _log(f" validation loss at iteration {iteration}: {record['validation loss']:.4f}")
         if collect:
-            record["fp4 health"] = _gather_health(health_records)
+            record["fp4 health"] = health.gather(health_records)
             _log_health(record["fp4 health"], iteration)
         records.append(record)
         if writer is not None:

@@ -85,3 +85,13 @@ def test_finished_run_does_not_requeue(slurm, tmp_path):
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / "latest_checkpointed_iteration.txt").write_text("23842")
     assert "requeue" not in slurm(1)
+
+
+def test_upstream_route_runs_patched_megatron_lm(slurm, tmp_path):
+    """MEGATRON_LM_DIR: upstream's pretrain_gpt.py with the same flags plus its own (the
+    tokenizer directory for its HuggingFaceTokenizer, the local transformer)."""
+    out = slurm(1, MEGATRON_LM_DIR="/opt/megatron-lm")
+    command = next(line for line in out.splitlines() if line.startswith("TORCHRUN"))
+    assert "/opt/megatron-lm/pretrain_gpt.py" in command and "-m megatron_fp4.pretrain_gpt" not in command
+    assert "--tokenizer-type HuggingFaceTokenizer" in command and "--tokenizer-model /data " in command
+    assert "--fp4-format e2m1 --fp4-recipe paper" in command and "--load " in command
