@@ -24,6 +24,14 @@ def snapshot(directory) -> dict[str, bytes]:
     return files
 
 
+def refused_leaving_untouched(corpus, directory, pattern: str, flags: str) -> None:
+    """The run fails with ``pattern`` and not one byte under ``directory`` changed."""
+    before = snapshot(directory)
+    with pytest.raises(SystemExit, match=pattern):
+        run(corpus, flags)
+    assert snapshot(directory) == before
+
+
 @pytest.fixture()
 def trained(corpus, tmp_path):
     """A checkpoint directory with iterations 2 and 4 (schedule of --train-iters 4)."""
@@ -33,10 +41,10 @@ def trained(corpus, tmp_path):
 
 def test_missing_tracker_is_refused_and_nothing_is_overwritten(corpus, trained, capsys):
     os.remove(trained / checkpointing.TRACKER)
-    before = snapshot(trained)
-    with pytest.raises(SystemExit, match=r"holds checkpoints \[2, 4\] but no latest_checkpointed_iteration.txt.*--ckpt-step 4"):
-        run(corpus, f"--train-iters 4 {SHORT} --load {trained} --save {trained}")
-    assert snapshot(trained) == before
+    refused_leaving_untouched(
+        corpus, trained, r"holds checkpoints \[2, 4\] but no latest_checkpointed_iteration.txt.*--ckpt-step 4",
+        f"--train-iters 4 {SHORT} --load {trained} --save {trained}",
+    )
     # --ckpt-step names the checkpoint; the run then continues from it
     records = run(corpus, f"--train-iters 6 --override-opt_param-scheduler {SHORT} --load {trained} --save {trained} --ckpt-step 4")
     assert [r["iteration"] for r in records] == [5, 6]
@@ -44,10 +52,7 @@ def test_missing_tracker_is_refused_and_nothing_is_overwritten(corpus, trained, 
 
 
 def test_a_fresh_run_does_not_overwrite_checkpoints_in_save(corpus, trained):
-    before = snapshot(trained)
-    with pytest.raises(SystemExit, match=r"--save .* holds checkpoints \[2, 4\] that this run did not resume from"):
-        run(corpus, f"--train-iters 4 {SHORT} --save {trained}")
-    assert snapshot(trained) == before
+    refused_leaving_untouched(corpus, trained, r"--save .* holds checkpoints \[2, 4\] that this run did not resume from", f"--train-iters 4 {SHORT} --save {trained}")
     # resuming an earlier step would supersede the later checkpoint: refused too
     os.remove(trained / checkpointing.TRACKER)
     with pytest.raises(SystemExit, match=r"holds checkpoints \[4\] that this run did not resume from"):
@@ -62,10 +67,10 @@ def test_load_says_what_it_found(corpus, tmp_path, capsys):
 
 
 def test_failed_start_does_not_touch_args_json(corpus, trained):
-    before = snapshot(trained)
-    with pytest.raises(SystemExit, match=r"typo.idx does not exist"):
-        run(corpus, f"--train-iters 6 --override-opt_param-scheduler {SHORT} --load {trained} --save {trained} --data-path {trained / 'typo'}")
-    assert snapshot(trained) == before
+    refused_leaving_untouched(
+        corpus, trained, r"typo.idx does not exist",
+        f"--train-iters 6 --override-opt_param-scheduler {SHORT} --load {trained} --save {trained} --data-path {trained / 'typo'}",
+    )
     record = json.loads((trained / "iter_0000004" / "args.json").read_text())
     assert record == json.loads((trained / "args.json").read_text())
     assert "--train-iters" in record["argv"] and len(record["tokenizer_sha256"]) == 64
