@@ -25,6 +25,7 @@ __all__ = [
     "FORMATS",
     "get_format",
     "round_to_grid",
+    "encode_stochastic",
     "encode",
     "decode",
     "pack_codes",
@@ -125,6 +126,26 @@ def encode(x: torch.Tensor, fmt: FP4Format = E2M1) -> torch.Tensor:
     index = _nearest_index(x.abs(), fmt).clamp_max(7).to(torch.uint8)
     sign = torch.signbit(x).to(torch.uint8) << 3
     return sign | index
+
+
+def encode_stochastic(x: torch.Tensor, fmt: FP4Format = E2M1, generator: torch.Generator | None = None) -> torch.Tensor:
+    """4-bit codes with stochastic rounding: a magnitude between grid points lo < |x| < hi rounds
+    up with probability (|x| - lo) / (hi - lo), so E[decode(code)] = x inside the grid (unbiased);
+    beyond the largest magnitude it saturates. Grid values stay exact. ``generator``: the random
+    stream (default: torch's global one), so a seed makes it deterministic."""
+    x = x.float()
+    magnitude = x.abs()
+    grid = fmt.grid(x.device)
+    upper = torch.bucketize(magnitude, grid).clamp_max(len(grid) - 1)  # first grid point >= |x|
+    lower = (upper - 1).clamp_min(0)
+    low, high = grid[lower], grid[upper]
+    gap = high - low
+    fraction = torch.where(gap > 0, (magnitude - low) / torch.where(gap > 0, gap, torch.ones_like(gap)), torch.zeros_like(gap))
+    draw = torch.rand(x.shape, generator=generator, device=x.device) if generator is not None else torch.rand_like(magnitude)
+    index = torch.where((draw < fraction) | (magnitude >= high), upper, lower)
+    index = torch.where(magnitude >= grid[-1], torch.full_like(index, len(grid) - 1), index)
+    sign = torch.signbit(x).to(torch.uint8) << 3
+    return sign | index.to(torch.uint8)
 
 
 def decode(codes: torch.Tensor, fmt: FP4Format = E2M1) -> torch.Tensor:

@@ -30,6 +30,7 @@ from . import health
 from .backward import fold_scale, quantize_grad_output
 from .gemm import GemmBackend, get_backend
 from .kernels import dge_scale_grad_fast, quantize_fast
+from .hadamard import apply_rht
 from .occ import HotChannelResidual, SparseResidual, occ_bounds, occ_compensation_residual
 from .quantize import QuantizedTensor, check_finite_enabled, quantize
 from .recipe import FP4Recipe
@@ -87,7 +88,9 @@ class FP4GemmState:
         else:
             y = self.backend.fprop(xq, wq, out_dtype)
 
-        if recipe.wgrad_input == recipe.fprop_input:
+        if recipe.wgrad_along_tokens:  # X^T [K, M], blocks along the tokens (after the RHT)
+            self.x_saved = quantize(self._wgrad_operand(x2d, "input"), recipe.wgrad_input, check_finite=self.check, name=f"{self.name} input (wgrad, along tokens)")
+        elif recipe.wgrad_input == recipe.fprop_input:
             self.x_saved = xq
         elif recipe.wgrad_input.is_quantized:
             self.x_saved = quantize_fast(x2d, recipe.wgrad_input, check_finite=self.check, name=f"{self.name} input", clamp=bounds)
@@ -100,10 +103,20 @@ class FP4GemmState:
         self.w_saved = dataclasses.replace(self.w_saved, fp8=None)
         return y
 
-    def quantize_grad_output(self, g2d: torch.Tensor) -> tuple[QuantizedTensor, QuantizedTensor]:
+    def _wgrad_operand(self, tensor2d: torch.Tensor, what: str) -> torch.Tensor:
+        """[M, C] -> the wgrad GEMM's operand [C, M] (tokens last), after the RHT if the recipe has it."""
+        if self.recipe.wgrad_hadamard:
+            tensor2d = apply_rht(tensor2d, self.recipe.hadamard_seed, f"{self.name} {what} (--fp4-rht)")
+        return tensor2d.float().t().contiguous()
+
+    def quantize_grad_output(self, g2d: torch.Tensor) -> tuple[QuantizedTensor, QuantizedTensor | None]:
         """The output gradient in the dgrad and wgrad formats, with the saved operands' row scales
-        folded in where the recipe allows (``megatron_fp4.backward``)."""
+        folded in where the recipe allows (``megatron_fp4.backward``). With wgrad along the tokens,
+        only dgrad's (grad_weight quantizes dY^T itself)."""
         recipe = self.recipe
+        if recipe.wgrad_along_tokens:
+            self.folded = (False, False)
+            return quantize(g2d, recipe.dgrad_grad_output, check_finite=self.check, name=f"{self.name} output gradient"), None
         fold = recipe.fold_backward_scales
         weight_scale = fold_scale(self.w_saved) if fold and recipe.dgrad_grad_output.is_quantized else None
         input_scale = fold_scale(self.x_saved) if fold and recipe.wgrad_grad_output.is_quantized else None
@@ -120,6 +133,13 @@ class FP4GemmState:
     def grad_weight(self, gq_wgrad: QuantizedTensor, weight: torch.Tensor, g2d: torch.Tensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """dW = (Q_g(diag(s_X) dY)^T C_X) ⊙ f'(W / s_W) + dY^T ΔX (g2d: the unquantized dY), summed
         in fp32 and returned in ``out_dtype``."""
+        if self.recipe.wgrad_along_tokens:  # (R dY)^T (R X) = dY^T X in exact arithmetic
+            gq_t = quantize(self._wgrad_operand(g2d, "output gradient"), self.recipe.wgrad_grad_output, check_finite=self.check, name=f"{self.name} output gradient (wgrad)")
+            grad_w = gq_t.dequantize_2d() @ self.x_saved.dequantize_2d().t()
+            if self.w_fprop_scale is not None:
+                dge, fmt = self.recipe.dge, self.recipe.fprop_weight.format
+                grad_w = dge_scale_grad_fast(grad_w.contiguous(), weight, self.w_fprop_scale, fmt, dge.k, dge.max_derivative)
+            return grad_w.to(out_dtype)
         saved_input = self.x_saved.without_scale() if self.folded[1] else self.x_saved
         # the DGE or GEMM step writes the result directly, unless an exact residual is summed in fp32
         last_step_casts = self.residual is None or isinstance(self.residual, HotChannelResidual)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .formats import E2M1, FP4Format, decode, encode, get_format, pack_codes, unpack_codes
-from .scaling import BLOCK_SIZES, GRANULARITIES, absmax_scale, e8m0_to_fp32, mxfp4_scales, nvfp4_scales
+from .formats import E2M1, FP4Format, decode, encode, encode_stochastic, get_format, pack_codes, unpack_codes
+from .scaling import BLOCK_SIZES, GRANULARITIES, absmax_scale, e8m0_to_fp32, mxfp4_scales, nvfp4_2d_scales, nvfp4_scales
 
 __all__ = [
     "ELEMENT_DTYPES",
@@ -43,14 +43,17 @@ class QuantSpec:
 
     dtype: ``fp4`` | ``fp8_e4m3`` | ``fp8_e5m2`` | ``bf16`` | ``fp32`` (the last two: no quantization,
     the operand is only cast). granularity: ``tensor`` | ``row`` (per token / per output channel) |
-    ``nvfp4`` | ``mxfp4`` (block recipes, FP4 E2M1 only). power_of_two_scale: round tensor/row
-    scales up to a power of two (the authors' FP8-LM rule) instead of the exact ``amax / max``.
+    ``nvfp4`` | ``nvfp4_2d`` (16x16 tiles: W and W^T alike) | ``mxfp4`` (block recipes, FP4 E2M1
+    only). power_of_two_scale: round tensor/row scales up to a power of two (the authors' FP8-LM
+    rule) instead of the exact ``amax / max``. stochastic_rounding: FP4 elements rounded
+    stochastically (unbiased; NVIDIA's recipe does this for gradients) instead of to nearest.
     """
 
     dtype: str = "fp4"
     granularity: str = "row"
     fp4_format: str = "e2m1"
     power_of_two_scale: bool = False
+    stochastic_rounding: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in ELEMENT_DTYPES:
@@ -63,6 +66,8 @@ class QuantSpec:
                 f"QuantSpec.granularity={self.granularity!r} with dtype={self.dtype!r}; "
                 f"FP8 operands allow {list(FP8_GRANULARITIES)}"
             )
+        if self.stochastic_rounding and self.dtype != "fp4":
+            raise ValueError(f"QuantSpec.stochastic_rounding applies to FP4 elements, got dtype={self.dtype!r}")
         if self.granularity in BLOCK_SIZES:
             if self.dtype != "fp4" or fmt is not E2M1:
                 raise ValueError(
@@ -90,7 +95,7 @@ class QuantSpec:
         if not self.is_quantized:
             return self.dtype
         name = self.fp4_format if self.dtype == "fp4" else self.dtype
-        return f"{name}/{self.granularity}" + ("/pow2" if self.power_of_two_scale else "")
+        return f"{name}/{self.granularity}" + ("/pow2" if self.power_of_two_scale else "") + ("/SR" if self.stochastic_rounding else "")
 
 
 @dataclass(frozen=True)
@@ -122,12 +127,14 @@ class QuantizedTensor:
 
     def decode_scale(self) -> torch.Tensor:
         """fp32 decode scale per element group, broadcastable against [rows, K]."""
-        if self.spec.granularity == "nvfp4":
+        if self.spec.granularity in ("nvfp4", "nvfp4_2d"):
             block = self.scale.float() * self.global_scale
         elif self.spec.granularity == "mxfp4":
             block = e8m0_to_fp32(self.scale)
         else:
             return self.scale
+        if self.spec.granularity == "nvfp4_2d":
+            block = block.repeat_interleave(self.spec.block_size, dim=0)
         return block.repeat_interleave(self.spec.block_size, dim=-1)
 
     def dequantize_2d(self) -> torch.Tensor:
@@ -182,8 +189,10 @@ def _as_rows(x: torch.Tensor, spec: QuantSpec, name: str) -> torch.Tensor:
     if block is not None and x2d.shape[-1] % block:
         raise ValueError(
             f"{name}: shape {tuple(x.shape)} has last dim {x2d.shape[-1]}, not a multiple of the "
-            f"{spec.granularity} block size {block}"
+            f"{spec.granularity} block size {block} (--fp4-recipe with {spec.granularity} blocks needs it)"
         )
+    if spec.granularity == "nvfp4_2d" and x2d.shape[0] % block:
+        raise ValueError(f"{name}: shape {tuple(x.shape)} has {x2d.shape[0]} rows, not a multiple of the 16x16 nvfp4_2d tiles (--no-fp4-2d-weight-blocks)")
     if spec.dtype == "fp4" and x2d.shape[-1] % 2:
         raise ValueError(f"{name}: shape {tuple(x.shape)} needs an even last dim to pack two FP4 codes per byte")
     return x2d
@@ -202,9 +211,11 @@ def _safe_divide(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 def quantize(
-    x: torch.Tensor, spec: QuantSpec, *, check_finite: bool | None = None, name: str = "tensor"
+    x: torch.Tensor, spec: QuantSpec, *, check_finite: bool | None = None, name: str = "tensor",
+    generator: torch.Generator | None = None,
 ) -> QuantizedTensor:
-    """Quantize ``x`` to ``spec`` (exact PyTorch reference; round to nearest, ties to even).
+    """Quantize ``x`` to ``spec`` (exact PyTorch reference; round to nearest, ties to even, or
+    stochastically where the spec says so, drawing from ``generator`` or torch's global stream).
 
     check_finite: raise ``NonFiniteError`` naming ``name`` on NaN/Inf (default: the
     ``MEGATRON_FP4_CHECK_FINITE`` environment switch). Otherwise a group holding NaN/Inf
@@ -225,6 +236,9 @@ def quantize(
     if spec.granularity == "nvfp4":
         scale, global_scale = nvfp4_scales(x2d, spec.format)
         group_scale = scale.float() * global_scale
+    elif spec.granularity == "nvfp4_2d":
+        scale, global_scale = nvfp4_2d_scales(x2d, spec.format)
+        group_scale = (scale.float() * global_scale).repeat_interleave(spec.block_size, dim=0)
     elif spec.granularity == "mxfp4":
         scale = mxfp4_scales(x2d)
         group_scale = e8m0_to_fp32(scale)
@@ -233,7 +247,8 @@ def quantize(
         group_scale = scale
     if spec.block_size is not None:
         group_scale = group_scale.repeat_interleave(spec.block_size, dim=-1)
-    codes = encode(_safe_divide(xf, group_scale), spec.format)
+    scaled = _safe_divide(xf, group_scale)
+    codes = encode_stochastic(scaled, spec.format, generator) if spec.stochastic_rounding else encode(scaled, spec.format)
     return QuantizedTensor(pack_codes(codes), scale, global_scale, spec, x.shape, x.dtype)
 
 

@@ -63,6 +63,10 @@ class FP4Recipe:
     scales into the output gradient before its quantization, so dgrad and wgrad run on FP8
     tensor cores (``megatron_fp4.backward``); False keeps Q_g(dY)·Q(W) (reference GEMMs only).
     check_finite: raise on NaN/Inf in any tensor being quantized (debug).
+    wgrad_along_tokens: quantize both weight-gradient operands along that GEMM's reduction
+    dimension, the tokens (dY^T and X^T, blocks along M), as a block-scaled FP4 wgrad GEMM needs;
+    False quantizes them as laid out (dY along N, X along K). wgrad_hadamard: the random Hadamard
+    transform (``megatron_fp4.hadamard``) on both, with sign seed ``hadamard_seed``.
     """
 
     name: str = "custom"
@@ -76,8 +80,15 @@ class FP4Recipe:
     occ: OCCConfig = field(default_factory=OCCConfig)
     fold_backward_scales: bool = True
     check_finite: bool = False
+    wgrad_along_tokens: bool = False
+    wgrad_hadamard: bool = False
+    hadamard_seed: int | None = 0
 
     def __post_init__(self) -> None:
+        if self.wgrad_hadamard and not self.wgrad_along_tokens:
+            raise ValueError("FP4Recipe.wgrad_hadamard=True needs wgrad_along_tokens=True (the transform runs along the tokens)")
+        if self.wgrad_along_tokens and not (self.wgrad_input.is_quantized and self.wgrad_grad_output.is_quantized):
+            raise ValueError("FP4Recipe.wgrad_along_tokens=True needs quantized wgrad_input and wgrad_grad_output")
         for operand in OPERANDS:
             if not isinstance(getattr(self, operand), QuantSpec):
                 raise ValueError(f"FP4Recipe.{operand} must be a QuantSpec, got {getattr(self, operand)!r}")
@@ -110,6 +121,8 @@ class FP4Recipe:
             else "no OCC"
         )
         fold = "backward scales folded into dY" if self.fold_backward_scales else "backward scales unfolded"
+        if self.wgrad_along_tokens:
+            fold = "wgrad operands quantized along the tokens" + (f" after a 16x16 RHT (sign seed {self.hadamard_seed})" if self.wgrad_hadamard else "")
         return f"{self.name}: {ops}; {dge}; {occ_text}; {fold}"
 
     # ---- presets -------------------------------------------------------------------------
@@ -125,30 +138,43 @@ class FP4Recipe:
 
     @classmethod
     def nvfp4(cls, **changes) -> "FP4Recipe":
-        """NVFP4 blocks (16, E4M3 scale, fp32 tensor scale) for W and A; STE, no OCC."""
-        block = QuantSpec("fp4", "nvfp4")
+        """NVIDIA's NVFP4 training recipe (arXiv 2509.25149; Transformer Engine's NVFP4BlockScaling):
+        E2M1 in 16-blocks with E4M3 block scales and an fp32 tensor scale for activations and
+        gradients, 16x16 tiles for weights (W and W^T alike), stochastic rounding on gradients,
+        round-to-nearest elsewhere, a 16x16 random Hadamard transform on both wgrad inputs
+        (quantized along the tokens); straight-through gradients, no OCC."""
+        block, tile = QuantSpec("fp4", "nvfp4"), QuantSpec("fp4", "nvfp4_2d")
+        gradient = QuantSpec("fp4", "nvfp4", stochastic_rounding=True)
         return cls(
             name="nvfp4",
             fprop_input=block,
-            fprop_weight=block,
-            dgrad_weight=block,
+            fprop_weight=tile,
+            dgrad_grad_output=gradient,
+            dgrad_weight=tile,
+            wgrad_grad_output=gradient,
             wgrad_input=block,
             dge=DGEConfig(enabled=False),
             occ=OCCConfig(enabled=False),
+            wgrad_along_tokens=True,
+            wgrad_hadamard=True,
         ).replace(**changes)
 
     @classmethod
     def mxfp4(cls, **changes) -> "FP4Recipe":
-        """OCP MXFP4 blocks (32, E8M0 power-of-two scale) for W and A; STE, no OCC."""
+        """OCP MXFP4 (MX v1.0: 32-blocks, E8M0 power-of-two scales) for all six operands, wgrad
+        operands along the tokens; round-to-nearest and no RHT unless switched on; STE, no OCC."""
         block = QuantSpec("fp4", "mxfp4")
         return cls(
             name="mxfp4",
             fprop_input=block,
             fprop_weight=block,
+            dgrad_grad_output=block,
             dgrad_weight=block,
+            wgrad_grad_output=block,
             wgrad_input=block,
             dge=DGEConfig(enabled=False),
             occ=OCCConfig(enabled=False),
+            wgrad_along_tokens=True,
         ).replace(**changes)
 
     @classmethod

@@ -7,6 +7,9 @@ definitions:
 
 * NVFP4 (NVIDIA): 16-element blocks along K; each block's decode scale is an FP8 E4M3 number
   ``e4m3(amax_block / 6 / s_tensor)`` times one fp32 tensor scale ``s_tensor = amax / (6 * 448)``.
+* NVFP4 with 2D weight blocks (NVIDIA's training recipe): one E4M3 scale per 16x16 tile of W
+  [out, K] (times the same fp32 tensor scale), so W and W^T quantize to the same values and one
+  quantized weight serves fprop (blocks along K) and dgrad (blocks along out).
 * MXFP4 (OCP Microscaling Formats v1.0, §5.3 and §6.3): 32-element blocks along K; the shared
   scale is the power of two ``2^(floor(log2(amax_block)) - emax_elem)`` with ``emax_elem = 2``
   for E2M1, stored as E8M0 (biased exponent, bias 127; 0xFF is NaN).
@@ -31,12 +34,13 @@ __all__ = [
     "E4M3_MAX",
     "absmax_scale",
     "nvfp4_scales",
+    "nvfp4_2d_scales",
     "mxfp4_scales",
     "e8m0_to_fp32",
 ]
 
-GRANULARITIES = ("tensor", "row", "nvfp4", "mxfp4")
-BLOCK_SIZES = {"nvfp4": 16, "mxfp4": 32}
+GRANULARITIES = ("tensor", "row", "nvfp4", "nvfp4_2d", "mxfp4")
+BLOCK_SIZES = {"nvfp4": 16, "nvfp4_2d": 16, "mxfp4": 32}
 E4M3_MAX = 448.0
 MX_E2M1_EMAX = 2  # exponent of E2M1's largest normal (6 = 1.5 * 2^2), OCP MX v1.0 table 1
 
@@ -76,6 +80,17 @@ def nvfp4_scales(x2d: torch.Tensor, fmt: FP4Format) -> tuple[torch.Tensor, torch
     block_target = block_amax / torch.full_like(block_amax, fmt.max_value) / tensor_scale
     block_scale = block_target.clamp_max(E4M3_MAX).to(torch.float8_e4m3fn)  # RNE, NaN stays NaN
     return block_scale, tensor_scale
+
+
+def nvfp4_2d_scales(x2d: torch.Tensor, fmt: FP4Format) -> tuple[torch.Tensor, torch.Tensor]:
+    """NVFP4 scales of 16x16 tiles of a [rows, K] tensor: (E4M3 [rows/16, K/16], fp32 tensor scale)."""
+    block = BLOCK_SIZES["nvfp4_2d"]
+    rows, cols = x2d.shape
+    tensor_amax = x2d.float().abs().amax()
+    tensor_scale = absmax_scale(tensor_amax, fmt.max_value * E4M3_MAX)
+    tile_amax = x2d.float().abs().reshape(rows // block, block, cols // block, block).amax(dim=(1, 3))
+    tile_target = tile_amax / torch.full_like(tile_amax, fmt.max_value) / tensor_scale
+    return tile_target.clamp_max(E4M3_MAX).to(torch.float8_e4m3fn), tensor_scale
 
 
 def mxfp4_scales(x2d: torch.Tensor) -> torch.Tensor:

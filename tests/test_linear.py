@@ -74,8 +74,13 @@ RECIPES = {
         wgrad_input=QuantSpec("fp4", "row", power_of_two_scale=True),
     ),
     "direct": FP4Recipe.direct(),
-    "nvfp4": FP4Recipe.nvfp4(),
-    "mxfp4": FP4Recipe.mxfp4(),
+    # the block recipes as laid out (round-to-nearest, wgrad operands along N and K): the
+    # along-the-tokens wgrad, the RHT and stochastic rounding are checked in test_nvfp4_recipe.py
+    "nvfp4": FP4Recipe.nvfp4(
+        wgrad_along_tokens=False, wgrad_hadamard=False,
+        dgrad_grad_output=QuantSpec("fp4", "nvfp4"), wgrad_grad_output=QuantSpec("fp4", "nvfp4"),
+    ),
+    "mxfp4": FP4Recipe.mxfp4(wgrad_along_tokens=False, dgrad_grad_output=FP4Recipe().dgrad_grad_output, wgrad_grad_output=FP4Recipe().wgrad_grad_output),
 }
 
 

@@ -61,6 +61,19 @@ def add_fp4_knob_arguments(group) -> None:
     group.add_argument("--fp4-gemm-backend", choices=["auto", "reference", "hopper", "blackwell"], default=None, help="GEMM backend (default: auto, or MEGATRON_FP4_GEMM_BACKEND)")
     group.add_argument("--no-fp4-fold-backward-scales", action="store_true", help="dgrad/wgrad as Q_g(dY)·Q(W) without folding the row scales into dY (reference GEMMs)")
     group.add_argument("--fp4-health-interval", type=int, default=None, help="per-layer FP4 health every N iterations (default: --log-interval; 0: off)")
+    group.add_argument(
+        "--fp4-rht", action=argparse.BooleanOptionalAction, default=None,
+        help="16x16 random Hadamard transform on both wgrad inputs (block recipes; default: on for nvfp4, off for mxfp4)",
+    )
+    group.add_argument("--fp4-rht-seed", type=int, default=None, help="sign seed of the Hadamard transform (default 0)")
+    group.add_argument(
+        "--fp4-stochastic-rounding", action=argparse.BooleanOptionalAction, default=None,
+        help="stochastic rounding of the FP4 output gradients (block recipes; default: on for nvfp4, off for mxfp4)",
+    )
+    group.add_argument(
+        "--fp4-2d-weight-blocks", action=argparse.BooleanOptionalAction, default=None,
+        help="nvfp4 weights in 16x16 tiles (W and W^T alike; default on) instead of 1x16 blocks",
+    )
 
 
 def add_bf16_layer_arguments(group) -> None:
@@ -79,6 +92,9 @@ def fp4_knobs_given(args) -> list[str]:
         "--fp4-occ-hot-channel-fraction": args.fp4_occ_hot_channel_fraction is not None,
         "--fp4-bf16-layers": bool(args.fp4_bf16_layers), "--fp4-gemm-backend": bool(args.fp4_gemm_backend),
         "--no-fp4-fold-backward-scales": args.no_fp4_fold_backward_scales,
+        "--fp4-rht": args.fp4_rht is not None, "--fp4-rht-seed": args.fp4_rht_seed is not None,
+        "--fp4-stochastic-rounding": args.fp4_stochastic_rounding is not None,
+        "--fp4-2d-weight-blocks": args.fp4_2d_weight_blocks is not None,
     }
     return [flag for flag, present in given.items() if present]
 
@@ -119,7 +135,35 @@ def apply_fp4_knobs(recipe: FP4Recipe, args) -> FP4Recipe:
             occ = dataclasses.replace(occ, compensation=args.fp4_occ_compensation)
         if args.fp4_occ_hot_channel_fraction is not None:
             occ = dataclasses.replace(occ, hot_channel_fraction=args.fp4_occ_hot_channel_fraction)
-    return recipe.replace(occ=occ, fold_backward_scales=not args.no_fp4_fold_backward_scales)
+    recipe = recipe.replace(occ=occ, fold_backward_scales=not args.no_fp4_fold_backward_scales)
+    return _apply_block_recipe_switches(recipe, args)
+
+
+def _apply_block_recipe_switches(recipe: FP4Recipe, args) -> FP4Recipe:
+    """--fp4-rht, --fp4-rht-seed, --fp4-stochastic-rounding, --fp4-2d-weight-blocks (NVIDIA's recipe
+    components; the block recipes only, refused elsewhere naming the flag)."""
+    block_recipe = recipe.wgrad_along_tokens
+    for flag, value in (("--fp4-rht", args.fp4_rht), ("--fp4-rht-seed", args.fp4_rht_seed), ("--fp4-stochastic-rounding", args.fp4_stochastic_rounding)):
+        if value is not None and not block_recipe:
+            raise ValueError(f"{flag} applies to the block recipes (nvfp4, mxfp4), not --fp4-recipe {recipe.name}")
+    if args.fp4_rht is not None:
+        recipe = recipe.replace(wgrad_hadamard=args.fp4_rht)
+    if args.fp4_rht_seed is not None:
+        recipe = recipe.replace(hadamard_seed=args.fp4_rht_seed)
+    if args.fp4_stochastic_rounding is not None:
+        recipe = recipe.replace(
+            dgrad_grad_output=dataclasses.replace(recipe.dgrad_grad_output, stochastic_rounding=args.fp4_stochastic_rounding),
+            wgrad_grad_output=dataclasses.replace(recipe.wgrad_grad_output, stochastic_rounding=args.fp4_stochastic_rounding),
+        )
+    if args.fp4_2d_weight_blocks is not None:
+        if recipe.fprop_weight.granularity not in ("nvfp4", "nvfp4_2d"):
+            raise ValueError(f"--fp4-2d-weight-blocks applies to --fp4-recipe nvfp4, not {recipe.name}")
+        granularity = "nvfp4_2d" if args.fp4_2d_weight_blocks else "nvfp4"
+        recipe = recipe.replace(
+            fprop_weight=dataclasses.replace(recipe.fprop_weight, granularity=granularity),
+            dgrad_weight=dataclasses.replace(recipe.dgrad_weight, granularity=granularity),
+        )
+    return recipe
 
 
 def recipe_with_knobs(name: str, args) -> FP4Recipe:

@@ -8,6 +8,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_fp4.linear import fp4_linear
 from megatron_fp4.megatron import FP4ColumnParallelLinear, FP4RowParallelLinear
+from megatron_fp4.quantize import QuantSpec
 from megatron_fp4.recipe import get_recipe
 
 from .dist_harness import device
@@ -25,8 +26,10 @@ def sharded_layers_job(recipe_name: str) -> dict:
     tp = parallel_state.get_tensor_model_parallel_world_size()
     rank = parallel_state.get_tensor_model_parallel_rank()
     recipe = get_recipe(recipe_name)
+    if recipe.dgrad_grad_output.stochastic_rounding:  # the two computations would draw differently
+        recipe = recipe.replace(dgrad_grad_output=QuantSpec("fp4", "nvfp4"), wgrad_grad_output=QuantSpec("fp4", "nvfp4"))
     config = TransformerConfig(num_layers=1, hidden_size=64, num_attention_heads=4, use_cpu_initialization=True, tensor_model_parallel_size=tp)
-    k, n, tokens = 64, 96, 24
+    k, n, tokens = 64, 96, 32  # tokens: a multiple of 16 (nvfp4's Hadamard transform along the tokens)
     x, w, grad = _inputs(tokens, k, n)
     init = torch.nn.init.zeros_
     out = {}

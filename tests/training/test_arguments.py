@@ -60,3 +60,16 @@ def test_bad_command_lines_fail_naming_the_flag(extra, message, capsys):
     with pytest.raises(SystemExit):
         parse(extra)
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_block_recipe_switches(capsys):
+    recipe = parse("--fp4-format e2m1 --fp4-recipe nvfp4 --no-fp4-rht --no-fp4-stochastic-rounding --no-fp4-2d-weight-blocks").fp4_quant_recipe
+    assert not recipe.wgrad_hadamard and not recipe.wgrad_grad_output.stochastic_rounding and recipe.fprop_weight.granularity == "nvfp4"
+    recipe = parse("--fp4-format e2m1 --fp4-recipe mxfp4 --fp4-rht --fp4-rht-seed 9 --fp4-stochastic-rounding").fp4_quant_recipe
+    assert recipe.wgrad_hadamard and recipe.hadamard_seed == 9 and recipe.dgrad_grad_output.stochastic_rounding
+    default = parse("--fp4-format e2m1 --fp4-recipe nvfp4").fp4_quant_recipe
+    assert default.wgrad_hadamard and default.wgrad_grad_output.stochastic_rounding and default.fprop_weight.granularity == "nvfp4_2d"
+    for flags, message in (("--fp4 --fp4-rht", "--fp4-rht applies to the block recipes"), ("--fp4-format e2m1 --fp4-recipe mxfp4 --no-fp4-2d-weight-blocks", "--fp4-2d-weight-blocks applies to --fp4-recipe nvfp4")):
+        with pytest.raises(SystemExit):
+            parse(flags)
+        assert message in capsys.readouterr().err
