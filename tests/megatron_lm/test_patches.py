@@ -4,7 +4,6 @@ recipes. (Upstream's training loop needs CUDA: initialize_megatron asserts it, s
 training itself is exercised on the GPU, not here.)"""
 
 import json
-import os
 import shutil
 import subprocess
 import sys

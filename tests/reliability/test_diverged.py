@@ -1,7 +1,6 @@
 """NaN/Inf loss or gradients: the run stops naming the iteration (and, in check-finite mode, the
 layer), and a non-finite model is never saved or marked latest."""
 
-import os
 
 import pytest
 
