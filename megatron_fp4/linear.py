@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import health
+from . import health, weight_cache
 from .backward import fold_scale, quantize_grad_output
 from .gemm import GemmBackend, get_backend
 from .kernels import dge_scale_grad_fast, quantize_fast
@@ -80,7 +80,10 @@ class FP4GemmState:
             compensation = residual.to_dense() if residual is not None else 0
             clamped = int(((x2d > bounds[1]) | (x2d < bounds[0])).sum()) if bounds is not None else 0
             health.record_input(self.name, x2d, xq.dequantize_2d() + compensation, clamped)
-        wq, self.w_saved = _quantize_pair(weight, recipe.fprop_weight, recipe.dgrad_weight, self.check, f"{self.name} weight")
+        wq, self.w_saved = weight_cache.cached(
+            weight, (recipe.fprop_weight, recipe.dgrad_weight, self.check),
+            lambda: _quantize_pair(weight, recipe.fprop_weight, recipe.dgrad_weight, self.check, f"{self.name} weight"),
+        )
         if isinstance(residual, HotChannelResidual):  # added in the output's dtype by an addmm epilogue
             y = residual.add_matmul_weight_t_to(self.backend.fprop(xq, wq, out_dtype), weight)
         elif residual is not None:  # exact: summed in fp32

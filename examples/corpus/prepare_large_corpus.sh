@@ -9,7 +9,7 @@ out="${1:-data/large}"
 vocab="${2:-32768}"
 python="${PYTHON:-.venv/bin/python}"
 mkdir -p "$out/debs" "$out/root"
-(cd "$out/debs" && apt-get download linux-source-6.1 perl-doc postgresql-doc-15 python3.11-doc bible-kjv bible-kjv-text fortunes)
+(cd "$out/debs" && apt-get download linux-source-6.1 perl-doc postgresql-doc-15 python3.11-doc golang-1.19-src rust-src bible-kjv bible-kjv-text fortunes)
 for deb in "$out"/debs/*.deb; do dpkg-deb -x "$deb" "$out/root"; done
 "$python" -m megatron_fp4.tools.debian_corpus "$out/root" "$out"
 # the tokenizer is trained on the training split only; the held-out split is tokenized with it

@@ -11,6 +11,8 @@ unpacks them); every source below that is present is read, one document per unit
 | perl-doc | perl-doc | one .pod page | Artistic-1.0 or GPL-1.0+ |
 | postgresql-doc | postgresql-doc-15 | one HTML page, tags stripped | PostgreSQL Licence |
 | python-doc | python3.11-doc | one .rst page | PSF-2.0 |
+| go | golang-1.19-src | one .go file | BSD-3-Clause |
+| rust | rust-src | one .rs file (the standard library and compiler sources) | MIT or Apache-2.0 |
 | kjv | bible-kjv + bible-kjv-text | one chapter | public domain |
 | fortunes | fortunes | one fortune | BSD-style (fortune-mod) |
 
@@ -43,6 +45,8 @@ LICENCES = {
     "perl-doc": "Artistic-1.0 or GPL-1.0-or-later",
     "postgresql-doc": "PostgreSQL Licence",
     "python-doc": "PSF-2.0",
+    "go": "BSD-3-Clause",
+    "rust": "MIT or Apache-2.0",
     "kjv": "public domain",
     "fortunes": "BSD-style (fortune-mod)",
 }
@@ -135,6 +139,23 @@ def python_documents(root: str) -> Iterator[str]:
             yield text
 
 
+def _source_files(root: str, pattern: str) -> Iterator[str]:
+    for path in _files(root, pattern):
+        if os.path.isfile(path) and os.path.getsize(path) <= MAX_DOCUMENT_BYTES:
+            with open(path, "rb") as f:
+                text = _decode(f.read())
+            if text:
+                yield text
+
+
+def go_documents(root: str) -> Iterator[str]:
+    return _source_files(root, "usr/share/go-*/src/**/*.go")
+
+
+def rust_documents(root: str) -> Iterator[str]:
+    return _source_files(root, "usr/src/rustc-*/**/*.rs")
+
+
 def kjv_documents(root: str) -> Iterator[str]:
     """One document per chapter of the KJV, printed by the package's own ``bible`` program (the
     text package stores it compressed in its own format)."""
@@ -163,6 +184,8 @@ SOURCES = {
     "perl-doc": perl_documents,
     "postgresql-doc": postgresql_documents,
     "python-doc": python_documents,
+    "go": go_documents,
+    "rust": rust_documents,
     "kjv": kjv_documents,
     "fortunes": fortune_documents,
 }

@@ -22,7 +22,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
-from .. import health
+from .. import health, weight_cache
 from ..gemm import BACKEND_ENV, get_backend
 from ..megatron import build_fp4_gpt_model, enable_cpu_runtime
 from .arguments import transformer_config_from_args
@@ -189,7 +189,8 @@ def train_step(model, optimizer, batches: list[dict], args) -> tuple[float | Non
     model.train()
     model.zero_grad_buffer()
     optimizer.zero_grad()
-    loss = _run_schedule(model, batches, args, forward_only=False)
+    with weight_cache.step_scope():  # each weight quantized once for all micro-batches of the step
+        loss = _run_schedule(model, batches, args, forward_only=False)
     _, grad_norm, _ = optimizer.step()
     return loss, grad_norm
 
