@@ -138,7 +138,7 @@ class FP4GemmState:
         in fp32 and returned in ``out_dtype``."""
         if self.recipe.wgrad_along_tokens:  # (R dY)^T (R X) = dY^T X in exact arithmetic
             gq_t = quantize(self._wgrad_operand(g2d, "output gradient"), self.recipe.wgrad_grad_output, check_finite=self.check, name=f"{self.name} output gradient (wgrad)")
-            grad_w = gq_t.dequantize_2d() @ self.x_saved.dequantize_2d().t()
+            grad_w = self.backend.fprop(gq_t, self.x_saved, torch.float32)  # the A B^T GEMM: dY^T X over tokens
             if self.w_fprop_scale is not None:
                 dge, fmt = self.recipe.dge, self.recipe.fprop_weight.format
                 grad_w = dge_scale_grad_fast(grad_w.contiguous(), weight, self.w_fprop_scale, fmt, dge.k, dge.max_derivative)

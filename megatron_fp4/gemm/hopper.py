@@ -9,8 +9,10 @@ whose scales stay outside the sum:
 Products of E2M1 and FP8 values are exact and accumulate in fp32, so results equal the
 reference backend's up to accumulation order (and the bf16 rounding of fprop's output where
 this PyTorch cannot write fp32 with row-wise scales). The B operands are rebuilt from the saved
-packed codes as transposed E4M3 tiles by a Triton kernel. Operands it cannot take (block
-scales, unfolded row scales on the reduction dimension, dims not multiples of 16) go to the
+packed codes as transposed E4M3 tiles by a Triton kernel. Block-scaled FP4 operands (NVFP4,
+MXFP4) go to ``megatron_fp4.kernels.block_gemm`` (BF16 tensor cores, exact products); fprop and
+wgrad always, dgrad with 16x16-tiled weights. Other operands it cannot take (1x16-block weights
+in dgrad, unfolded row scales on the reduction dimension, dims not multiples of 16) go to the
 reference backend (so do CPU tensors), so results never depend on which path ran.
 """
 
@@ -73,7 +75,17 @@ class HopperBackend(GemmBackend):
         folded = _is_e2m1(operand) and operand.scale is None
         return fp8_grad and folded and g.data.is_cuda and _aligned(*g.data.shape, operand.shape[-1])
 
+    @staticmethod
+    def _block_scaled(a: QuantizedTensor, b: QuantizedTensor) -> bool:
+        from ..kernels.block_gemm import supports_block_gemm
+
+        return a.data.is_cuda and supports_block_gemm(a, b)
+
     def fprop(self, x: QuantizedTensor, w: QuantizedTensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        if self._block_scaled(x, w):  # NVFP4/MXFP4 operands: the block-scaled GEMM on BF16 tensor cores
+            from ..kernels.block_gemm import block_scaled_matmul
+
+            return block_scaled_matmul(x, w, out_dtype)
         if not self.supports(x, w):
             return self.fallback.fprop(x, w, out_dtype)
         a, b = _fp8_rows(x), _fp8_rows(w).t()
@@ -86,6 +98,10 @@ class HopperBackend(GemmBackend):
         return torch._scaled_mm(a, b, scale_a=x.scale, scale_b=w.scale.t(), out_dtype=written).to(out_dtype)
 
     def dgrad(self, g: QuantizedTensor, w: QuantizedTensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        if w.spec.granularity == "nvfp4_2d" and self._block_scaled(g, w):  # W's 16x16 tiles read as W^T
+            from ..kernels.block_gemm import block_scaled_matmul, transpose_2d
+
+            return block_scaled_matmul(g, transpose_2d(w), out_dtype)
         if not self.supports_backward(g, w):
             return self.fallback.dgrad(g, w, out_dtype)
         one = torch.ones((), dtype=torch.float32, device=g.data.device)
