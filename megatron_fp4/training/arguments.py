@@ -31,7 +31,7 @@ from megatron.core.transformer.enums import AttnBackend
 
 from ..gemm import available_backends
 from ..recipe import RECIPES, FP4Recipe
-from .fp4_flags import add_bf16_layer_arguments, add_fp4_knob_arguments, bf16_layers, fp4_knob_conflict, fp4_knobs_given, recipe_with_knobs
+from .fp4_flags import positive_int, add_bf16_layer_arguments, add_fp4_knob_arguments, bf16_layers, fp4_knob_conflict, fp4_knobs_given, recipe_with_knobs
 
 __all__ = [
     "build_parser", "parse_args", "parse_model_args", "model_flags", "flag_value", "fp4_recipe_from_args",
@@ -50,12 +50,6 @@ UNSUPPORTED_MEGATRON_FLAGS = {
     "--transformer-impl": "choosing the transformer implementation (the FP4 spec picks TE when importable)",
 }
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 class _OnceParser(argparse.ArgumentParser):
@@ -99,15 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
     )
     model = parser.add_argument_group("model (Megatron-LM names)")
-    model.add_argument("--num-layers", type=_positive_int, required=True)
-    model.add_argument("--hidden-size", type=_positive_int, required=True)
-    model.add_argument("--num-attention-heads", type=_positive_int, required=True)
-    model.add_argument("--ffn-hidden-size", type=_positive_int, default=None)
-    model.add_argument("--kv-channels", type=_positive_int, default=None)
+    model.add_argument("--num-layers", type=positive_int, required=True)
+    model.add_argument("--hidden-size", type=positive_int, required=True)
+    model.add_argument("--num-attention-heads", type=positive_int, required=True)
+    model.add_argument("--ffn-hidden-size", type=positive_int, default=None)
+    model.add_argument("--kv-channels", type=positive_int, default=None)
     model.add_argument("--group-query-attention", action="store_true")
-    model.add_argument("--num-query-groups", type=_positive_int, default=None)
-    model.add_argument("--seq-length", type=_positive_int, required=True)
-    model.add_argument("--max-position-embeddings", type=_positive_int, default=None)
+    model.add_argument("--num-query-groups", type=positive_int, default=None)
+    model.add_argument("--seq-length", type=positive_int, required=True)
+    model.add_argument("--max-position-embeddings", type=positive_int, default=None)
     model.add_argument("--swiglu", action="store_true")
     model.add_argument("--normalization", choices=["LayerNorm", "RMSNorm"], default="LayerNorm")
     model.add_argument("--norm-epsilon", type=float, default=1e-5)
@@ -126,15 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--use-flash-attn", action="store_true", help="upstream's older spelling of --attention-backend flash")
 
     parallel = parser.add_argument_group("parallelism")
-    parallel.add_argument("--tensor-model-parallel-size", type=_positive_int, default=1)
-    parallel.add_argument("--pipeline-model-parallel-size", type=_positive_int, default=1)
+    parallel.add_argument("--tensor-model-parallel-size", type=positive_int, default=1)
+    parallel.add_argument("--pipeline-model-parallel-size", type=positive_int, default=1)
     parallel.add_argument("--sequence-parallel", action="store_true")
     parallel.add_argument("--use-distributed-optimizer", action="store_true")
 
     training = parser.add_argument_group("training")
-    training.add_argument("--micro-batch-size", type=_positive_int, required=True)
-    training.add_argument("--global-batch-size", type=_positive_int, default=None)
-    training.add_argument("--train-iters", type=_positive_int, required=True)
+    training.add_argument("--micro-batch-size", type=positive_int, required=True)
+    training.add_argument("--global-batch-size", type=positive_int, default=None)
+    training.add_argument("--train-iters", type=positive_int, required=True)
     training.add_argument("--lr", type=float, required=True)
     training.add_argument("--min-lr", type=float, default=0.0)
     training.add_argument("--lr-decay-style", choices=["constant", "linear", "cosine", "inverse-square-root", "WSD"], default="linear")
@@ -147,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--clip-grad", type=float, default=1.0)
     training.add_argument("--bf16", action="store_true")
     training.add_argument("--seed", type=int, default=1234)
-    training.add_argument("--exit-interval", type=_positive_int, default=None, help="stop (after saving) at this iteration")
+    training.add_argument("--exit-interval", type=positive_int, default=None, help="stop (after saving) at this iteration")
     training.add_argument("--exit-duration-in-mins", type=float, default=None, help="stop (after saving) once training has run this many minutes")
     training.add_argument(
         "--check-for-nan-in-loss-and-grad", action=argparse.BooleanOptionalAction, default=True,
@@ -165,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_argument("--tokenizer-model", default=None)
     data.add_argument(
-        "--vocab-size", type=_positive_int, default=None,
+        "--vocab-size", type=positive_int, default=None,
         help="HuggingFaceTokenizer: the padded embedding size to use (e.g. to resume at another TP); NullTokenizer: its vocabulary",
     )
 
@@ -173,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     checkpoint.add_argument("--save", default=None)
     checkpoint.add_argument("--load", default=None)
     checkpoint.add_argument("--finetune", action="store_true", help="load only the model weights from --load (e.g. an imported checkpoint) and start at iteration 0")
-    checkpoint.add_argument("--save-interval", type=_positive_int, default=None)
+    checkpoint.add_argument("--save-interval", type=positive_int, default=None)
     checkpoint.add_argument("--ckpt-step", type=int, default=None, help="load this iteration from --load instead of the tracker's")
     checkpoint.add_argument(
         "--override-opt_param-scheduler", action="store_true",
@@ -189,8 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     logging = parser.add_argument_group("logging and evaluation")
-    logging.add_argument("--log-interval", type=_positive_int, default=100)
-    logging.add_argument("--eval-interval", type=_positive_int, default=1000)
+    logging.add_argument("--log-interval", type=positive_int, default=100)
+    logging.add_argument("--eval-interval", type=positive_int, default=1000)
     logging.add_argument("--eval-iters", type=int, default=100)
     logging.add_argument("--tensorboard-dir", default=None)
 

@@ -14,10 +14,10 @@ import dataclasses
 
 from ..recipe import DGEConfig, FP4Recipe, get_recipe
 
-__all__ = ["add_fp4_knob_arguments", "add_bf16_layer_arguments", "fp4_knobs_given", "fp4_knob_conflict", "apply_fp4_knobs", "recipe_with_knobs", "bf16_layers"]
+__all__ = ["positive_int", "add_fp4_knob_arguments", "add_bf16_layer_arguments", "fp4_knobs_given", "fp4_knob_conflict", "apply_fp4_knobs", "recipe_with_knobs", "bf16_layers"]
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
@@ -57,7 +57,7 @@ def add_fp4_knob_arguments(group) -> None:
         help="which clamped entries are compensated: all (exact) or the hot channels' (megatron_fp4.occ)",
     )
     group.add_argument("--fp4-occ-hot-channel-fraction", type=_share, default=None, help="share of channels compensated with hot_channels (default 1/32)")
-    group.add_argument("--fp4-bf16-layers", type=_positive_int, nargs="+", default=[], help="1-based layers kept in BF16")
+    group.add_argument("--fp4-bf16-layers", type=positive_int, nargs="+", default=[], help="1-based layers kept in BF16")
     group.add_argument("--fp4-gemm-backend", choices=["auto", "reference", "hopper", "blackwell"], default=None, help="GEMM backend (default: auto, or MEGATRON_FP4_GEMM_BACKEND)")
     group.add_argument("--no-fp4-fold-backward-scales", action="store_true", help="dgrad/wgrad as Q_g(dY)·Q(W) without folding the row scales into dY (reference GEMMs)")
     group.add_argument("--fp4-health-interval", type=int, default=None, help="per-layer FP4 health every N iterations (default: --log-interval; 0: off)")
