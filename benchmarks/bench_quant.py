@@ -51,8 +51,10 @@ def kernels(rows: int, k: int, **options) -> dict[str, tuple]:
     elements = rows * k
     return {
         "row quantize": (lambda: quantize_rows(x, **options.get("row_options", {})), elements * 3.5 + rows * 4),
+        "row quantize (7 compares)": (lambda: quantize_rows(x, index_by_rounding=False, **options.get("row_options", {})), elements * 3.5 + rows * 4),
         "row quantize+clamp": (lambda: quantize_rows(x, bounds, **options.get("row_options", {})), elements * 3.5 + rows * 4),
         "grad quantize (both)": (lambda: quantize_grad_folded(x, E5M2, E5M2, column_scale, row_scale, **options.get("grad_options", {})), elements * 4),
+        "grad quantize (integer cast)": (lambda: quantize_grad_folded(x, E5M2, E5M2, column_scale, row_scale, hardware_cast=False), elements * 4),
         "codes -> fp8^T": (lambda: codes_to_fp8_t(codes), elements * 1.5),
         "DGE on dW": (lambda: dge_scale_grad(grad_w, x, scale, 5.0, 3.0), elements * 10),
         "NVFP4 blocks": (lambda: quantize_blocks(x, NVFP4), elements * (2 + 0.5 + 1 / 16)),
@@ -61,11 +63,14 @@ def kernels(rows: int, k: int, **options) -> dict[str, tuple]:
 
 
 def main() -> None:
-    print(f"{'shape':>12} {'copy GB/s':>10}  " + "  ".join(f"{name:>20}" for name in kernels(16, 64)))
+    names = list(kernels(16, 64))
+    print(f"# {torch.cuda.get_device_name()}; share of device-copy bandwidth, same run")
+    print("| shape | copy GB/s | " + " | ".join(names) + " |")
+    print("| --- | --- | " + " | ".join("---" for _ in names) + " |")
     for rows, k in SHAPES:
         copy_gbs = rows * k * 4 / median_ms(torch.randn(rows, k, device="cuda", dtype=torch.bfloat16).clone) / 1e6
         shares = [nbytes / median_ms(fn) / 1e6 / copy_gbs for fn, nbytes in kernels(rows, k).values()]
-        print(f"{f'{rows}x{k}':>12} {copy_gbs:>10.0f}  " + "  ".join(f"{share:>13.2f} of copy" for share in shares))
+        print(f"| {rows}x{k} | {copy_gbs:.0f} | " + " | ".join(f"{share:.2f}" for share in shares) + " |", flush=True)
         torch.cuda.empty_cache()
 
 

@@ -99,9 +99,9 @@ class HopperBackend(GemmBackend):
 
     def dgrad(self, g: QuantizedTensor, w: QuantizedTensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
         if w.spec.granularity == "nvfp4_2d" and self._block_scaled(g, w):  # W's 16x16 tiles read as W^T
-            from ..kernels.block_gemm import block_scaled_matmul, transpose_2d
+            from ..kernels.block_gemm import block_scaled_matmul
 
-            return block_scaled_matmul(g, transpose_2d(w), out_dtype)
+            return block_scaled_matmul(g, w, out_dtype, b_transposed=True)
         if not self.supports_backward(g, w):
             return self.fallback.dgrad(g, w, out_dtype)
         one = torch.ones((), dtype=torch.float32, device=g.data.device)

@@ -1,23 +1,33 @@
-"""Block-scaled FP4 GEMM on BF16 tensor cores: C = A B^T for packed E2M1 operands with block scales.
+"""Block-scaled FP4 GEMM on BF16 tensor cores: C = s_A s_B (A B^T) for packed E2M1 operands.
 
 Hopper has no FP4 tensor cores and its FP8 GEMM cannot apply scales that vary along the
 reduction dimension (NVFP4/MXFP4 block scales do). But an E2M1 value (2 significant bits) times
 an E4M3 block scale (4 significant bits) or an E8M0 power of two is exact in BF16 (8 significant
-bits). So each program loads a tile of packed codes and its block scales, forms the operand in BF16
-in registers, and runs ``tl.dot`` with fp32 accumulation; the fp32 NVFP4 tensor scales multiply
-the result once at the end. The products are exact, so the result equals the reference
+bits). So the operands are formed in BF16 from the packed codes and their block scales, the GEMM
+runs ``tl.dot`` with fp32 accumulation, and the fp32 NVFP4 tensor scales s_A s_B multiply the
+result once in the epilogue. The products are exact, so the result equals the reference
 (dequantize both, fp32 matmul) up to the fp32 accumulation order.
+
+Two ways to form the operands (``method``), the same numbers either way:
+  ``fused``    each program decodes its tiles in registers (reads 0.5 B per element; the decode
+               is repeated by every program that reads the tile: ~10 integer/fp32 operations per
+               element per reuse);
+  ``decoded``  each operand is decoded once into a BF16 tensor (one pass, 2 B per element
+               written), then the same kernel runs as a plain BF16 GEMM with the tensor scales in
+               its epilogue.
+Which is faster on a given GPU is measured (``benchmarks/bench_block_gemm.py``, NOTES.md).
 
 Operands are ``QuantizedTensor`` s quantized along the GEMM's reduction dimension K: A [M, K] and
 B [N, K], granularity ``nvfp4`` (1x16 E4M3), ``nvfp4_2d`` (16x16 tiles) or ``mxfp4`` (1x32 E8M0).
-The three GEMMs of a linear map onto it: fprop Q(X) Q(W)^T; dgrad Q(dY) Q(W^T)^T with W's 16x16
-tiles read transposed (``transpose_2d``: the tiles are the same values either way); wgrad with
-both operands quantized along the tokens, Q(dY^T) Q(X^T)^T.
+The three GEMMs of a linear map onto it: fprop Q(X) Q(W)^T; dgrad Q(dY) Q(W)^T^T with W's 16x16
+tiles read transposed in place (``b_transposed``: the tiles hold the same values either way);
+wgrad with both operands quantized along the tokens, Q(dY^T) Q(X^T)^T.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -26,9 +36,34 @@ import triton.language as tl
 from ..quantize import QuantizedTensor
 from .quantize_blocks import _e4m3_value, _power_of_two
 
-__all__ = ["block_scaled_matmul", "supports_block_gemm", "transpose_2d"]
+__all__ = ["GemmConfig", "block_scaled_matmul", "decode_to_bf16", "supports_block_gemm", "transpose_2d"]
 
-GRANULARITY_CODES = {"nvfp4": 0, "nvfp4_2d": 1, "mxfp4": 2}
+# operand kinds inside the kernel: plain BF16 values, or packed codes with these block scales
+BF16_VALUES = 0
+GRANULARITY_CODES = {"nvfp4": 1, "nvfp4_2d": 2, "mxfp4": 3}
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    """Tile shape and pipeline depth of one launch (defaults measured on H100: NOTES.md)."""
+
+    block_m: int = 128
+    block_n: int = 128
+    block_k: int = 64
+    group_m: int = 8
+    num_warps: int = 8
+    num_stages: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("block_m", "block_n", "block_k"):
+            value = getattr(self, name)
+            if value < 32 or value & (value - 1):
+                raise ValueError(f"GemmConfig.{name} must be a power of two >= 32, got {value}")
+
+
+DEFAULT_CONFIG = GemmConfig()
+DEFAULT_METHOD = "fused"
+METHODS = ("fused", "decoded")
 
 
 def supports_block_gemm(a: QuantizedTensor, b: QuantizedTensor) -> bool:
@@ -41,42 +76,67 @@ def supports_block_gemm(a: QuantizedTensor, b: QuantizedTensor) -> bool:
 
 @triton.jit
 def _e2m1_value(code):
-    """fp32 value of a 4-bit E2M1 code (sign << 3 | index into 0, .5, 1, 1.5, 2, 3, 4, 6)."""
+    """fp32 value of 4-bit E2M1 codes (sign << 3 | index into 0, .5, 1, 1.5, 2, 3, 4, 6), from bits:
+    index = 2e + m is (1 + m/2) 2^(e-1) for e >= 1, i.e. fp32 bits (index << 22) + (126 << 23);
+    the subnormal pair (0, 0.5) is index / 2."""
     index = code & 7
-    exponent = index >> 1
-    mantissa = (index & 1).to(tl.float32)
-    normal = (2.0 + mantissa) * _power_of_two(exponent - 2)  # (1 + m/2) 2^(e-1)
-    magnitude = tl.where(exponent == 0, mantissa * 0.5, normal)
-    return tl.where((code & 8) != 0, -magnitude, magnitude)
+    normal = ((index << 22) + (126 << 23)).to(tl.float32, bitcast=True)
+    magnitude = tl.where(index < 2, index.to(tl.float32) * 0.5, normal)
+    return (magnitude.to(tl.int32, bitcast=True) | ((code & 8) << 28)).to(tl.float32, bitcast=True)
 
 
 @triton.jit
-def _block_scale(scale_ptr, rows, k_offsets, n_rows, K, stride_scale, GRANULARITY: tl.constexpr):
-    """The fp32 block scale of every (row, k) of a tile (before the NVFP4 tensor scale)."""
-    if GRANULARITY == 1:  # 16x16 tiles: scale[row // 16, k // 16]
-        pointers = scale_ptr + (rows // 16)[:, None] * stride_scale + (k_offsets // 16)[None, :]
-    elif GRANULARITY == 0:
-        pointers = scale_ptr + rows[:, None] * stride_scale + (k_offsets // 16)[None, :]
-    else:
-        pointers = scale_ptr + rows[:, None] * stride_scale + (k_offsets // 32)[None, :]
-    mask = (rows[:, None] < n_rows) & (k_offsets[None, :] < K)
-    byte = tl.load(pointers, mask=mask, other=0).to(tl.int32)
-    if GRANULARITY == 2:
+def _scale_value(byte, KIND: tl.constexpr):
+    if KIND == 3:  # E8M0: 2^(byte - 127), 0xFF is NaN
         return tl.where(byte == 0xFF, float("nan"), _power_of_two(byte - 127))
     return _e4m3_value(byte)
 
 
 @triton.jit
-def _operand_tile(codes_ptr, scale_ptr, rows, k0, n_rows, K, stride_codes, stride_scale, GRANULARITY: tl.constexpr, BK: tl.constexpr, AS_BF16: tl.constexpr = True):
-    """A [rows, BK] tile of an operand in BF16: E2M1 codes times block scales (exact in BF16);
-    fp32 with AS_BF16=False (Triton's CPU interpreter computes bf16 dots wrongly; the values are the
-    same, so the products are too)."""
-    half = k0 // 2 + tl.arange(0, BK // 2)
-    mask = (rows[:, None] < n_rows) & (half[None, :] < K // 2)
-    packed = tl.load(codes_ptr + rows[:, None] * stride_codes + half[None, :], mask=mask, other=0).to(tl.int32)
-    codes = tl.join(packed & 0xF, packed >> 4).reshape(rows.shape[0], BK)  # element 2i: low nibble
-    k_offsets = k0 + tl.arange(0, BK)
-    values = _e2m1_value(codes) * _block_scale(scale_ptr, rows, k_offsets, n_rows, K, stride_scale, GRANULARITY)
+def _operand_tile(
+    ptr, scale_ptr, r0, k0, n_rows, K, stride, stride_scale,
+    KIND: tl.constexpr, TRANSPOSED: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, AS_BF16: tl.constexpr,
+):
+    """Rows r0.. and columns k0.. of an operand as a [BR, BK] tile (BF16, or fp32 under the
+    interpreter, whose BF16 dots are wrong; the values are the same).
+
+    KIND 0: BF16 values at ptr (row-major [n_rows, K], or [K, n_rows] when TRANSPOSED). Else packed
+    E2M1 codes with block scales: [n_rows, K/2] codes; when TRANSPOSED the operand is the transpose
+    of a 16x16-tiled tensor [K, n_rows] (codes packed along n_rows, scales [K/16, n_rows/16])."""
+    rows = r0 + tl.arange(0, BR)
+    ks = k0 + tl.arange(0, BK)
+    if KIND == 0:
+        if TRANSPOSED:
+            mask = (ks[:, None] < K) & (rows[None, :] < n_rows)
+            tile = tl.trans(tl.load(ptr + ks[:, None].to(tl.int64) * stride + rows[None, :], mask=mask, other=0.0))
+        else:
+            mask = (rows[:, None] < n_rows) & (ks[None, :] < K)
+            tile = tl.load(ptr + rows[:, None].to(tl.int64) * stride + ks[None, :], mask=mask, other=0.0)
+        if AS_BF16:
+            return tile.to(tl.bfloat16)
+        return tile.to(tl.float32)
+    GROUP: tl.constexpr = 32 if KIND == 3 else 16
+    if TRANSPOSED:  # element (r, k) is T[k, r]; pairs packed along r
+        half = r0 // 2 + tl.arange(0, BR // 2)
+        mask = (ks[:, None] < K) & (half[None, :] < n_rows // 2)
+        packed = tl.load(ptr + ks[:, None].to(tl.int64) * stride + half[None, :], mask=mask, other=0).to(tl.int32)
+        codes = tl.trans(tl.join(packed & 0xF, packed >> 4).reshape(BK, BR))
+    else:
+        half = k0 // 2 + tl.arange(0, BK // 2)
+        mask = (rows[:, None] < n_rows) & (half[None, :] < K // 2)
+        packed = tl.load(ptr + rows[:, None].to(tl.int64) * stride + half[None, :], mask=mask, other=0).to(tl.int32)
+        codes = tl.join(packed & 0xF, packed >> 4).reshape(BR, BK)  # element 2i: low nibble
+    groups = k0 // GROUP + tl.arange(0, BK // GROUP)
+    if TRANSPOSED:  # scales [K/16, n_rows/16]
+        scale_pointers = scale_ptr + groups[None, :] * stride_scale + (rows // 16)[:, None]
+    elif KIND == 2:  # 16x16 tiles: scale[row // 16, k // 16]
+        scale_pointers = scale_ptr + (rows // 16)[:, None] * stride_scale + groups[None, :]
+    else:
+        scale_pointers = scale_ptr + rows[:, None] * stride_scale + groups[None, :]
+    scale_mask = (rows[:, None] < n_rows) & (groups[None, :] < K // GROUP)
+    scales = _scale_value(tl.load(scale_pointers, mask=scale_mask, other=0).to(tl.int32), KIND)
+    values = _e2m1_value(codes).reshape(BR, BK // GROUP, GROUP) * scales[:, :, None]
+    values = values.reshape(BR, BK)
     if AS_BF16:
         return values.to(tl.bfloat16)
     return values
@@ -84,58 +144,137 @@ def _operand_tile(codes_ptr, scale_ptr, rows, k0, n_rows, K, stride_codes, strid
 
 @triton.jit
 def _block_gemm_kernel(
-    a_codes, a_scale, b_codes, b_scale, c_ptr, global_scale,
-    M, N, K, stride_ac, stride_as, stride_bc, stride_bs, stride_c,
-    A_GRANULARITY: tl.constexpr, B_GRANULARITY: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    AS_BF16: tl.constexpr,
+    a_ptr, a_scale, b_ptr, b_scale, c_ptr, global_scale,
+    M, N, K, stride_a, stride_as, stride_b, stride_bs, stride_c,
+    A_KIND: tl.constexpr, B_KIND: tl.constexpr, B_TRANSPOSED: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, AS_BF16: tl.constexpr,
 ):
-    rows_a = tl.program_id(0) * BM + tl.arange(0, BM)
-    rows_b = tl.program_id(1) * BN + tl.arange(0, BN)
+    # grouped program order: GROUP_M row-tiles share their B tiles in L2
+    pid = tl.program_id(0)
+    tiles_m = tl.cdiv(M, BM)
+    tiles_n = tl.cdiv(N, BN)
+    per_group = GROUP_M * tiles_n
+    first_m = (pid // per_group) * GROUP_M
+    group_size = tl.minimum(tiles_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_size
+    pid_n = (pid % per_group) // group_size
     accumulator = tl.zeros((BM, BN), dtype=tl.float32)
     for k0 in range(0, K, BK):
-        a = _operand_tile(a_codes, a_scale, rows_a, k0, M, K, stride_ac, stride_as, A_GRANULARITY, BK, AS_BF16)
-        b = _operand_tile(b_codes, b_scale, rows_b, k0, N, K, stride_bc, stride_bs, B_GRANULARITY, BK, AS_BF16)
+        a = _operand_tile(a_ptr, a_scale, pid_m * BM, k0, M, K, stride_a, stride_as, A_KIND, False, BM, BK, AS_BF16)
+        b = _operand_tile(b_ptr, b_scale, pid_n * BN, k0, N, K, stride_b, stride_bs, B_KIND, B_TRANSPOSED, BN, BK, AS_BF16)
         if AS_BF16:
             accumulator = tl.dot(a, tl.trans(b), accumulator)
         else:
             accumulator = tl.dot(a, tl.trans(b), accumulator, input_precision="ieee")
     accumulator = accumulator * tl.load(global_scale)
-    mask = (rows_a[:, None] < M) & (rows_b[None, :] < N)
-    tl.store(c_ptr + rows_a[:, None] * stride_c + rows_b[None, :], accumulator.to(c_ptr.dtype.element_ty), mask=mask)
+    rows = pid_m * BM + tl.arange(0, BM)
+    cols = pid_n * BN + tl.arange(0, BN)
+    mask = (rows[:, None] < M) & (cols[None, :] < N)
+    tl.store(c_ptr + rows[:, None].to(tl.int64) * stride_c + cols[None, :], accumulator.to(c_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _decode_kernel(codes_ptr, scale_ptr, out_ptr, n_rows, K, stride, stride_scale, KIND: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, AS_BF16: tl.constexpr):
+    r0 = tl.program_id(0) * BR
+    k0 = tl.program_id(1) * BK
+    tile = _operand_tile(codes_ptr, scale_ptr, r0, k0, n_rows, K, stride, stride_scale, KIND, False, BR, BK, AS_BF16)
+    rows = r0 + tl.arange(0, BR)
+    ks = k0 + tl.arange(0, BK)
+    mask = (rows[:, None] < n_rows) & (ks[None, :] < K)
+    tl.store(out_ptr + rows[:, None].to(tl.int64) * K + ks[None, :], tile.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _scale_bytes(q: QuantizedTensor) -> torch.Tensor:
     return q.scale.view(torch.uint8) if q.scale.dtype == torch.float8_e4m3fn else q.scale
 
 
-def block_scaled_matmul(a: QuantizedTensor, b: QuantizedTensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """A B^T [M, N] for block-scaled FP4 operands A [M, K], B [N, K] (see the module docstring)."""
+def decode_to_bf16(q: QuantizedTensor) -> torch.Tensor:
+    """The operand's values E2M1 x block scale (without the NVFP4 tensor scale) as BF16 [rows, K]:
+    exact, see the module docstring."""
+    rows, k = q.data.shape[0], q.data.shape[1] * 2
+    out = torch.empty(rows, k, dtype=torch.bfloat16, device=q.data.device)
+    scale = _scale_bytes(q)
+    block_r, block_k = 32, 128
+    _decode_kernel[(triton.cdiv(rows, block_r), triton.cdiv(k, block_k))](
+        q.data, scale, out, rows, k, q.data.stride(0), scale.stride(0),
+        KIND=GRANULARITY_CODES[q.spec.granularity], BR=block_r, BK=block_k, AS_BF16=not _interpreted(), num_warps=4,
+    )
+    return out
+
+
+def _check_operands(a: QuantizedTensor, b: QuantizedTensor, b_transposed: bool) -> tuple[int, int, int]:
     if not supports_block_gemm(a, b):
         raise ValueError(f"block_scaled_matmul: needs FP4 E2M1 operands in {sorted(GRANULARITY_CODES)} blocks, got {a.spec.describe()} and {b.spec.describe()}")
     m, k = a.data.shape[0], a.data.shape[1] * 2
-    n = b.data.shape[0]
-    if b.data.shape[1] * 2 != k or k % 32 and "mxfp4" in (a.spec.granularity, b.spec.granularity):
-        raise ValueError(f"block_scaled_matmul: reduction sizes {k} and {b.data.shape[1] * 2} differ or do not fit the blocks")
+    if b_transposed:
+        if b.spec.granularity != "nvfp4_2d":
+            raise ValueError(f"block_scaled_matmul: b_transposed needs 16x16 tiles (nvfp4_2d), got {b.spec.granularity}")
+        k_b, n = b.data.shape[0], b.data.shape[1] * 2
+    else:
+        n, k_b = b.data.shape[0], b.data.shape[1] * 2
+    for name, operand, size in (("A", a, k), ("B", b, k_b)):
+        block = operand.spec.block_size
+        if size != k or size % block:
+            raise ValueError(
+                f"block_scaled_matmul: operand {name} has reduction size {size} (A has {k}); it must equal A's and be a "
+                f"multiple of its {operand.spec.granularity} block size {block}"
+            )
+    return m, n, k
+
+
+def block_scaled_matmul(
+    a: QuantizedTensor,
+    b: QuantizedTensor,
+    out_dtype: torch.dtype = torch.float32,
+    *,
+    b_transposed: bool = False,
+    method: str | None = None,
+    config: GemmConfig | None = None,
+) -> torch.Tensor:
+    """A B^T [M, N] for block-scaled FP4 operands A [M, K], B [N, K] (see the module docstring).
+
+    b_transposed: b holds a 16x16-tiled [K, N] tensor and the operand is its transpose (dgrad's
+    W, read in place). method: ``fused`` or ``decoded`` (default: the faster on H100, NOTES.md).
+    """
+    method = method or os.environ.get("MEGATRON_FP4_BLOCK_GEMM", DEFAULT_METHOD)
+    if method not in METHODS:
+        raise ValueError(f"block_scaled_matmul: method {method!r} is not one of {METHODS} (MEGATRON_FP4_BLOCK_GEMM)")
+    m, n, k = _check_operands(a, b, b_transposed)
+    config = config or DEFAULT_CONFIG
     global_scale = torch.ones((), dtype=torch.float32, device=a.data.device)
     for operand in (a, b):
         if operand.global_scale is not None:
             global_scale = global_scale * operand.global_scale.float()
+    interpreted = _interpreted()
+    if method == "decoded":
+        a_data, a_scale, a_kind = decode_to_bf16(a), a.data, BF16_VALUES
+        b_data, b_scale, b_kind = decode_to_bf16(b), b.data, BF16_VALUES
+    else:
+        a_data, a_scale, a_kind = a.data, _scale_bytes(a), GRANULARITY_CODES[a.spec.granularity]
+        b_data, b_scale, b_kind = b.data, _scale_bytes(b), GRANULARITY_CODES[b.spec.granularity]
     c = torch.empty(m, n, dtype=out_dtype, device=a.data.device)
-    block_m, block_n, block_k = 64, 64, 64
-    a_scale, b_scale = _scale_bytes(a), _scale_bytes(b)
-    grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
+    block_m, block_n, block_k = config.block_m, config.block_n, config.block_k
+    if interpreted:  # small tiles keep the interpreter quick and exercise the masks
+        block_m, block_n, block_k = 32, 32, 32 if max(a.spec.block_size, b.spec.block_size) <= 32 else 64
+    grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
+    launch = {} if interpreted else {"num_warps": config.num_warps, "num_stages": config.num_stages}
     _block_gemm_kernel[grid](
-        a.data, a_scale, b.data, b_scale, c, global_scale.reshape(1),
-        m, n, k, a.data.stride(0), a_scale.stride(0), b.data.stride(0), b_scale.stride(0), c.stride(0),
-        A_GRANULARITY=GRANULARITY_CODES[a.spec.granularity], B_GRANULARITY=GRANULARITY_CODES[b.spec.granularity],
-        BM=block_m, BN=block_n, BK=block_k, AS_BF16=os.environ.get("TRITON_INTERPRET") != "1",
+        a_data, a_scale, b_data, b_scale, c, global_scale.reshape(1),
+        m, n, k, a_data.stride(0), a_scale.stride(0), b_data.stride(0), b_scale.stride(0), c.stride(0),
+        A_KIND=a_kind, B_KIND=b_kind, B_TRANSPOSED=b_transposed,
+        BM=block_m, BN=block_n, BK=block_k, GROUP_M=config.group_m, AS_BF16=not interpreted, **launch,
     )
     return c
 
 
 def transpose_2d(q: QuantizedTensor) -> QuantizedTensor:
     """A 16x16-tiled operand W [N, K] as W^T [K, N]: the codes transposed and repacked, the tile
-    scales transposed; the values are exactly those of quantizing W^T (the tiles are symmetric)."""
+    scales transposed; the values are exactly those of quantizing W^T (the tiles are symmetric).
+    (The GEMM reads W^T in place with ``b_transposed``; this copy is the reference for that.)"""
     if q.spec.granularity != "nvfp4_2d":
         raise ValueError(f"transpose_2d: needs nvfp4_2d tiles, got {q.spec.granularity}")
     from ..formats import pack_codes, unpack_codes

@@ -3,8 +3,8 @@
 One pass over x [rows, K] computes each block's absmax, its scale (NVFP4: an E4M3 byte of
 amax / 6 / s_tensor, times the fp32 tensor scale; MXFP4: the E8M0 power of two
 2^(floor(log2 amax) - 2)), and writes the packed E2M1 codes and the scale bytes: the forms a
-Blackwell GEMM consumes. The NVFP4 tensor scale (one absmax over the whole tensor) comes from
-``torch`` first, with the reference's own function. Bit-identical to
+Blackwell GEMM consumes. The NVFP4 tensor scale (one absmax over the whole tensor) comes from a
+partial-maximum kernel first (``tensor_absmax``) and the reference's scale rule. Bit-identical to
 ``quantize(x, QuantSpec("fp4", "nvfp4" | "mxfp4"))`` (tested in the interpreter and on GPU).
 """
 
@@ -75,6 +75,28 @@ def _quantize_blocks_kernel(
     tl.store(codes_ptr + row * (K // 2) + pairs, low | (high << 4), mask=pairs < K // 2)
 
 
+@triton.jit
+def _partial_absmax_kernel(x_ptr, partial_ptr, numel, BLOCK: tl.constexpr):
+    """max |x| over one BLOCK of the flattened tensor; NaN if the block holds a NaN (Inf is kept:
+    the scale rule turns a non-finite amax into a NaN scale, as the reference)."""
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offsets, mask=offsets < numel, other=0.0).to(tl.float32)
+    has_nan = tl.sum((x != x).to(tl.int32), axis=0) > 0
+    amax = tl.max(tl.where(x != x, 0.0, tl.abs(x)), axis=0)
+    tl.store(partial_ptr + tl.program_id(0), tl.where(has_nan, float("nan"), amax))
+
+
+def tensor_absmax(x: torch.Tensor, block: int = 8192) -> torch.Tensor:
+    """max |x| over a contiguous tensor (NaN if it holds a NaN): one read of x in bf16, partial
+    maxima per block, then a small reduction (the reference's ``x.float().abs().amax()`` writes
+    an fp32 copy first)."""
+    if not x.is_contiguous():
+        x = x.contiguous()
+    partial = torch.empty(triton.cdiv(x.numel(), block), dtype=torch.float32, device=x.device)
+    _partial_absmax_kernel[(partial.numel(),)](x, partial, x.numel(), BLOCK=block, num_warps=8)
+    return partial.amax()
+
+
 def supports_block_spec(spec: QuantSpec) -> bool:
     return spec in BLOCK_SPECS.values()
 
@@ -94,7 +116,7 @@ def quantize_blocks(x: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
     codes = torch.empty(rows, k // 2, dtype=torch.uint8, device=x.device)
     scale_bytes = torch.empty(rows, k // block, dtype=torch.uint8, device=x.device)
     nvfp4 = spec.granularity == "nvfp4"
-    global_scale = absmax_scale(x2d.float().abs().amax(), spec.format.max_value * E4M3_MAX) if nvfp4 else None
+    global_scale = absmax_scale(tensor_absmax(x2d), spec.format.max_value * E4M3_MAX) if nvfp4 else None
     grid = (rows, triton.cdiv(k // block, BLOCKS_PER_PROGRAM))
     _quantize_blocks_kernel[grid](
         x2d, codes, scale_bytes, global_scale if nvfp4 else codes, k, x2d.stride(0),

@@ -11,6 +11,8 @@ backward folding of ``megatron_fp4.backward``. The reference is
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -25,6 +27,11 @@ __all__ = ["FP8_TENSOR_SPECS", "quantize_grad_folded", "supports_grad_specs"]
 FP8_LAYOUTS = {"fp8_e5m2": (2, 15, False, torch.float8_e5m2), "fp8_e4m3": (3, 7, True, torch.float8_e4m3fn)}
 FP8_TENSOR_SPECS = tuple(QuantSpec(dtype, "tensor") for dtype in FP8_LAYOUTS)
 BLOCK_M, BLOCK_N, NUM_WARPS = 64, 64, 4
+HARDWARE_CAST = True  # compiled kernels: the cvt instruction (benchmarks/NOTES.md, session 4)
+
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
@@ -54,16 +61,28 @@ def _folded_amax_kernel(g_ptr, column_scale_ptr, row_scale_ptr, partial_ptr, M, 
 
 
 @triton.jit
+def _fp8_cast(v, MANTISSA: tl.constexpr, BIAS: tl.constexpr, E4M3FN: tl.constexpr, HARDWARE_CAST: tl.constexpr):
+    """FP8 byte of v: the GPU's conversion instruction (round to nearest even, saturating: the same
+    bytes as PyTorch's cast for every value the tensor scale admits, |v| <= the format's max), or
+    the integer construction of ``fp8_byte`` (the interpreter's casts differ)."""
+    if HARDWARE_CAST:
+        if E4M3FN:
+            return v.to(tl.float8e4nv).to(tl.uint8, bitcast=True).to(tl.int32)
+        return v.to(tl.float8e5).to(tl.uint8, bitcast=True).to(tl.int32)
+    return fp8_byte(v, MANTISSA, BIAS, E4M3FN)
+
+
+@triton.jit
 def _folded_quantize_kernel(
     g_ptr, column_scale_ptr, row_scale_ptr, scales_ptr, dgrad_ptr, wgrad_t_ptr, M, N, stride_g,
     D_MANTISSA: tl.constexpr, D_BIAS: tl.constexpr, D_E4M3FN: tl.constexpr,
     W_MANTISSA: tl.constexpr, W_BIAS: tl.constexpr, W_E4M3FN: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr,
 ):
     rows, cols, mask, dgrad, wgrad = _tile(g_ptr, column_scale_ptr, row_scale_ptr, M, N, stride_g, BM, BN)
-    dgrad_byte = fp8_byte(tl.math.div_rn(dgrad, tl.load(scales_ptr)), D_MANTISSA, D_BIAS, D_E4M3FN)
+    dgrad_byte = _fp8_cast(tl.math.div_rn(dgrad, tl.load(scales_ptr)), D_MANTISSA, D_BIAS, D_E4M3FN, HARDWARE_CAST)
     tl.store(dgrad_ptr + rows[:, None].to(tl.int64) * N + cols[None, :], dgrad_byte.to(tl.uint8), mask=mask)
-    wgrad_byte = fp8_byte(tl.math.div_rn(wgrad, tl.load(scales_ptr + 1)), W_MANTISSA, W_BIAS, W_E4M3FN)
+    wgrad_byte = _fp8_cast(tl.math.div_rn(wgrad, tl.load(scales_ptr + 1)), W_MANTISSA, W_BIAS, W_E4M3FN, HARDWARE_CAST)
     # store the transposed tile in its own layout (rows contiguous), so the writes coalesce
     transposed = cols[:, None].to(tl.int64) * M + rows[None, :]
     transposed_mask = (cols[:, None] < N) & (rows[None, :] < M)
@@ -87,6 +106,7 @@ def quantize_grad_folded(
     input_scale: torch.Tensor | None,
     tile: tuple[int, int] | None = None,
     num_warps: int | None = None,
+    hardware_cast: bool | None = None,
 ) -> tuple[QuantizedTensor, QuantizedTensor]:
     """(Q8(dY·diag(s_W)), Q8(diag(s_X)·dY)) for FP8 `tensor` specs; a scale None is not folded.
 
@@ -119,6 +139,7 @@ def quantize_grad_folded(
         g2d, column_scale, row_scale, scales, dgrad, wgrad_t, m, n, g2d.stride(0),
         D_MANTISSA=d_mantissa, D_BIAS=d_bias, D_E4M3FN=d_e4m3, W_MANTISSA=w_mantissa, W_BIAS=w_bias, W_E4M3FN=w_e4m3,
         BM=block_m, BN=block_n, num_warps=warps,
+        HARDWARE_CAST=(HARDWARE_CAST and not _interpreted()) if hardware_cast is None else hardware_cast,
     )
     shape = torch.Size((m, n))
     return (

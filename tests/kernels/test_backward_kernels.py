@@ -94,3 +94,13 @@ def test_dge_weight_gradient_within_16_ulp(shape):
     assert ((written_bf16.float() - reference).abs() <= reference.abs() * 2**-8).all()  # one bf16 rounding
     weight[1, 1] = float("nan")
     assert torch.isnan(dge_scale_grad(grad.clone(), weight, scale, 5.0, 3.0)[1, 1])
+
+
+@pytest.mark.skipif(DEVICE == "cpu", reason="the interpreter has no FP8 conversion instruction")
+@pytest.mark.parametrize("specs", [(E5M2, E5M2), (E4M3, E5M2)])
+def test_hardware_and_integer_fp8_casts_agree(specs):
+    """The compiled default (cvt instruction) and the integer construction write the same bytes."""
+    g = (torch.randn(2048, 1536) * torch.logspace(-6, 2, 2048)[:, None]).to(DEVICE)
+    scales = torch.rand(1536, device=DEVICE) + 1e-3, torch.rand(2048, device=DEVICE) * 3
+    for hardware, integer in zip(quantize_grad_folded(g, *specs, *scales, hardware_cast=True), quantize_grad_folded(g, *specs, *scales, hardware_cast=False)):
+        assert torch.equal(bits(hardware), bits(integer))

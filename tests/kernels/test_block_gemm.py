@@ -1,7 +1,8 @@
 """The block-scaled FP4 GEMM (BF16 tensor cores) equals the reference GEMM (dequantize, fp32
 matmul) up to the fp32 accumulation order: every product of two block-scaled E2M1 values is exact
 in fp32, so the only difference is the order of the sums (bound 1e-5 relative, several hundred
-terms). In Triton's interpreter on CPU (small shapes), compiled on a GPU (LLaMA shapes)."""
+terms). Both ways of forming the operands (``fused``, ``decoded``), W read transposed in place for
+dgrad. In Triton's interpreter on CPU (small shapes), compiled on a GPU (LLaMA shapes)."""
 
 import os
 
@@ -13,43 +14,76 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("Triton kernels need a GPU or TRITON_INTERPRET=1", allow_module_level=True)
 
 from conftest import relative_error  # noqa: E402
-from megatron_fp4.kernels.block_gemm import block_scaled_matmul, transpose_2d  # noqa: E402
+from megatron_fp4.kernels.block_gemm import GemmConfig, block_scaled_matmul, decode_to_bf16, transpose_2d  # noqa: E402
 from megatron_fp4.quantize import QuantSpec, quantize  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SHAPES = [(48, 80, 64), (64, 32, 160)] if DEVICE == "cpu" else [(256, 512, 1024), (4096, 11008, 4096), (8192, 5120, 13824)]
+METHODS = ["fused", "decoded"]
 
 
 def reference(a, b):
     return a.dequantize_2d().double() @ b.dequantize_2d().double().t()
 
 
-@pytest.mark.parametrize("granularities", [("nvfp4", "nvfp4_2d"), ("nvfp4", "nvfp4"), ("mxfp4", "mxfp4")])
-@pytest.mark.parametrize("shape", SHAPES)
-def test_equals_the_reference_gemm(granularities, shape):
-    m, n, k = shape
+def operands(m, n, k, granularities):
     x = (torch.randn(m, k) * torch.logspace(-2, 2, m)[:, None]).to(DEVICE)
     w = (torch.randn(n, k) * 0.05).to(DEVICE)
-    a, b = quantize(x, QuantSpec("fp4", granularities[0])), quantize(w, QuantSpec("fp4", granularities[1]))
-    result = block_scaled_matmul(a, b)
+    return quantize(x, QuantSpec("fp4", granularities[0])), quantize(w, QuantSpec("fp4", granularities[1]))
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("granularities", [("nvfp4", "nvfp4_2d"), ("nvfp4", "nvfp4"), ("mxfp4", "mxfp4")])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_equals_the_reference_gemm(granularities, shape, method):
+    a, b = operands(*shape, granularities)
+    result = block_scaled_matmul(a, b, method=method)
     assert relative_error(result, reference(a, b)) < 1e-5
 
 
-def test_dgrad_with_transposed_tiles_equals_quantizing_the_transpose():
-    n, k, m = 48, 64, 32
+@pytest.mark.parametrize("granularity", ["nvfp4", "nvfp4_2d", "mxfp4"])
+def test_decoded_operand_is_exact(granularity):
+    """E2M1 x block scale in BF16 equals the reference's fp32 values divided by the tensor scale."""
+    q = quantize((torch.randn(64, 128) * torch.logspace(-3, 3, 64)[:, None]).to(DEVICE), QuantSpec("fp4", granularity))
+    expected = q.dequantize_2d() / (q.global_scale if q.global_scale is not None else 1.0)
+    decoded = decode_to_bf16(q)
+    assert decoded.dtype == torch.bfloat16
+    assert torch.equal(decoded.float(), expected.float().to(torch.bfloat16).float())
+    assert torch.allclose(decoded.float(), expected.float(), rtol=2**-20, atol=0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_dgrad_reads_the_tiles_transposed_in_place(method):
+    n, k, m = (48, 64, 32) if DEVICE == "cpu" else (4096, 11008, 2048)
     w = (torch.randn(n, k) * 0.05).to(DEVICE)
     g = torch.randn(m, n).to(DEVICE)
     wq = quantize(w, QuantSpec("fp4", "nvfp4_2d"))
     transposed = transpose_2d(wq)
     assert torch.equal(transposed.dequantize_2d(), quantize(w.t().contiguous(), QuantSpec("fp4", "nvfp4_2d")).dequantize_2d())
     gq = quantize(g, QuantSpec("fp4", "nvfp4"))
-    assert relative_error(block_scaled_matmul(gq, transposed), gq.dequantize_2d().double() @ wq.dequantize_2d().double()) < 1e-5
+    expected = gq.dequantize_2d().double() @ wq.dequantize_2d().double()
+    assert relative_error(block_scaled_matmul(gq, wq, b_transposed=True, method=method), expected) < 1e-5
+    assert relative_error(block_scaled_matmul(gq, transposed, method=method), expected) < 1e-5
+
+
+@pytest.mark.skipif(DEVICE == "cpu", reason="tile configurations matter only compiled")
+@pytest.mark.parametrize("config", [GemmConfig(64, 64, 64, num_warps=4), GemmConfig(128, 256, 64), GemmConfig(256, 128, 64, num_stages=4)])
+def test_tile_configurations_agree(config):
+    a, b = operands(2048, 3072, 4096, ("nvfp4", "nvfp4_2d"))
+    expected = reference(a, b)
+    assert relative_error(block_scaled_matmul(a, b, config=config), expected) < 1e-5
 
 
 def test_bad_operands_are_refused():
     x = torch.randn(32, 64).to(DEVICE)
     with pytest.raises(ValueError, match="needs FP4 E2M1 operands"):
         block_scaled_matmul(quantize(x, QuantSpec("fp4", "row")), quantize(x, QuantSpec("fp4", "nvfp4")))
+    with pytest.raises(ValueError, match="reduction size 96 .* multiple of its mxfp4 block size 32|reduction size"):
+        block_scaled_matmul(quantize(x, QuantSpec("fp4", "nvfp4")), quantize(torch.randn(32, 96).to(DEVICE), QuantSpec("fp4", "nvfp4")))
+    with pytest.raises(ValueError, match="b_transposed needs 16x16 tiles"):
+        block_scaled_matmul(quantize(x, QuantSpec("fp4", "nvfp4")), quantize(x, QuantSpec("fp4", "nvfp4")), b_transposed=True)
+    with pytest.raises(ValueError, match="method 'cublas'"):
+        block_scaled_matmul(quantize(x, QuantSpec("fp4", "nvfp4")), quantize(x, QuantSpec("fp4", "nvfp4")), method="cublas")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the hopper backend needs a CUDA GPU")

@@ -47,3 +47,15 @@ def test_non_finite_propagates(granularity):
 def test_bad_shapes_are_named():
     with pytest.raises(ValueError, match=r"shape \(2, 40\).*nvfp4 block size 16"):
         quantize_blocks(torch.randn(2, 40, device=DEVICE), QuantSpec("fp4", "nvfp4"))
+
+
+@pytest.mark.parametrize("numel", [1, 1000, 8192 * 3 + 17])
+def test_tensor_absmax_equals_torch(numel):
+    from megatron_fp4.kernels.quantize_blocks import tensor_absmax
+
+    x = (torch.randn(numel) * 10).to(torch.bfloat16).to(DEVICE)
+    assert torch.equal(tensor_absmax(x, block=1024), x.float().abs().amax())
+    x[numel // 2] = float("-inf")
+    assert tensor_absmax(x, block=1024).item() == float("inf")
+    x[0] = float("nan")
+    assert torch.isnan(tensor_absmax(x, block=1024))

@@ -60,3 +60,18 @@ def test_non_finite_rows_get_nan_scale():
 def test_odd_k_is_rejected():
     with pytest.raises(ValueError, match=r"shape \(2, 7\)"):
         quantize_rows(torch.randn(2, 7, device=DEVICE))
+
+
+def test_index_by_rounding_equals_the_comparisons():
+    """Every E2M1 grid point, every tie between neighbours and their fp32 neighbours, both signs;
+    the row's amax is 6, so its scale is 1 and the values are rounded as they are."""
+    grid = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+    points = torch.cat([grid, (grid[1:] + grid[:-1]) / 2])
+    near = torch.cat([points, torch.nextafter(points, torch.full_like(points, 1e9)), torch.nextafter(points, torch.full_like(points, -1e9))])
+    near = near[near.abs() <= 6.0]
+    row = torch.cat([near, -near, torch.rand(63) * 6.0, torch.tensor([6.0])])
+    x = torch.nn.functional.pad(row, (0, row.numel() % 2)).repeat(3, 1).to(DEVICE)
+    by_rounding = quantize_rows(x, index_by_rounding=True)
+    assert float(by_rounding.scale[0]) == 1.0
+    assert torch.equal(by_rounding.data, quantize_rows(x, index_by_rounding=False).data)
+    assert_identical(by_rounding, quantize_rows_reference(x))
