@@ -85,6 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, nargs="+", default=[8192])
     parser.add_argument("--recipes", nargs="+", default=["paper", "paper-no-occ", "direct", "nvfp4"], choices=sorted(VARIANTS))
+    parser.add_argument("--models", nargs="+", default=["1.3B", "7B", "13B"], choices=["1.3B", "7B", "13B"])
     args = parser.parse_args()
     print(f"FP4 GEMM backend: {get_backend().name}; ratio = bf16 time / time (higher is faster)")
     print(
@@ -94,6 +95,8 @@ def main() -> None:
     )
     for tokens in args.tokens:
         for model, layer, k, n in SHAPES:
+            if model not in args.models:
+                continue
             x = llm_like_activation(tokens, k).requires_grad_()
             w = (torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02).requires_grad_()
             grad = torch.randn(tokens, n, device="cuda", dtype=torch.bfloat16) * 1e-3

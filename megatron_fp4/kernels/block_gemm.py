@@ -108,37 +108,37 @@ def _operand_tile(
     if KIND == 0:
         if TRANSPOSED:
             mask = (ks[:, None] < K) & (rows[None, :] < n_rows)
-            tile = tl.trans(tl.load(ptr + ks[:, None].to(tl.int64) * stride + rows[None, :], mask=mask, other=0.0))
+            values = tl.trans(tl.load(ptr + ks[:, None].to(tl.int64) * stride + rows[None, :], mask=mask, other=0.0))
         else:
             mask = (rows[:, None] < n_rows) & (ks[None, :] < K)
-            tile = tl.load(ptr + rows[:, None].to(tl.int64) * stride + ks[None, :], mask=mask, other=0.0)
-        if AS_BF16:
-            return tile.to(tl.bfloat16)
-        return tile.to(tl.float32)
-    GROUP: tl.constexpr = 32 if KIND == 3 else 16
-    if TRANSPOSED:  # element (r, k) is T[k, r]; pairs packed along r
-        half = r0 // 2 + tl.arange(0, BR // 2)
-        mask = (ks[:, None] < K) & (half[None, :] < n_rows // 2)
-        packed = tl.load(ptr + ks[:, None].to(tl.int64) * stride + half[None, :], mask=mask, other=0).to(tl.int32)
-        codes = tl.trans(tl.join(packed & 0xF, packed >> 4).reshape(BK, BR))
+            values = tl.load(ptr + rows[:, None].to(tl.int64) * stride + ks[None, :], mask=mask, other=0.0)
     else:
-        half = k0 // 2 + tl.arange(0, BK // 2)
-        mask = (rows[:, None] < n_rows) & (half[None, :] < K // 2)
-        packed = tl.load(ptr + rows[:, None].to(tl.int64) * stride + half[None, :], mask=mask, other=0).to(tl.int32)
-        codes = tl.join(packed & 0xF, packed >> 4).reshape(BR, BK)  # element 2i: low nibble
-    groups = k0 // GROUP + tl.arange(0, BK // GROUP)
-    if TRANSPOSED:  # scales [K/16, n_rows/16]
-        scale_pointers = scale_ptr + groups[None, :] * stride_scale + (rows // 16)[:, None]
-    elif KIND == 2:  # 16x16 tiles: scale[row // 16, k // 16]
-        scale_pointers = scale_ptr + (rows // 16)[:, None] * stride_scale + groups[None, :]
-    else:
-        scale_pointers = scale_ptr + rows[:, None] * stride_scale + groups[None, :]
-    scale_mask = (rows[:, None] < n_rows) & (groups[None, :] < K // GROUP)
-    scales = _scale_value(tl.load(scale_pointers, mask=scale_mask, other=0).to(tl.int32), KIND)
-    values = _e2m1_value(codes).reshape(BR, BK // GROUP, GROUP) * scales[:, :, None]
-    values = values.reshape(BR, BK)
+        GROUP: tl.constexpr = 32 if KIND == 3 else 16
+        if TRANSPOSED:  # element (r, k) is T[k, r]; pairs packed along r
+            half = r0 // 2 + tl.arange(0, BR // 2)
+            mask = (ks[:, None] < K) & (half[None, :] < n_rows // 2)
+            packed = tl.load(ptr + ks[:, None].to(tl.int64) * stride + half[None, :], mask=mask, other=0).to(tl.int32)
+            codes = tl.trans(tl.join(packed & 0xF, packed >> 4).reshape(BK, BR))
+        else:
+            half = k0 // 2 + tl.arange(0, BK // 2)
+            mask = (rows[:, None] < n_rows) & (half[None, :] < K // 2)
+            packed = tl.load(ptr + rows[:, None].to(tl.int64) * stride + half[None, :], mask=mask, other=0).to(tl.int32)
+            codes = tl.join(packed & 0xF, packed >> 4).reshape(BR, BK)  # element 2i: low nibble
+        groups = k0 // GROUP + tl.arange(0, BK // GROUP)
+        if TRANSPOSED:  # scales [K/16, n_rows/16]
+            scale_pointers = scale_ptr + groups[None, :] * stride_scale + (rows // 16)[:, None]
+        elif KIND == 2:  # 16x16 tiles: scale[row // 16, k // 16]
+            scale_pointers = scale_ptr + (rows // 16)[:, None] * stride_scale + groups[None, :]
+        else:
+            scale_pointers = scale_ptr + rows[:, None] * stride_scale + groups[None, :]
+        scale_mask = (rows[:, None] < n_rows) & (groups[None, :] < K // GROUP)
+        scales = _scale_value(tl.load(scale_pointers, mask=scale_mask, other=0).to(tl.int32), KIND)
+        values = _e2m1_value(codes).reshape(BR, BK // GROUP, GROUP) * scales[:, :, None]
+        values = values.reshape(BR, BK)
     if AS_BF16:
-        return values.to(tl.bfloat16)
+        values = values.to(tl.bfloat16)
+    else:
+        values = values.to(tl.float32)
     return values
 
 

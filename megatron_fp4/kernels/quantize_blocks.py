@@ -21,7 +21,7 @@ from .quantize_rows import _e2m1_index
 
 __all__ = ["quantize_blocks", "supports_block_spec"]
 
-BLOCK_SPECS = {name: QuantSpec("fp4", name) for name in BLOCK_SIZES}
+BLOCK_SPECS = {name: QuantSpec("fp4", name) for name in ("nvfp4", "mxfp4")}  # 1-D blocks along K (16x16 tiles: reference)
 BLOCKS_PER_PROGRAM = 16
 
 
@@ -67,8 +67,9 @@ def _quantize_blocks_kernel(
         byte = tl.where((amax != amax) | (amax == float("inf")), 0xFF, shared + 127)
         scale = tl.where(byte == 0xFF, float("nan"), _power_of_two(byte - 127))
     tl.store(scale_ptr + row * (K // BLOCK) + blocks, byte.to(tl.uint8), mask=block_mask)
-    q = tl.where(scale[:, None] == 0, 0.0, tl.math.div_rn(x, scale[:, None]))
-    negative = (q.to(tl.int32, bitcast=True) < 0).to(tl.int32)
+    multiplier = tl.where(scale == 0, 0.0, tl.math.div_rn(1.0, scale))  # ``quantize.encode_multiplier``
+    q = x * multiplier[:, None]
+    negative = (q.to(tl.int32, bitcast=True) >> 31) & 1
     codes = (_e2m1_index(tl.abs(q)) | (negative << 3)).to(tl.uint8)
     low, high = tl.split(tl.reshape(codes, (GROUPS, BLOCK // 2, 2)))
     pairs = blocks[:, None] * (BLOCK // 2) + tl.arange(0, BLOCK // 2)[None, :]

@@ -18,7 +18,6 @@ import triton
 import triton.language as tl
 
 from ..quantize import QuantizedTensor, QuantSpec
-from ..scaling import absmax_scale
 from .fp8_rounding import fp8_byte
 
 __all__ = ["FP8_TENSOR_SPECS", "quantize_grad_folded", "supports_grad_specs"]
@@ -73,6 +72,28 @@ def _fp8_cast(v, MANTISSA: tl.constexpr, BIAS: tl.constexpr, E4M3FN: tl.constexp
 
 
 @triton.jit
+def _finalize_scales_kernel(partial_ptr, scales_ptr, n_partial, D_MAX: tl.constexpr, W_MAX: tl.constexpr, BLOCK: tl.constexpr):
+    """The two tensor decode scales from the tiles' partial maxima, on the device (no host
+    round trip): amax / fp8_max, 1 for an all-zero tensor, NaN if any element was not finite
+    (``scaling.absmax_scale``'s rule)."""
+    d_amax = 0.0
+    d_bad = 0.0
+    w_amax = 0.0
+    w_bad = 0.0
+    for start in range(0, n_partial, BLOCK):
+        index = start + tl.arange(0, BLOCK)
+        valid = index < n_partial
+        d_amax = tl.maximum(d_amax, tl.max(tl.load(partial_ptr + index * 4, mask=valid, other=0.0), axis=0))
+        d_bad += tl.sum(tl.load(partial_ptr + index * 4 + 1, mask=valid, other=0.0), axis=0)
+        w_amax = tl.maximum(w_amax, tl.max(tl.load(partial_ptr + index * 4 + 2, mask=valid, other=0.0), axis=0))
+        w_bad += tl.sum(tl.load(partial_ptr + index * 4 + 3, mask=valid, other=0.0), axis=0)
+    d_scale = tl.where(d_amax > 0, tl.math.div_rn(d_amax, D_MAX), 1.0)
+    w_scale = tl.where(w_amax > 0, tl.math.div_rn(w_amax, W_MAX), 1.0)
+    tl.store(scales_ptr, tl.where(d_bad > 0, float("nan"), d_scale))
+    tl.store(scales_ptr + 1, tl.where(w_bad > 0, float("nan"), w_scale))
+
+
+@triton.jit
 def _folded_quantize_kernel(
     g_ptr, column_scale_ptr, row_scale_ptr, scales_ptr, dgrad_ptr, wgrad_t_ptr, M, N, stride_g,
     D_MANTISSA: tl.constexpr, D_BIAS: tl.constexpr, D_E4M3FN: tl.constexpr,
@@ -80,9 +101,9 @@ def _folded_quantize_kernel(
     BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr,
 ):
     rows, cols, mask, dgrad, wgrad = _tile(g_ptr, column_scale_ptr, row_scale_ptr, M, N, stride_g, BM, BN)
-    dgrad_byte = _fp8_cast(tl.math.div_rn(dgrad, tl.load(scales_ptr)), D_MANTISSA, D_BIAS, D_E4M3FN, HARDWARE_CAST)
+    dgrad_byte = _fp8_cast(dgrad * tl.math.div_rn(1.0, tl.load(scales_ptr)), D_MANTISSA, D_BIAS, D_E4M3FN, HARDWARE_CAST)
     tl.store(dgrad_ptr + rows[:, None].to(tl.int64) * N + cols[None, :], dgrad_byte.to(tl.uint8), mask=mask)
-    wgrad_byte = _fp8_cast(tl.math.div_rn(wgrad, tl.load(scales_ptr + 1)), W_MANTISSA, W_BIAS, W_E4M3FN, HARDWARE_CAST)
+    wgrad_byte = _fp8_cast(wgrad * tl.math.div_rn(1.0, tl.load(scales_ptr + 1)), W_MANTISSA, W_BIAS, W_E4M3FN, HARDWARE_CAST)
     # store the transposed tile in its own layout (rows contiguous), so the writes coalesce
     transposed = cols[:, None].to(tl.int64) * M + rows[None, :]
     transposed_mask = (cols[:, None] < N) & (rows[None, :] < M)
@@ -91,11 +112,6 @@ def _folded_quantize_kernel(
 
 def supports_grad_specs(dgrad_spec: QuantSpec, wgrad_spec: QuantSpec) -> bool:
     return dgrad_spec in FP8_TENSOR_SPECS and wgrad_spec in FP8_TENSOR_SPECS
-
-
-def _amax_or_nan(partial: torch.Tensor, column: int) -> torch.Tensor:
-    amax = partial[:, column].amax().reshape(1, 1)
-    return torch.where(partial[:, column + 1].sum() > 0, torch.full_like(amax, float("nan")), amax)
 
 
 def quantize_grad_folded(
@@ -130,9 +146,9 @@ def quantize_grad_folded(
     _folded_amax_kernel[grid](g2d, column_scale, row_scale, partial, m, n, g2d.stride(0), BM=block_m, BN=block_n, num_warps=warps)
     d_mantissa, d_bias, d_e4m3, d_dtype = FP8_LAYOUTS[dgrad_spec.dtype]
     w_mantissa, w_bias, w_e4m3, w_dtype = FP8_LAYOUTS[wgrad_spec.dtype]
-    dgrad_scale = absmax_scale(_amax_or_nan(partial, 0), torch.finfo(d_dtype).max)
-    wgrad_scale = absmax_scale(_amax_or_nan(partial, 2), torch.finfo(w_dtype).max)
-    scales = torch.cat((dgrad_scale.reshape(1), wgrad_scale.reshape(1)))
+    scales = torch.empty(2, dtype=torch.float32, device=g2d.device)
+    _finalize_scales_kernel[(1,)](partial, scales, partial.shape[0], D_MAX=torch.finfo(d_dtype).max, W_MAX=torch.finfo(w_dtype).max, BLOCK=1024)
+    dgrad_scale, wgrad_scale = scales[0].reshape(1, 1), scales[1].reshape(1, 1)
     dgrad = torch.empty(m, n, dtype=torch.uint8, device=g2d.device)
     wgrad_t = torch.empty(n, m, dtype=torch.uint8, device=g2d.device)
     _folded_quantize_kernel[grid](

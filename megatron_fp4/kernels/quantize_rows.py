@@ -1,11 +1,12 @@
 """Fused per-row FP4 quantization in Triton, with its PyTorch reference beside it.
 
 One pass per row computes the absmax (after an optional OCC clamp), the fp32 decode scale
-amax/6, and writes three forms of the same E2M1 values: (a) FP8 E4M3 elements for FP8 tensor
-cores, (b) packed 4-bit codes (two per byte) to keep for backward, (c) the fp32 scale per row.
+amax/6 and its reciprocal (the encode multiplier), and writes three forms of the same E2M1
+values: (a) FP8 E4M3 elements for FP8 tensor cores, (b) packed 4-bit codes (two per byte) to
+keep for backward, (c) the fp32 scale per row.
 Bit-identical to ``megatron_fp4.quantize.quantize`` with ``QuantSpec("fp4", "row")`` (tested on
-CPU under ``TRITON_INTERPRET=1`` and on GPU): IEEE round-to-nearest division, ties to the even
-code, the same NaN/Inf policy (a row holding NaN/Inf gets a NaN scale).
+CPU under ``TRITON_INTERPRET=1`` and on GPU): x times the IEEE reciprocal of the scale, ties to
+the even code, the same NaN/Inf policy (a row holding NaN/Inf gets a NaN scale).
 """
 
 from __future__ import annotations
@@ -56,11 +57,12 @@ def _e4m3_byte(index):
 
 
 @triton.jit
-def _store_block(x, scale, rows, start, fp8_ptr, codes_ptr, M, K: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr, BY_ROUNDING: tl.constexpr):
-    """Quantize a [R, BLOCK] tile with its rows' scales [R, 1]; store FP8 bytes and packed codes."""
+def _store_block(x, inverse, rows, start, fp8_ptr, codes_ptr, M, K: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr, BY_ROUNDING: tl.constexpr):
+    """Quantize a [R, BLOCK] tile with its rows' encode multipliers 1/scale [R, 1]; store FP8
+    bytes and packed codes."""
     cols = start + tl.arange(0, BLOCK)
-    q = tl.math.div_rn(x, scale)
-    negative = (q.to(tl.int32, bitcast=True) < 0).to(tl.int32)
+    q = x * inverse
+    negative = (q.to(tl.int32, bitcast=True) >> 31) & 1
     if BY_ROUNDING:
         index = _e2m1_index_by_rounding(tl.abs(q))
     else:
@@ -74,19 +76,30 @@ def _store_block(x, scale, rows, start, fp8_ptr, codes_ptr, M, K: tl.constexpr, 
 
 
 @triton.jit
-def _row_scale(amax, not_finite):
+def _max_keeping_nan(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _row_absmax(x):
+    """max |x| per row, NaN if the row holds a NaN (Inf stays Inf)."""
+    return tl.reduce(tl.abs(x), 1, _max_keeping_nan)
+
+
+@triton.jit
+def _row_scale(amax):
+    """amax / 6; 1 for an all-zero row; NaN for a row holding NaN/Inf (``absmax_scale``)."""
     scale = tl.where(amax > 0, tl.math.div_rn(amax, 6.0), 1.0)
-    return tl.where(not_finite > 0, float("nan"), scale)
+    return tl.where((amax != amax) | (amax == float("inf")), float("nan"), scale)
 
 
 @triton.jit
 def _load_block(x_ptr, rows, cols, M, K: tl.constexpr, stride_x, low, high, HAS_CLAMP: tl.constexpr):
     mask = (rows[:, None] < M) & (cols[None, :] < K)
     x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    not_finite = tl.sum(((x != x) | (tl.abs(x) == float("inf"))).to(tl.int32), axis=1)
-    if HAS_CLAMP:
-        x = tl.minimum(tl.maximum(x, low), high)
-    return x, not_finite
+    if HAS_CLAMP:  # NaN stays NaN, Inf is clamped: torch.maximum(torch.minimum(x, high), low)
+        x = tl.maximum(tl.minimum(x, high, propagate_nan=tl.PropagateNan.ALL), low, propagate_nan=tl.PropagateNan.ALL)
+    return x
 
 
 @triton.jit
@@ -100,24 +113,23 @@ def _quantize_rows_kernel(x_ptr, fp8_ptr, codes_ptr, scale_ptr, bounds_ptr, M, s
         high = tl.load(bounds_ptr + 1)
     if BLOCK >= K:  # whole rows in registers: one read of x
         cols = tl.arange(0, BLOCK)
-        x, not_finite = _load_block(x_ptr, rows, cols, M, K, stride_x, low, high, HAS_CLAMP)
-        scale = _row_scale(tl.max(tl.abs(x), axis=1), not_finite)
+        x = _load_block(x_ptr, rows, cols, M, K, stride_x, low, high, HAS_CLAMP)
+        scale = _row_scale(_row_absmax(x))
         tl.store(scale_ptr + rows, scale, mask=rows < M)
-        _store_block(x, scale[:, None], rows, 0, fp8_ptr, codes_ptr, M, K, R, BLOCK, BY_ROUNDING)
+        _store_block(x, tl.math.div_rn(1.0, scale)[:, None], rows, 0, fp8_ptr, codes_ptr, M, K, R, BLOCK, BY_ROUNDING)
     else:  # long rows: an absmax pass, then a quantize pass (the rows are re-read, mostly from L2)
         amax = tl.zeros((R,), dtype=tl.float32)
-        not_finite = tl.zeros((R,), dtype=tl.int32)
         for start in range(0, K, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            x, bad = _load_block(x_ptr, rows, cols, M, K, stride_x, low, high, HAS_CLAMP)
-            not_finite += bad
-            amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1))
-        scale = _row_scale(amax, not_finite)
+            x = _load_block(x_ptr, rows, cols, M, K, stride_x, low, high, HAS_CLAMP)
+            amax = _max_keeping_nan(amax, _row_absmax(x))
+        scale = _row_scale(amax)
         tl.store(scale_ptr + rows, scale, mask=rows < M)
+        inverse = tl.math.div_rn(1.0, scale)[:, None]
         for start in range(0, K, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            x, _ = _load_block(x_ptr, rows, cols, M, K, stride_x, low, high, HAS_CLAMP)
-            _store_block(x, scale[:, None], rows, start, fp8_ptr, codes_ptr, M, K, R, BLOCK, BY_ROUNDING)
+            x = _load_block(x_ptr, rows, cols, M, K, stride_x, low, high, HAS_CLAMP)
+            _store_block(x, inverse, rows, start, fp8_ptr, codes_ptr, M, K, R, BLOCK, BY_ROUNDING)
 
 
 def supports_spec(spec: QuantSpec) -> bool:

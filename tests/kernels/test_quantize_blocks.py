@@ -59,3 +59,13 @@ def test_tensor_absmax_equals_torch(numel):
     assert tensor_absmax(x, block=1024).item() == float("inf")
     x[0] = float("nan")
     assert torch.isnan(tensor_absmax(x, block=1024))
+
+
+def test_tiles_are_not_taken_for_blocks():
+    """16x16 tiles (nvfp4_2d) are not 1-D blocks: the block kernel must refuse them (it once took
+    them as 1x16 blocks without a tensor scale, a wrong result on CUDA only)."""
+    from megatron_fp4.kernels.quantize_blocks import supports_block_spec
+
+    assert not supports_block_spec(QuantSpec("fp4", "nvfp4_2d"))
+    with pytest.raises(ValueError, match="NVFP4/MXFP4"):
+        quantize_blocks(torch.randn(32, 32).to(DEVICE), QuantSpec("fp4", "nvfp4_2d"))
