@@ -39,11 +39,15 @@ RECIPE_FLAGS = {
     "direct": "--fp4 --fp4-recipe direct",
     "nvfp4": "--fp4 --fp4-recipe nvfp4",
     "mxfp4": "--fp4 --fp4-recipe mxfp4",
+    "direct-no-cache": "--fp4 --fp4-recipe direct",
+    "paper-no-occ-no-cache": "--fp4 --fp4-recipe paper --no-fp4-occ",
 }
+# environment per recipe row: the weight cache off (megatron_fp4.weight_cache) to measure what it saves
+RECIPE_ENV = {"direct-no-cache": {"MEGATRON_FP4_WEIGHT_CACHE": "0"}, "paper-no-occ-no-cache": {"MEGATRON_FP4_WEIGHT_CACHE": "0"}}
 # kernel-name fragments (lower case) per family, checked in this order
 FAMILIES = (
     ("attention", ("flash", "fmha", "attention", "softmax")),
-    ("quantize", ("_quantize", "_dge_", "_codes_to_fp8", "_folded_")),
+    ("quantize", ("_quantize", "_dge_", "_codes_to_fp8", "_folded_", "_finalize_scales", "_partial_absmax", "_decode_kernel")),
     ("sort/select", ("sort", "radix", "nonzero", "select", "topk", "cub::")),
     ("GEMM", ("gemm", "xmma", "cutlass", "nvjet", "sm90_", "matmul", "splitk")),
 )
@@ -165,7 +169,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for attention in options.attention:
                 for recipe in options.recipes:
                     flags = trainer_flags(shape, seq, options.layers, micro_batch, options.micro_batches, recipe, attention, options.vocab_size)
-                    r = measure(flags, options.warmup, options.steps)
+                    saved = {name: os.environ.get(name) for name in RECIPE_ENV.get(recipe, {})}
+                    os.environ.update(RECIPE_ENV.get(recipe, {}))
+                    try:
+                        r = measure(flags, options.warmup, options.steps)
+                    finally:
+                        for name, value in saved.items():
+                            if value is None:
+                                os.environ.pop(name, None)
+                            else:
+                                os.environ[name] = value
                     if recipe == "bf16":
                         baseline[attention] = r["tokens_per_s"]
                     same = r["tokens_per_s"] / baseline[attention] if attention in baseline else float("nan")

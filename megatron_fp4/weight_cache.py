@@ -10,12 +10,14 @@ Guard: an entry is keyed on the parameter's identity, storage and autograd versi
 in-place change inside the scope (``weight.add_(...)``) misses the cache. (Writes through
 ``weight.data`` bypass the version counter; the optimizer writes that way, which is why the scope,
 not the version, is what bounds the cache's life.) Cost: the quantized weights of every layer stay
-alive for the step (packed codes + scales, and the FP8 operand where the fast kernel made one).
+alive for the step (packed codes + scales, and the FP8 operand where the fast kernel made one);
+``MEGATRON_FP4_WEIGHT_CACHE=0`` turns the cache off (memory, or to measure what it saves).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -36,8 +38,12 @@ def step_scope():
             _STATE["entries"] = {}
 
 
+def enabled() -> bool:
+    return os.environ.get("MEGATRON_FP4_WEIGHT_CACHE", "1") not in ("0", "false", "False", "off")
+
+
 def in_scope() -> bool:
-    return _STATE["depth"] > 0
+    return _STATE["depth"] > 0 and enabled()
 
 
 def entries() -> int:

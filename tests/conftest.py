@@ -24,6 +24,16 @@ def _fresh_seed(request):
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+def without_stochastic_rounding(recipe):
+    """The recipe with every operand rounded to nearest: for comparing two paths that cannot draw
+    the same random numbers (CPU vs CUDA generators)."""
+    import dataclasses
+
+    from megatron_fp4.recipe import OPERANDS
+
+    return recipe.replace(**{op: dataclasses.replace(getattr(recipe, op), stochastic_rounding=False) for op in OPERANDS})
+
+
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """‖actual − expected‖ / ‖expected‖ in fp64 (the error measure every numerics test states)."""
     expected = expected.double()

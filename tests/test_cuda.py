@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import relative_error, requires_cuda
+from conftest import relative_error, requires_cuda, without_stochastic_rounding
 from megatron_fp4.linear import fp4_linear
 from megatron_fp4.quantize import QuantSpec, quantize
 from megatron_fp4.recipe import RECIPES, get_recipe
@@ -22,7 +22,7 @@ def test_quantize_on_cuda_is_bit_identical_to_cpu(granularity):
 
 @pytest.mark.parametrize("name", list(RECIPES))
 def test_fp4_linear_on_cuda_matches_cpu(name):
-    recipe = get_recipe(name)
+    recipe = without_stochastic_rounding(get_recipe(name))  # the two devices' generators differ
     x = torch.randn(512, 256)
     x[:, :4] *= 30
     w, g = torch.randn(384, 256) * 0.05, torch.randn(512, 384)

@@ -84,6 +84,7 @@ def test_hopper_linear_forward_backward_equals_reference(name):
     g = torch.randn(2048, 1536, device="cuda", dtype=torch.bfloat16)
     results = []
     for backend in ("reference", "hopper"):
+        torch.manual_seed(1)  # stochastic rounding (nvfp4's gradients) draws the same numbers in both
         xd, wd = (t.detach().clone().requires_grad_() for t in (x, w))
         y = fp4_linear(xd, wd, None, recipe, backend=backend)
         y.backward(g)

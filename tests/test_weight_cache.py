@@ -63,3 +63,15 @@ def test_a_changed_weight_is_quantized_again(monkeypatch):
         w.data.mul_(2)
         fresh = fp4_linear(x, w, None, recipe)
     assert torch.equal(fresh, fp4_linear(x, w, None, recipe))  # outside a scope: uncached, equal
+
+
+def test_the_environment_switch_turns_the_cache_off(monkeypatch):
+    from megatron_fp4 import weight_cache
+
+    monkeypatch.setenv("MEGATRON_FP4_WEIGHT_CACHE", "0")
+    calls = []
+    weight = torch.randn(4, 4)
+    with weight_cache.step_scope():
+        for _ in range(3):
+            weight_cache.cached(weight, "key", lambda: calls.append(1))
+    assert len(calls) == 3

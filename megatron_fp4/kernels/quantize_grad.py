@@ -72,7 +72,7 @@ def _fp8_cast(v, MANTISSA: tl.constexpr, BIAS: tl.constexpr, E4M3FN: tl.constexp
 
 
 @triton.jit
-def _finalize_scales_kernel(partial_ptr, scales_ptr, n_partial, D_MAX: tl.constexpr, W_MAX: tl.constexpr, BLOCK: tl.constexpr):
+def _finalize_scales_kernel(partial_ptr, dgrad_scale_ptr, wgrad_scale_ptr, n_partial, D_MAX: tl.constexpr, W_MAX: tl.constexpr, BLOCK: tl.constexpr):
     """The two tensor decode scales from the tiles' partial maxima, on the device (no host
     round trip): amax / fp8_max, 1 for an all-zero tensor, NaN if any element was not finite
     (``scaling.absmax_scale``'s rule)."""
@@ -89,21 +89,21 @@ def _finalize_scales_kernel(partial_ptr, scales_ptr, n_partial, D_MAX: tl.conste
         w_bad += tl.sum(tl.load(partial_ptr + index * 4 + 3, mask=valid, other=0.0), axis=0)
     d_scale = tl.where(d_amax > 0, tl.math.div_rn(d_amax, D_MAX), 1.0)
     w_scale = tl.where(w_amax > 0, tl.math.div_rn(w_amax, W_MAX), 1.0)
-    tl.store(scales_ptr, tl.where(d_bad > 0, float("nan"), d_scale))
-    tl.store(scales_ptr + 1, tl.where(w_bad > 0, float("nan"), w_scale))
+    tl.store(dgrad_scale_ptr, tl.where(d_bad > 0, float("nan"), d_scale))
+    tl.store(wgrad_scale_ptr, tl.where(w_bad > 0, float("nan"), w_scale))
 
 
 @triton.jit
 def _folded_quantize_kernel(
-    g_ptr, column_scale_ptr, row_scale_ptr, scales_ptr, dgrad_ptr, wgrad_t_ptr, M, N, stride_g,
+    g_ptr, column_scale_ptr, row_scale_ptr, dgrad_scale_ptr, wgrad_scale_ptr, dgrad_ptr, wgrad_t_ptr, M, N, stride_g,
     D_MANTISSA: tl.constexpr, D_BIAS: tl.constexpr, D_E4M3FN: tl.constexpr,
     W_MANTISSA: tl.constexpr, W_BIAS: tl.constexpr, W_E4M3FN: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr,
 ):
     rows, cols, mask, dgrad, wgrad = _tile(g_ptr, column_scale_ptr, row_scale_ptr, M, N, stride_g, BM, BN)
-    dgrad_byte = _fp8_cast(dgrad * tl.math.div_rn(1.0, tl.load(scales_ptr)), D_MANTISSA, D_BIAS, D_E4M3FN, HARDWARE_CAST)
+    dgrad_byte = _fp8_cast(dgrad * tl.math.div_rn(1.0, tl.load(dgrad_scale_ptr)), D_MANTISSA, D_BIAS, D_E4M3FN, HARDWARE_CAST)
     tl.store(dgrad_ptr + rows[:, None].to(tl.int64) * N + cols[None, :], dgrad_byte.to(tl.uint8), mask=mask)
-    wgrad_byte = _fp8_cast(wgrad * tl.math.div_rn(1.0, tl.load(scales_ptr + 1)), W_MANTISSA, W_BIAS, W_E4M3FN, HARDWARE_CAST)
+    wgrad_byte = _fp8_cast(wgrad * tl.math.div_rn(1.0, tl.load(wgrad_scale_ptr)), W_MANTISSA, W_BIAS, W_E4M3FN, HARDWARE_CAST)
     # store the transposed tile in its own layout (rows contiguous), so the writes coalesce
     transposed = cols[:, None].to(tl.int64) * M + rows[None, :]
     transposed_mask = (cols[:, None] < N) & (rows[None, :] < M)
@@ -146,13 +146,14 @@ def quantize_grad_folded(
     _folded_amax_kernel[grid](g2d, column_scale, row_scale, partial, m, n, g2d.stride(0), BM=block_m, BN=block_n, num_warps=warps)
     d_mantissa, d_bias, d_e4m3, d_dtype = FP8_LAYOUTS[dgrad_spec.dtype]
     w_mantissa, w_bias, w_e4m3, w_dtype = FP8_LAYOUTS[wgrad_spec.dtype]
-    scales = torch.empty(2, dtype=torch.float32, device=g2d.device)
-    _finalize_scales_kernel[(1,)](partial, scales, partial.shape[0], D_MAX=torch.finfo(d_dtype).max, W_MAX=torch.finfo(w_dtype).max, BLOCK=1024)
-    dgrad_scale, wgrad_scale = scales[0].reshape(1, 1), scales[1].reshape(1, 1)
+    # two allocations, not views of one: cuBLAS refuses a scale pointer that is not 16-byte aligned
+    dgrad_scale = torch.empty(1, 1, dtype=torch.float32, device=g2d.device)
+    wgrad_scale = torch.empty(1, 1, dtype=torch.float32, device=g2d.device)
+    _finalize_scales_kernel[(1,)](partial, dgrad_scale, wgrad_scale, partial.shape[0], D_MAX=torch.finfo(d_dtype).max, W_MAX=torch.finfo(w_dtype).max, BLOCK=1024)
     dgrad = torch.empty(m, n, dtype=torch.uint8, device=g2d.device)
     wgrad_t = torch.empty(n, m, dtype=torch.uint8, device=g2d.device)
     _folded_quantize_kernel[grid](
-        g2d, column_scale, row_scale, scales, dgrad, wgrad_t, m, n, g2d.stride(0),
+        g2d, column_scale, row_scale, dgrad_scale, wgrad_scale, dgrad, wgrad_t, m, n, g2d.stride(0),
         D_MANTISSA=d_mantissa, D_BIAS=d_bias, D_E4M3FN=d_e4m3, W_MANTISSA=w_mantissa, W_BIAS=w_bias, W_E4M3FN=w_e4m3,
         BM=block_m, BN=block_n, num_warps=warps,
         HARDWARE_CAST=(HARDWARE_CAST and not _interpreted()) if hardware_cast is None else hardware_cast,
