@@ -44,7 +44,8 @@ import transformers
 tokens = torch.randint(0, 8000, (2, 64))
 with convert._Single():
     args, ours, tok = convert.load_megatron(load, flags)
-    device = next(ours.parameters()).device
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ours = ours.to(device)  # megatron builds its linear layers on the GPU and the norms on the CPU
     with torch.no_grad():
         mine = ours(tokens.to(device), torch.arange(64, device=device).expand(2, 64), None)[..., : tok.vocab_size].float().cpu()
 hf = transformers.LlamaForCausalLM.from_pretrained(output, torch_dtype=torch.float32, local_files_only=True).eval()

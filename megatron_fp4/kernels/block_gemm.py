@@ -36,7 +36,7 @@ import triton.language as tl
 from ..quantize import QuantizedTensor
 from .quantize_blocks import _e4m3_value, _power_of_two
 
-__all__ = ["GemmConfig", "block_scaled_matmul", "decode_to_bf16", "supports_block_gemm", "transpose_2d"]
+__all__ = ["GemmConfig", "bf16_matmul", "block_scaled_matmul", "decode_to_bf16", "supports_block_gemm", "transpose_2d"]
 
 # operand kinds inside the kernel: plain BF16 values, or packed codes with these block scales
 BF16_VALUES = 0
@@ -61,8 +61,8 @@ class GemmConfig:
                 raise ValueError(f"GemmConfig.{name} must be a power of two >= 32, got {value}")
 
 
-DEFAULT_CONFIG = GemmConfig()
-DEFAULT_METHOD = "fused"
+DEFAULT_CONFIG = GemmConfig(256, 128, 64, num_warps=8, num_stages=3)  # H100 sweep, benchmarks/NOTES.md
+DEFAULT_METHOD = "decoded"  # 0.76-0.89x cuBLAS BF16 against 0.17-0.25x fused (H100, NOTES.md)
 METHODS = ("fused", "decoded")
 
 
@@ -174,6 +174,37 @@ def _block_gemm_kernel(
 
 
 @triton.jit
+def _bf16_gemm_tma_kernel(
+    a_desc, b_desc, c_desc, global_scale, M, N, K,
+    B_KN: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, AS_BF16: tl.constexpr,
+):
+    """The ``decoded`` method's GEMM: BF16 operands through tensor-memory-accelerator descriptors
+    (A [M, K]; B [N, K], or [K, N] when B_KN: dgrad's W read in place), tensor scales in the
+    epilogue."""
+    pid = tl.program_id(0)
+    tiles_m = tl.cdiv(M, BM)
+    tiles_n = tl.cdiv(N, BN)
+    per_group = GROUP_M * tiles_n
+    first_m = (pid // per_group) * GROUP_M
+    group_size = tl.minimum(tiles_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_size
+    pid_n = (pid % per_group) // group_size
+    accumulator = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        a = a_desc.load([pid_m * BM, k0])
+        if B_KN:
+            b = b_desc.load([k0, pid_n * BN])
+        else:
+            b = tl.trans(b_desc.load([pid_n * BN, k0]))
+        if AS_BF16:
+            accumulator = tl.dot(a, b, accumulator)
+        else:
+            accumulator = tl.dot(a.to(tl.float32), b.to(tl.float32), accumulator, input_precision="ieee")
+    accumulator = accumulator * tl.load(global_scale)
+    c_desc.store([pid_m * BM, pid_n * BN], accumulator.to(c_desc.dtype))
+
+
+@triton.jit
 def _decode_kernel(codes_ptr, scale_ptr, out_ptr, n_rows, K, stride, stride_scale, KIND: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, AS_BF16: tl.constexpr):
     r0 = tl.program_id(0) * BR
     k0 = tl.program_id(1) * BK
@@ -238,7 +269,8 @@ def block_scaled_matmul(
     """A B^T [M, N] for block-scaled FP4 operands A [M, K], B [N, K] (see the module docstring).
 
     b_transposed: b holds a 16x16-tiled [K, N] tensor and the operand is its transpose (dgrad's
-    W, read in place). method: ``fused`` or ``decoded`` (default: the faster on H100, NOTES.md).
+    W, read in place). method: ``fused`` or ``decoded`` (default: the faster on H100, NOTES.md;
+    ``decoded`` runs ``fused`` where N rows of the output are not 16-byte multiples).
     """
     method = method or os.environ.get("MEGATRON_FP4_BLOCK_GEMM", DEFAULT_METHOD)
     if method not in METHODS:
@@ -250,25 +282,47 @@ def block_scaled_matmul(
         if operand.global_scale is not None:
             global_scale = global_scale * operand.global_scale.float()
     interpreted = _interpreted()
-    if method == "decoded":
-        a_data, a_scale, a_kind = decode_to_bf16(a), a.data, BF16_VALUES
-        b_data, b_scale, b_kind = decode_to_bf16(b), b.data, BF16_VALUES
-    else:
-        a_data, a_scale, a_kind = a.data, _scale_bytes(a), GRANULARITY_CODES[a.spec.granularity]
-        b_data, b_scale, b_kind = b.data, _scale_bytes(b), GRANULARITY_CODES[b.spec.granularity]
     c = torch.empty(m, n, dtype=out_dtype, device=a.data.device)
+    if method == "decoded" and n * c.element_size() % 16 == 0:  # the descriptors need 16-byte rows
+        return bf16_matmul(decode_to_bf16(a), decode_to_bf16(b), global_scale, c, b_kn=b_transposed, config=config)
     block_m, block_n, block_k = config.block_m, config.block_n, config.block_k
     if interpreted:  # small tiles keep the interpreter quick and exercise the masks
-        block_m, block_n, block_k = 32, 32, 32 if max(a.spec.block_size, b.spec.block_size) <= 32 else 64
+        block_m, block_n, block_k = 32, 32, 32
     grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
     launch = {} if interpreted else {"num_warps": config.num_warps, "num_stages": config.num_stages}
+    a_scale, b_scale = _scale_bytes(a), _scale_bytes(b)
     _block_gemm_kernel[grid](
-        a_data, a_scale, b_data, b_scale, c, global_scale.reshape(1),
-        m, n, k, a_data.stride(0), a_scale.stride(0), b_data.stride(0), b_scale.stride(0), c.stride(0),
-        A_KIND=a_kind, B_KIND=b_kind, B_TRANSPOSED=b_transposed,
+        a.data, a_scale, b.data, b_scale, c, global_scale.reshape(1),
+        m, n, k, a.data.stride(0), a_scale.stride(0), b.data.stride(0), b_scale.stride(0), c.stride(0),
+        A_KIND=GRANULARITY_CODES[a.spec.granularity], B_KIND=GRANULARITY_CODES[b.spec.granularity], B_TRANSPOSED=b_transposed,
         BM=block_m, BN=block_n, BK=block_k, GROUP_M=config.group_m, AS_BF16=not interpreted, **launch,
     )
     return c
+
+
+def bf16_matmul(
+    a16: torch.Tensor, b16: torch.Tensor, global_scale: torch.Tensor, out: torch.Tensor, *, b_kn: bool = False, config: GemmConfig | None = None
+) -> torch.Tensor:
+    """out = global_scale * (A B^T) for BF16 A [M, K] and B [N, K] (or B^T given as [K, N] when
+    b_kn), fp32 accumulation, on tensor-memory-accelerator loads (the ``decoded`` method's GEMM)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    config = config or DEFAULT_CONFIG
+    m, k = a16.shape
+    n = b16.shape[1] if b_kn else b16.shape[0]
+    block_m, block_n, block_k = config.block_m, config.block_n, config.block_k
+    interpreted = _interpreted()
+    if interpreted:
+        block_m, block_n, block_k = 32, 32, 32
+    a_desc = TensorDescriptor.from_tensor(a16, [block_m, block_k])
+    b_desc = TensorDescriptor.from_tensor(b16, [block_k, block_n] if b_kn else [block_n, block_k])
+    c_desc = TensorDescriptor.from_tensor(out, [block_m, block_n])
+    launch = {} if interpreted else {"num_warps": config.num_warps, "num_stages": config.num_stages}
+    _bf16_gemm_tma_kernel[(triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)](
+        a_desc, b_desc, c_desc, global_scale.reshape(1), m, n, k,
+        B_KN=b_kn, BM=block_m, BN=block_n, BK=block_k, GROUP_M=config.group_m, AS_BF16=not interpreted, **launch,
+    )
+    return out
 
 
 def transpose_2d(q: QuantizedTensor) -> QuantizedTensor:
