@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .occ import OCCConfig, occ_bounds, occ_clamp, occ_hot_channel_residual, occ_residual
+from .occ import OCCConfig, occ_bounds, occ_clamp, occ_fp8_residual, occ_hot_channel_residual, occ_residual
 from .quantize import QuantSpec, fake_quantize
 
 __all__ = ["FidelityRow", "fidelity_metrics", "activation_ablation", "synthetic_llm_activation", "format_table"]
@@ -44,8 +44,9 @@ def activation_ablation(
     spec: QuantSpec = QuantSpec("fp4", "row"),
     occ: OCCConfig = OCCConfig(),
 ) -> list[FidelityRow]:
-    """Fidelity of direct FP4 cast, clamp-only, clamp + exact compensation and clamp + hot-channel
-    compensation (``occ.hot_channel_fraction`` of the channels) for each α."""
+    """Fidelity of direct FP4 cast, clamp-only, clamp + exact compensation, clamp + hot-channel
+    compensation (``occ.hot_channel_fraction`` of the channels) and clamp + FP8 compensation (the
+    residual in E4M3, one scale per token) for each α."""
     x2d = activation.reshape(-1, activation.shape[-1])
     rows = [FidelityRow("direct cast", None, *fidelity_metrics(x2d, fake_quantize(x2d, spec).float()), 0.0)]
     for alpha in alphas:
@@ -58,6 +59,8 @@ def activation_ablation(
         rows.append(FidelityRow("clamp", alpha, *fidelity_metrics(x2d, clamped_q), fraction))
         rows.append(FidelityRow("clamp+comp", alpha, *fidelity_metrics(x2d, clamped_q + exact), fraction))
         rows.append(FidelityRow("clamp+hot", alpha, *fidelity_metrics(x2d, clamped_q + hot), fraction))
+        fp8 = occ_fp8_residual(x2d, low, high).to_dense()
+        rows.append(FidelityRow("clamp+fp8", alpha, *fidelity_metrics(x2d, clamped_q + fp8), fraction))
     return rows
 
 

@@ -31,7 +31,7 @@ from .backward import fold_scale, quantize_grad_output
 from .gemm import GemmBackend, get_backend
 from .kernels import dge_scale_grad_fast, quantize_fast
 from .hadamard import apply_rht
-from .occ import HotChannelResidual, SparseResidual, occ_bounds, occ_compensation_residual
+from .occ import FP8Residual, HotChannelResidual, SparseResidual, fp8_rows, occ_bounds, occ_compensation_residual
 from .quantize import QuantizedTensor, check_finite_enabled, quantize
 from .recipe import FP4Recipe
 
@@ -58,7 +58,7 @@ class FP4GemmState:
         self.x_saved: QuantizedTensor | None = None
         self.w_saved: QuantizedTensor | None = None
         self.w_fprop_scale: torch.Tensor | None = None  # the forward's weight scales, for DGE
-        self.residual: SparseResidual | HotChannelResidual | None = None
+        self.residual: SparseResidual | HotChannelResidual | FP8Residual | None = None
         self.folded = (False, False)  # whether dgrad's weight / wgrad's input scales moved into dY
 
     def forward(self, x2d: torch.Tensor, weight: torch.Tensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -69,7 +69,7 @@ class FP4GemmState:
             raise ValueError(
                 f"FP4 linear: input shape {tuple(x2d.shape)} does not match weight shape {tuple(weight.shape)}"
             )
-        residual: SparseResidual | HotChannelResidual | None = None
+        residual: SparseResidual | HotChannelResidual | FP8Residual | None = None
         bounds = None
         if recipe.occ.enabled:
             bounds = occ_bounds(x2d, recipe.occ)
@@ -86,6 +86,10 @@ class FP4GemmState:
         )
         if isinstance(residual, HotChannelResidual):  # added in the output's dtype by an addmm epilogue
             y = residual.add_matmul_weight_t_to(self.backend.fprop(xq, wq, out_dtype), weight)
+        elif isinstance(residual, FP8Residual):  # one FP8 GEMM against W's E4M3 form, added in place
+            weight_fp8 = weight_cache.cached(weight, ("fp8_rows", self.check), lambda: fp8_rows(weight.detach()))
+            y = self.backend.fprop(xq, wq, out_dtype)
+            y = y.add_(residual.matmul_weight_t(weight_fp8).to(y.dtype))
         elif residual is not None:  # exact: summed in fp32
             y = (self.backend.fprop(xq, wq, torch.float32) + residual.matmul_weight_t(weight)).to(out_dtype)
         else:

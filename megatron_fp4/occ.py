@@ -16,6 +16,11 @@ Compensate: the residual ΔA = A - clamp(A) is sparse (about 2(1-α) of the entr
   channels are clamped without compensation (what the authors' released runs do everywhere).
   LLM outliers concentrate in a few persistent channels (SwiGLU outputs, attention projections),
   which is what makes this cheap and close. Fixed shapes, no host synchronisation.
+- ``fp8`` (``FP8Residual``): every clamped entry, the dense residual stored as FP8 E4M3 with one
+  scale per token (one fused kernel, no ``nonzero``), multiplied by the weight's E4M3 form (one
+  scale per output channel, quantized once per step) on FP8 tensor cores: one FP8 GEMM in the
+  forward, one 16-bit GEMM in the weight gradient, instead of the exact path's four 16-bit GEMMs.
+  Compensation error: E4M3 rounding (2^-4 relative) of ΔA and of W, on the ~2% clamped term.
 
 Quantiles: exact order statistics (``torch.kthvalue``, a selection, not a sort) up to
 ``exact_max_elements``; beyond that, the same order statistic of a uniform random sample of
@@ -36,6 +41,8 @@ __all__ = [
     "OCCConfig",
     "SparseResidual",
     "HotChannelResidual",
+    "FP8Residual",
+    "occ_fp8_residual",
     "occ_hot_channel_residual",
     "occ_compensation_residual",
     "OCCResult",
@@ -48,6 +55,7 @@ __all__ = [
 ]
 
 SAMPLE_SEED = 0x0CC
+COMPENSATIONS = ("exact", "hot_channels", "fp8")
 
 
 @dataclass(frozen=True)
@@ -59,8 +67,8 @@ class OCCConfig:
     scope: ``tensor`` (one threshold pair for the whole activation, as in the paper's equation)
     or ``row`` (per token, as the authors' code does).
     symmetric: clamp to ±q_α(|A|) instead of the two-sided signed quantiles.
-    compensation: ``exact`` (every clamped entry) or ``hot_channels`` (the channels holding most
-    of the clamped energy; see the module docstring).
+    compensation: ``exact`` (every clamped entry), ``hot_channels`` (the channels holding most
+    of the clamped energy) or ``fp8`` (every clamped entry in FP8); see the module docstring.
     hot_channel_fraction: share of the K channels compensated with ``hot_channels`` (at least one).
     """
 
@@ -77,8 +85,8 @@ class OCCConfig:
     def __post_init__(self) -> None:
         if not 0.5 < self.alpha < 1.0:
             raise ValueError(f"OCCConfig.alpha={self.alpha}; must be in (0.5, 1), e.g. 0.99")
-        if self.compensation not in ("exact", "hot_channels"):
-            raise ValueError(f"OCCConfig.compensation={self.compensation!r}; allowed: ['exact', 'hot_channels']")
+        if self.compensation not in COMPENSATIONS:
+            raise ValueError(f"OCCConfig.compensation={self.compensation!r}; allowed: {list(COMPENSATIONS)}")
         if not 0.0 < self.hot_channel_fraction <= 1.0:
             raise ValueError(f"OCCConfig.hot_channel_fraction={self.hot_channel_fraction}; must be in (0, 1]")
         if self.scope not in ("tensor", "row"):
@@ -329,10 +337,71 @@ def occ_hot_channel_residual(x2d: torch.Tensor, low: torch.Tensor, high: torch.T
     return HotChannelResidual(columns, excess.index_select(1, columns), tuple(x2d.shape))
 
 
+@dataclass(frozen=True)
+class FP8Residual:
+    """ΔA as FP8 E4M3 elements ``data`` [rows, K] with fp32 ``scale`` [rows, 1] (absmax / 448 per
+    token): every clamped entry, 1 byte per element, fixed shapes (no host sync)."""
+
+    data: torch.Tensor
+    scale: torch.Tensor
+    shape: tuple[int, int]
+
+    @property
+    def nnz(self) -> int:
+        """Non-zero residual entries (a host sync: health statistics only)."""
+        return int(torch.count_nonzero(self.data.view(torch.uint8) & 0x7F))
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel() + self.scale.numel() * 4
+
+    def to_dense(self) -> torch.Tensor:
+        return self.data.float() * self.scale
+
+    def matmul_weight_t(self, weight_fp8: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """ΔA @ W^T in fp32 ([rows, N]) with W in its E4M3 row form (``fp8_rows(W)``): one FP8
+        GEMM with both row scales in the epilogue on Hopper, else the dequantized product."""
+        w_data, w_scale = weight_fp8
+        aligned = all(d % 16 == 0 for d in (*self.data.shape, w_data.shape[0]))  # what _scaled_mm takes
+        if aligned and self.data.is_cuda and hasattr(torch, "_scaled_mm") and torch.cuda.get_device_capability(self.data.device) >= (9, 0):
+            product = torch._scaled_mm(self.data, w_data.t(), scale_a=self.scale, scale_b=w_scale.t(), out_dtype=torch.bfloat16)
+            return product.float()
+        return self.to_dense() @ (w_data.float() * w_scale).t()
+
+    def add_t_matmul_to(self, grad_weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """grad_weight += grad^T @ ΔA in place: the token scales folded into grad (16-bit), the
+        E4M3 elements exact in 16 bits, one 16-bit GEMM accumulated in fp32."""
+        dtype = grad.dtype if grad.dtype in (torch.bfloat16, torch.float16) and grad.is_cuda else torch.float32
+        scaled = (grad.float() * self.scale).to(dtype)
+        return grad_weight.add_(_matmul_fp32(scaled.t(), self.data.to(dtype)))
+
+
+def fp8_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(E4M3 [rows, K], fp32 [rows, 1]) of a 2-D tensor, one absmax / 448 scale per row (the
+    weight's form for the ``fp8`` compensation GEMM; NaN/Inf rows get a NaN scale)."""
+    from .quantize import encode_multiplier
+    from .scaling import absmax_scale
+
+    scale = absmax_scale(tensor.float().abs().amax(dim=-1, keepdim=True), 448.0)
+    return (tensor.float() * encode_multiplier(scale)).to(torch.float8_e4m3fn), scale
+
+
+def occ_fp8_residual(x2d: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> FP8Residual:
+    """ΔA = A - clamp(A) as ``FP8Residual``: the fused kernel on CUDA (scalar bounds), else the
+    reference (``megatron_fp4.kernels.occ_residual``)."""
+    from .kernels.occ_residual import fp8_residual, fp8_residual_reference
+
+    fused = x2d.is_cuda and low.numel() == 1 and high.numel() == 1
+    data, scale = (fp8_residual if fused else fp8_residual_reference)(x2d, low, high)
+    return FP8Residual(data, scale, tuple(x2d.shape))
+
+
 def occ_compensation_residual(x2d: torch.Tensor, low: torch.Tensor, high: torch.Tensor, config: OCCConfig):
-    """The residual the config compensates: exact (``SparseResidual``) or hot channels."""
+    """The residual the config compensates: exact (``SparseResidual``), hot channels or FP8."""
     if config.compensation == "hot_channels":
         return occ_hot_channel_residual(x2d, low, high, config.hot_channel_fraction)
+    if config.compensation == "fp8":
+        return occ_fp8_residual(x2d, low, high)
     return occ_residual(x2d, low, high)
 
 

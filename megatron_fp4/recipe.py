@@ -30,6 +30,8 @@ def _compensation_text(occ: OCCConfig) -> str:
         return "clamp only"
     if occ.compensation == "hot_channels":
         return f"compensated in the hottest {occ.hot_channel_fraction:.3g} of channels"
+    if occ.compensation == "fp8":
+        return "compensated in FP8 (E4M3 residual and weight)"
     return "compensated exactly"
 
 FP4_ROW = QuantSpec("fp4", "row")

@@ -26,6 +26,7 @@ GRAPHABLE = {
     "paper-no-occ": lambda: FP4Recipe.paper(occ=OCCConfig(enabled=False)),
     "paper-hot-channels": lambda: FP4Recipe.paper(occ=OCCConfig(compensation="hot_channels")),
     "paper-clamp-only": lambda: FP4Recipe.paper(occ=OCCConfig(compensate=False)),
+    "paper-fp8-compensation": lambda: FP4Recipe.paper(occ=OCCConfig(compensation="fp8")),
 }
 
 

@@ -179,3 +179,51 @@ def test_hot_channel_linear_is_the_stated_definition():
     # with the two outlier channels hot, the output sits between clamp-only and exact OCC, much
     # closer to exact: what stays uncompensated is the few clamped entries of the other channels
     assert relative_error(y_partial, y_exact) < 0.25 * relative_error(y_clamp_only, y_exact)
+
+
+def test_fp8_residual_is_the_exact_residual_rounded_to_e4m3():
+    """Every entry of the FP8 residual is the exact ΔA rounded to E4M3 under its token's scale:
+    relative error <= 2^-4 for E4M3 normals, absolute <= half a subnormal step (scale · 2^-10)."""
+    from megatron_fp4.occ import occ_fp8_residual
+
+    x = _channel_outliers(96, 256, [3, 40], torch.bfloat16)
+    x[5, 7] = 1e4  # a spike far beyond the rest: its row's small residuals go subnormal
+    low, high = occ_bounds(x, OCCConfig())
+    exact = occ_residual(x, low, high).to_dense().double()
+    fp8 = occ_fp8_residual(x, low, high)
+    assert fp8.data.dtype == torch.float8_e4m3fn and fp8.scale.shape == (96, 1)
+    error = (fp8.to_dense().double() - exact).abs()
+    assert (error <= exact.abs() * 2**-4 + fp8.scale.double() * 2**-10).all()
+    assert torch.equal(fp8.to_dense() == 0, exact == 0)  # nothing lost, nothing invented (no residual this small here)
+    assert fp8.nnz == int((exact != 0).sum())
+
+
+def test_fp8_compensation_linear_stays_close_to_exact_compensation():
+    """y, dX, dW of `paper` with FP8 compensation against exact compensation: the compensation term
+    carries E4M3 rounding of ΔX and of W (2^-4 relative each) on the ~2% clamped part, so the
+    outputs differ by far less than clamp-only differs from exact; dX is the same function."""
+    from megatron_fp4.linear import fp4_linear
+    from megatron_fp4.recipe import FP4Recipe
+
+    x = _channel_outliers(64, 128, [5, 17], torch.float32).requires_grad_(True)
+    w = (torch.randn(32, 128) * 0.05).requires_grad_(True)
+    exact = FP4Recipe.paper()
+    results = {}
+    for name, occ in {"exact": OCCConfig(), "fp8": OCCConfig(compensation="fp8"), "clamp": OCCConfig(compensate=False)}.items():
+        y = fp4_linear(x, w, None, exact.replace(occ=occ))
+        results[name] = (y, *torch.autograd.grad(y.sum(), (x, w)))
+    for index in (0, 2):  # y and dW
+        fp8_error = relative_error(results["fp8"][index], results["exact"][index])
+        assert fp8_error < 2**-5 and fp8_error < 0.1 * relative_error(results["clamp"][index], results["exact"][index])
+    assert torch.equal(results["fp8"][1], results["exact"][1])
+
+
+def test_fp8_compensation_flag():
+    import shlex
+
+    from megatron_fp4.training.arguments import parse_args
+
+    llama = ("--num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 32 --max-position-embeddings 32 "
+             "--micro-batch-size 2 --global-batch-size 2 --train-iters 1 --lr 1e-3 --mock-data --tokenizer-type NullTokenizer --vocab-size 128")
+    args = parse_args(shlex.split(f"{llama} --fp4 --fp4-recipe paper --fp4-occ-compensation fp8"))
+    assert args.fp4_quant_recipe.occ.compensation == "fp8"

@@ -61,7 +61,7 @@ class GemmConfig:
                 raise ValueError(f"GemmConfig.{name} must be a power of two >= 32, got {value}")
 
 
-DEFAULT_CONFIG = GemmConfig(256, 128, 64, num_warps=8, num_stages=3)  # H100 sweep, benchmarks/NOTES.md
+DEFAULT_CONFIG = GemmConfig(128, 256, 64, num_warps=8, num_stages=4)  # H100 sweep (decoded, TMA), benchmarks/NOTES.md
 DEFAULT_METHOD = "decoded"  # 0.76-0.89x cuBLAS BF16 against 0.17-0.25x fused (H100, NOTES.md)
 METHODS = ("fused", "decoded")
 

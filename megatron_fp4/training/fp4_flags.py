@@ -53,8 +53,8 @@ def add_fp4_knob_arguments(group) -> None:
     group.add_argument("--no-fp4-occ", action="store_true", help="no outlier clamping")
     group.add_argument("--no-fp4-occ-compensation", action="store_true", help="clamp without the sparse residual")
     group.add_argument(
-        "--fp4-occ-compensation", choices=["exact", "hot_channels"], default=None,
-        help="which clamped entries are compensated: all (exact) or the hot channels' (megatron_fp4.occ)",
+        "--fp4-occ-compensation", choices=["exact", "hot_channels", "fp8"], default=None,
+        help="how the clamped entries are compensated: all exactly (exact), the hot channels' (hot_channels), or all in FP8 (fp8); see megatron_fp4.occ",
     )
     group.add_argument("--fp4-occ-hot-channel-fraction", type=_share, default=None, help="share of channels compensated with hot_channels (default 1/32)")
     group.add_argument("--fp4-bf16-layers", type=positive_int, nargs="+", default=[], help="1-based layers kept in BF16")
