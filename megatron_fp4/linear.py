@@ -88,8 +88,7 @@ class FP4GemmState:
             y = residual.add_matmul_weight_t_to(self.backend.fprop(xq, wq, out_dtype), weight)
         elif isinstance(residual, FP8Residual):  # one FP8 GEMM against W's E4M3 form, added in place
             weight_fp8 = weight_cache.cached(weight, ("fp8_rows", self.check), lambda: fp8_rows(weight.detach()))
-            y = self.backend.fprop(xq, wq, out_dtype)
-            y = y.add_(residual.matmul_weight_t(weight_fp8).to(y.dtype))
+            y = residual.add_matmul_weight_t_to(self.backend.fprop(xq, wq, out_dtype), weight_fp8)
         elif residual is not None:  # exact: summed in fp32
             y = (self.backend.fprop(xq, wq, torch.float32) + residual.matmul_weight_t(weight)).to(out_dtype)
         else:
@@ -149,14 +148,14 @@ class FP4GemmState:
             return grad_w.to(out_dtype)
         saved_input = self.x_saved.without_scale() if self.folded[1] else self.x_saved
         # the DGE or GEMM step writes the result directly, unless an exact residual is summed in fp32
-        last_step_casts = self.residual is None or isinstance(self.residual, HotChannelResidual)
+        last_step_casts = self.residual is None or isinstance(self.residual, (HotChannelResidual, FP8Residual))
         grad_w = self.backend.wgrad(gq_wgrad, saved_input, out_dtype if last_step_casts and self.w_fprop_scale is None else torch.float32)
         if self.w_fprop_scale is not None:
             dge, fmt = self.recipe.dge, self.recipe.fprop_weight.format
             grad_w = dge_scale_grad_fast(
                 grad_w.contiguous(), weight, self.w_fprop_scale, fmt, dge.k, dge.max_derivative, out_dtype if last_step_casts else None
             )
-        if isinstance(self.residual, HotChannelResidual):
+        if isinstance(self.residual, (HotChannelResidual, FP8Residual)):  # accumulated in the output's dtype
             grad_w = self.residual.add_t_matmul_to(grad_w.to(out_dtype), g2d)
         elif self.residual is not None:
             grad_w = self.residual.add_t_matmul_to(grad_w.float(), g2d)

@@ -67,8 +67,9 @@ class OCCConfig:
     scope: ``tensor`` (one threshold pair for the whole activation, as in the paper's equation)
     or ``row`` (per token, as the authors' code does).
     symmetric: clamp to ±q_α(|A|) instead of the two-sided signed quantiles.
-    compensation: ``exact`` (every clamped entry), ``hot_channels`` (the channels holding most
-    of the clamped energy) or ``fp8`` (every clamped entry in FP8); see the module docstring.
+    compensation: ``fp8`` (the default: every clamped entry, in FP8), ``exact`` (every clamped
+    entry, the paper's high-precision sparse product) or ``hot_channels`` (the channels holding
+    most of the clamped energy); see the module docstring.
     hot_channel_fraction: share of the K channels compensated with ``hot_channels`` (at least one).
     """
 
@@ -79,7 +80,7 @@ class OCCConfig:
     symmetric: bool = False
     exact_max_elements: int = 1 << 22
     sample_size: int = 1 << 18
-    compensation: str = "exact"
+    compensation: str = "fp8"
     hot_channel_fraction: float = 1 / 32
 
     def __post_init__(self) -> None:
@@ -361,19 +362,29 @@ class FP8Residual:
     def matmul_weight_t(self, weight_fp8: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """ΔA @ W^T in fp32 ([rows, N]) with W in its E4M3 row form (``fp8_rows(W)``): one FP8
         GEMM with both row scales in the epilogue on Hopper, else the dequantized product."""
+        return self._product(weight_fp8, torch.float32)
+
+    def add_matmul_weight_t_to(self, out: torch.Tensor, weight_fp8: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """out += ΔA @ W^T in place, the product written in ``out``'s dtype (no fp32 round trip)."""
+        return out.add_(self._product(weight_fp8, out.dtype))
+
+    def _product(self, weight_fp8: tuple[torch.Tensor, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
         w_data, w_scale = weight_fp8
         aligned = all(d % 16 == 0 for d in (*self.data.shape, w_data.shape[0]))  # what _scaled_mm takes
         if aligned and self.data.is_cuda and hasattr(torch, "_scaled_mm") and torch.cuda.get_device_capability(self.data.device) >= (9, 0):
-            product = torch._scaled_mm(self.data, w_data.t(), scale_a=self.scale, scale_b=w_scale.t(), out_dtype=torch.bfloat16)
-            return product.float()
-        return self.to_dense() @ (w_data.float() * w_scale).t()
+            written = dtype if dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+            return torch._scaled_mm(self.data, w_data.t(), scale_a=self.scale, scale_b=w_scale.t(), out_dtype=written).to(dtype)
+        return (self.to_dense() @ (w_data.float() * w_scale).t()).to(dtype)
 
     def add_t_matmul_to(self, grad_weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """grad_weight += grad^T @ ΔA in place: the token scales folded into grad (16-bit), the
-        E4M3 elements exact in 16 bits, one 16-bit GEMM accumulated in fp32."""
-        dtype = grad.dtype if grad.dtype in (torch.bfloat16, torch.float16) and grad.is_cuda else torch.float32
-        scaled = (grad.float() * self.scale).to(dtype)
-        return grad_weight.add_(_matmul_fp32(scaled.t(), self.data.to(dtype)))
+        """grad_weight += grad^T @ ΔA in place: the token scales folded into grad, the E4M3
+        elements exact in 16 bits; on CUDA one 16-bit GEMM accumulating into grad_weight in its
+        epilogue (``addmm``), elsewhere in fp32."""
+        if grad.is_cuda and grad.dtype in (torch.bfloat16, torch.float16) and grad_weight.dtype == grad.dtype:
+            scaled = grad * self.scale.to(grad.dtype)
+            return torch.addmm(grad_weight, scaled.t(), self.data.to(grad.dtype), out=grad_weight)
+        scaled = grad.float() * self.scale
+        return grad_weight.add_((scaled.t() @ self.data.float()).to(grad_weight.dtype))
 
 
 def fp8_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
