@@ -88,7 +88,8 @@ class FP4GemmState:
             y = residual.add_matmul_weight_t_to(self.backend.fprop(xq, wq, out_dtype), weight)
         elif isinstance(residual, FP8Residual):  # one FP8 GEMM against W's E4M3 form, added in place
             weight_fp8 = weight_cache.cached(weight, ("fp8_rows", self.check), lambda: fp8_rows(weight.detach()))
-            y = residual.add_matmul_weight_t_to(self.backend.fprop(xq, wq, out_dtype), weight_fp8)
+            fast = self.backend.name != "reference"  # the reference backend keeps exact fp32 products
+            y = residual.add_matmul_weight_t_to(self.backend.fprop(xq, wq, out_dtype), weight_fp8, tensor_cores=fast)
         elif residual is not None:  # exact: summed in fp32
             y = (self.backend.fprop(xq, wq, torch.float32) + residual.matmul_weight_t(weight)).to(out_dtype)
         else:

@@ -362,19 +362,20 @@ class FP8Residual:
     def to_dense(self) -> torch.Tensor:
         return self.data.float() * self.scale
 
-    def matmul_weight_t(self, weight_fp8: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def matmul_weight_t(self, weight_fp8: tuple[torch.Tensor, torch.Tensor], tensor_cores: bool = True) -> torch.Tensor:
         """ΔA @ W^T in fp32 ([rows, N]) with W in its E4M3 row form (``fp8_rows(W)``): one FP8
         GEMM with both row scales in the epilogue on Hopper, else the dequantized product."""
-        return self._product(weight_fp8, torch.float32)
+        return self._product(weight_fp8, torch.float32, tensor_cores)
 
-    def add_matmul_weight_t_to(self, out: torch.Tensor, weight_fp8: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """out += ΔA @ W^T in place, the product written in ``out``'s dtype (no fp32 round trip)."""
-        return out.add_(self._product(weight_fp8, out.dtype))
+    def add_matmul_weight_t_to(self, out: torch.Tensor, weight_fp8: tuple[torch.Tensor, torch.Tensor], tensor_cores: bool = True) -> torch.Tensor:
+        """out += ΔA @ W^T in place, the product written in ``out``'s dtype (no fp32 round trip).
+        tensor_cores=False: the dequantized fp32 product (the reference backend's arithmetic)."""
+        return out.add_(self._product(weight_fp8, out.dtype, tensor_cores))
 
-    def _product(self, weight_fp8: tuple[torch.Tensor, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    def _product(self, weight_fp8: tuple[torch.Tensor, torch.Tensor], dtype: torch.dtype, tensor_cores: bool) -> torch.Tensor:
         w_data, w_scale = weight_fp8
         aligned = all(d % 16 == 0 for d in (*self.data.shape, w_data.shape[0]))  # what _scaled_mm takes
-        if aligned and self.data.is_cuda and hasattr(torch, "_scaled_mm") and torch.cuda.get_device_capability(self.data.device) >= (9, 0):
+        if tensor_cores and aligned and self.data.is_cuda and hasattr(torch, "_scaled_mm") and torch.cuda.get_device_capability(self.data.device) >= (9, 0):
             if dtype == torch.float32 and _FP32_ROWWISE_OUTPUT["supported"]:
                 try:
                     return torch._scaled_mm(self.data, w_data.t(), scale_a=self.scale, scale_b=w_scale.t(), out_dtype=torch.float32)
