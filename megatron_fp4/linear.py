@@ -29,10 +29,9 @@ from torch import nn
 from . import health, weight_cache
 from .backward import fold_scale, quantize_grad_output
 from .gemm import GemmBackend, get_backend
-from .kernels import dge_scale_grad_fast, quantize_fast
-from .hadamard import apply_rht
+from .kernels import dge_scale_grad_fast, quantize_along_tokens_fast, quantize_fast
 from .occ import FP8Residual, HotChannelResidual, SparseResidual, fp8_rows, occ_bounds, occ_compensation_residual
-from .quantize import QuantizedTensor, check_finite_enabled, quantize
+from .quantize import QuantizedTensor, QuantSpec, check_finite_enabled, quantize
 from .recipe import FP4Recipe
 
 __all__ = ["FP4GemmState", "FP4LinearFunction", "fp4_linear", "FP4Linear"]
@@ -96,7 +95,7 @@ class FP4GemmState:
             y = self.backend.fprop(xq, wq, out_dtype)
 
         if recipe.wgrad_along_tokens:  # X^T [K, M], blocks along the tokens (after the RHT)
-            self.x_saved = quantize(self._wgrad_operand(x2d, "input"), recipe.wgrad_input, check_finite=self.check, name=f"{self.name} input (wgrad, along tokens)")
+            self.x_saved = self._quantize_along_tokens(x2d, recipe.wgrad_input, "input")
         elif recipe.wgrad_input == recipe.fprop_input:
             self.x_saved = xq
         elif recipe.wgrad_input.is_quantized:
@@ -110,11 +109,13 @@ class FP4GemmState:
         self.w_saved = dataclasses.replace(self.w_saved, fp8=None)
         return y
 
-    def _wgrad_operand(self, tensor2d: torch.Tensor, what: str) -> torch.Tensor:
-        """[M, C] -> the wgrad GEMM's operand [C, M] (tokens last), after the RHT if the recipe has it."""
-        if self.recipe.wgrad_hadamard:
-            tensor2d = apply_rht(tensor2d, self.recipe.hadamard_seed, f"{self.name} {what} (--fp4-rht)")
-        return tensor2d.float().t().contiguous()
+    def _quantize_along_tokens(self, tensor2d: torch.Tensor, spec: QuantSpec, what: str) -> QuantizedTensor:
+        """[M, C] -> the wgrad GEMM's operand [C, M] (tokens last) in ``spec``, after the RHT if the
+        recipe has it (fused on CUDA for NVFP4: ``kernels.quantize_along_tokens_fast``)."""
+        return quantize_along_tokens_fast(
+            tensor2d, spec, self.recipe.hadamard_seed, self.recipe.wgrad_hadamard,
+            check_finite=self.check, name=f"{self.name} {what} " + ("(--fp4-rht)" if self.recipe.wgrad_hadamard else "(wgrad, along tokens)"),
+        )
 
     def quantize_grad_output(self, g2d: torch.Tensor) -> tuple[QuantizedTensor, QuantizedTensor | None]:
         """The output gradient in the dgrad and wgrad formats, with the saved operands' row scales
@@ -141,7 +142,7 @@ class FP4GemmState:
         """dW = (Q_g(diag(s_X) dY)^T C_X) ⊙ f'(W / s_W) + dY^T ΔX (g2d: the unquantized dY), summed
         in fp32 and returned in ``out_dtype``."""
         if self.recipe.wgrad_along_tokens:  # (R dY)^T (R X) = dY^T X in exact arithmetic
-            gq_t = quantize(self._wgrad_operand(g2d, "output gradient"), self.recipe.wgrad_grad_output, check_finite=self.check, name=f"{self.name} output gradient (wgrad)")
+            gq_t = self._quantize_along_tokens(g2d, self.recipe.wgrad_grad_output, "output gradient")
             grad_w = self.backend.fprop(gq_t, self.x_saved, torch.float32)  # the A B^T GEMM: dY^T X over tokens
             if self.w_fprop_scale is not None:
                 dge, fmt = self.recipe.dge, self.recipe.fprop_weight.format

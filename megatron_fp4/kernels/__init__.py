@@ -6,13 +6,15 @@ dispatch changes speed, never results. On CPU they run only under ``TRITON_INTER
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ..dge import dge_scale_weight_grad
 from ..formats import E2M1
 from ..quantize import QuantizedTensor, QuantSpec, check_finite_enabled, quantize
 
-__all__ = ["quantize_fast", "quantize_grad_fast", "dge_scale_grad_fast", "triton_available"]
+__all__ = ["quantize_fast", "quantize_along_tokens_fast", "quantize_grad_fast", "dge_scale_grad_fast", "triton_available"]
 
 
 def triton_available() -> bool:
@@ -38,7 +40,17 @@ def quantize_fast(
     fused = x.is_cuda and triton_available()
     if fused and clamp is None:
         from .quantize_blocks import quantize_blocks, supports_block_spec
+        from .quantize_nvfp4 import quantize_nvfp4, supports_nvfp4_spec
 
+        tiles = spec.granularity == "nvfp4_2d" and not spec.stochastic_rounding
+        stochastic_blocks = spec.granularity == "nvfp4" and spec.stochastic_rounding
+        if supports_nvfp4_spec(spec) and (tiles or stochastic_blocks) and x.dim() >= 2:
+            x2d = x.reshape(-1, x.shape[-1])
+            if (checking and not torch.isfinite(x).all()) or x2d.shape[-1] % 16 or (tiles and x2d.shape[0] % 16):
+                return quantize(x, spec, check_finite=checking, name=name)  # raises, naming the tensor / shape
+            draws = torch.rand(x2d.shape, device=x.device) if stochastic_blocks else None  # the reference's draws
+            q = quantize_nvfp4(x2d, tiles=tiles, draws=draws)
+            return dataclasses.replace(q, shape=x.shape, dtype=x.dtype)
         if supports_block_spec(spec):
             if checking and not torch.isfinite(x).all():
                 quantize(x, spec, check_finite=True, name=name)  # raises, naming the tensor
@@ -85,3 +97,24 @@ def dge_scale_grad_fast(
 
         return dge_scale_grad(grad_w, weight, scale, k, max_derivative, out_dtype)
     return dge_scale_weight_grad(grad_w, weight, scale, fmt, k, max_derivative).to(out_dtype or torch.float32)
+
+
+def quantize_along_tokens_fast(tensor2d: torch.Tensor, spec: QuantSpec, rht_seed: int | None, use_rht: bool, *, check_finite: bool, name: str) -> QuantizedTensor:
+    """The weight-gradient operand of a recipe quantized along the tokens: ``quantize`` of
+    (R16 tensor2d)^T [C, M] (the RHT only with ``use_rht``). The fused NVFP4 kernel on CUDA (its
+    stochastic rounding draws the same numbers from torch's generator as the reference), else the
+    reference (``hadamard.apply_rht`` then ``quantize``), which also names bad shapes."""
+    from ..hadamard import RHT_BLOCK, apply_rht, rht_matrix
+
+    fused = tensor2d.is_cuda and triton_available() and spec.granularity == "nvfp4"
+    if fused:
+        from .quantize_nvfp4 import quantize_nvfp4, supports_nvfp4_spec
+
+        fused = supports_nvfp4_spec(spec) and tensor2d.shape[0] % RHT_BLOCK == 0 and tensor2d.shape[1] % 2 == 0
+        fused = fused and not ((check_finite or check_finite_enabled()) and not torch.isfinite(tensor2d).all())
+    if not fused:
+        operand = apply_rht(tensor2d, rht_seed, name) if use_rht else tensor2d
+        return quantize(operand.float().t().contiguous(), spec, check_finite=check_finite, name=name)
+    rows, columns = tensor2d.shape
+    draws = torch.rand((columns, rows), device=tensor2d.device) if spec.stochastic_rounding else None
+    return quantize_nvfp4(tensor2d, along_tokens=True, rht=rht_matrix(rht_seed, device=tensor2d.device) if use_rht else None, draws=draws)

@@ -1,0 +1,86 @@
+"""The NVFP4 training-recipe quantizer (16x16 tiles, along the tokens after the RHT, stochastic
+rounding) against the PyTorch reference: bit for bit without the RHT (the same uniform draws for
+stochastic rounding); with the RHT the 16-term sums run in another order, so codes may differ on
+rounding boundaries only (bound: 1 in 1000 elements, each by one grid step)."""
+
+import os
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("Triton kernels need a GPU or TRITON_INTERPRET=1", allow_module_level=True)
+
+from megatron_fp4.formats import unpack_codes  # noqa: E402
+from megatron_fp4.hadamard import apply_rht, rht_matrix  # noqa: E402
+from megatron_fp4.kernels.quantize_nvfp4 import quantize_nvfp4  # noqa: E402
+from megatron_fp4.quantize import QuantSpec, quantize  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SHAPES = [(64, 64), (96, 160)] if DEVICE == "cpu" else [(64, 64), (8192, 4096), (4096, 11008)]
+NVFP4, TILES = QuantSpec("fp4", "nvfp4"), QuantSpec("fp4", "nvfp4_2d")
+SR = QuantSpec("fp4", "nvfp4", stochastic_rounding=True)
+
+
+def activation(shape, dtype=torch.bfloat16):
+    x = torch.randn(shape) * torch.logspace(-3, 2, shape[1])[None, :]
+    x[3, 5] = 200.0  # an outlier: its block's scale is coarse, the tensor scale follows it
+    return x.to(dtype).to(DEVICE)
+
+
+def assert_identical(fast, reference):
+    assert torch.equal(fast.data, reference.data)
+    assert torch.equal(fast.scale.view(torch.uint8), reference.scale.view(torch.uint8))
+    assert torch.equal(fast.global_scale.reshape(()), reference.global_scale.reshape(()))
+    assert fast.spec == reference.spec and tuple(fast.shape) == tuple(reference.shape)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_tiles_and_rows_match_the_reference(shape, dtype):
+    x = activation(shape, dtype)
+    assert_identical(quantize_nvfp4(x, tiles=True), quantize(x, TILES))
+    assert_identical(quantize_nvfp4(x), quantize(x, NVFP4))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_stochastic_rounding_with_the_same_draws_matches_the_reference(shape):
+    x = activation(shape)
+    draws = torch.rand(shape, generator=torch.Generator(DEVICE).manual_seed(7), device=DEVICE)
+    reference = quantize(x, SR, generator=torch.Generator(DEVICE).manual_seed(7))
+    assert_identical(quantize_nvfp4(x, draws=draws), reference)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_along_the_tokens_without_rht_is_the_transposed_quantization(shape):
+    x = activation(shape)
+    assert_identical(quantize_nvfp4(x, along_tokens=True), quantize(x.float().t().contiguous(), NVFP4))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_along_the_tokens_with_rht_matches_up_to_summation_order(shape, stochastic):
+    x = activation(shape)
+    operand = apply_rht(x, 1234).t().contiguous()
+    draws = torch.rand(operand.shape, generator=torch.Generator(DEVICE).manual_seed(3), device=DEVICE) if stochastic else None
+    spec = SR if stochastic else NVFP4
+    reference = quantize(operand, spec, generator=torch.Generator(DEVICE).manual_seed(3) if stochastic else None)
+    fast = quantize_nvfp4(x, along_tokens=True, rht=rht_matrix(1234), draws=draws)
+    assert torch.allclose(fast.global_scale, reference.global_scale, rtol=1e-6, atol=0)
+    differing = unpack_codes(fast.data) != unpack_codes(reference.data)
+    assert differing.float().mean() < 1e-3
+    steps = (fast.dequantize_2d() - reference.dequantize_2d()).abs()[differing]
+    grid_step = (reference.decode_scale() * 2).expand(operand.shape)[differing]  # the widest E2M1 gap is 2 units
+    assert (steps <= grid_step * (1 + 1e-6)).all()
+
+
+def test_bad_shapes_and_arguments_are_named():
+    with pytest.raises(ValueError, match="token dimension"):
+        quantize_nvfp4(torch.randn(40, 64).to(DEVICE), along_tokens=True)
+    with pytest.raises(ValueError, match="tiles"):
+        quantize_nvfp4(torch.randn(40, 64).to(DEVICE), tiles=True)
+    with pytest.raises(ValueError, match="RHT runs along the tokens"):
+        quantize_nvfp4(torch.randn(64, 64).to(DEVICE), rht=rht_matrix(1))
+    with pytest.raises(ValueError, match="draws of shape"):
+        quantize_nvfp4(torch.randn(64, 64).to(DEVICE), draws=torch.rand(32, 64).to(DEVICE))
