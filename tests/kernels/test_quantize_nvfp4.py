@@ -84,3 +84,27 @@ def test_bad_shapes_and_arguments_are_named():
         quantize_nvfp4(torch.randn(64, 64).to(DEVICE), rht=rht_matrix(1))
     with pytest.raises(ValueError, match="draws of shape"):
         quantize_nvfp4(torch.randn(64, 64).to(DEVICE), draws=torch.rand(32, 64).to(DEVICE))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the linear's kernel dispatch runs on CUDA only")
+def test_nvfp4_linear_with_the_kernel_equals_the_reference_quantizers(monkeypatch):
+    """The whole nvfp4 linear with the fused quantizer switched on against the PyTorch quantizers:
+    the same draws (seeded), so only the RHT's summation order differs (bound: bf16 outputs)."""
+    from conftest import relative_error
+    from megatron_fp4.linear import fp4_linear
+    from megatron_fp4.recipe import get_recipe
+
+    recipe = get_recipe("nvfp4")
+    x = torch.randn(1024, 2048, device="cuda", dtype=torch.bfloat16)
+    w = (torch.randn(4096, 2048, device="cuda") * 0.02).to(torch.bfloat16)
+    g = torch.randn(1024, 4096, device="cuda", dtype=torch.bfloat16)
+    results = []
+    for enabled in ("0", "1"):
+        monkeypatch.setenv("MEGATRON_FP4_NVFP4_KERNEL", enabled)
+        torch.manual_seed(5)
+        xb, wb = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = fp4_linear(xb, wb, None, recipe)
+        y.backward(g)
+        results.append((y.float(), xb.grad.float(), wb.grad.float()))
+    for fused, reference in zip(*results):
+        assert relative_error(fused, reference) < 2**-7
