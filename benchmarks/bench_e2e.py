@@ -40,11 +40,11 @@ RECIPE_FLAGS = {
     "direct": "--fp4 --fp4-recipe direct",
     "nvfp4": "--fp4 --fp4-recipe nvfp4",
     "mxfp4": "--fp4 --fp4-recipe mxfp4",
-    "direct-no-cache": "--fp4 --fp4-recipe direct",
-    "paper-no-occ-no-cache": "--fp4 --fp4-recipe paper --no-fp4-occ",
+    "direct-weight-cache": "--fp4 --fp4-recipe direct",
+    "paper-no-occ-weight-cache": "--fp4 --fp4-recipe paper --no-fp4-occ",
 }
-# environment per recipe row: the weight cache off (megatron_fp4.weight_cache) to measure what it saves
-RECIPE_ENV = {"direct-no-cache": {"MEGATRON_FP4_WEIGHT_CACHE": "0"}, "paper-no-occ-no-cache": {"MEGATRON_FP4_WEIGHT_CACHE": "0"}}
+# environment per recipe row: the opt-in weight cache on (megatron_fp4.weight_cache) to measure what it saves
+RECIPE_ENV = {"direct-weight-cache": {"MEGATRON_FP4_WEIGHT_CACHE": "1"}, "paper-no-occ-weight-cache": {"MEGATRON_FP4_WEIGHT_CACHE": "1"}}
 # kernel-name fragments (lower case) per family, checked in this order
 FAMILIES = (
     ("attention", ("flash", "fmha", "attention", "softmax")),

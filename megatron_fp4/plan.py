@@ -30,7 +30,30 @@ from .training.arguments import parse_args, transformer_config_from_args
 __all__ = ["ModelShape", "parameter_count", "memory_per_gpu", "main"]
 
 GIB = 1024**3
-FP4_SAVED_BYTES = 0.66  # per element: packed codes + row scales + OCC residual (bench_linear, α=0.99)
+
+
+def saved_bytes_per_element(recipe) -> float:
+    """What an FP4 linear keeps for backward per input element: packed E2M1 codes (0.5 B) and
+    their block scales, plus OCC's residual: FP8 (1 B dense), exact (8 B per clamped entry,
+    2(1 - α) of them), hot channels (2 B x the channel share). ``bench_linear`` measures 1.50 B
+    for FP8 OCC and 0.66 B for exact OCC at α = 0.99. No recipe: paper's default."""
+    from .recipe import FP4Recipe
+
+    recipe = recipe or FP4Recipe.paper()
+    spec = recipe.wgrad_input
+    if not spec.is_quantized:
+        return 2.0
+    bytes_per_element = 0.5 if spec.dtype == "fp4" else 1.0
+    bytes_per_element += {"nvfp4": 1 / 16, "nvfp4_2d": 1 / 256, "mxfp4": 1 / 32}.get(spec.granularity, 0.0)
+    occ = recipe.occ
+    if occ.enabled and occ.compensate:
+        if occ.compensation == "fp8":
+            bytes_per_element += 1.0
+        elif occ.compensation == "exact":
+            bytes_per_element += 8 * 2 * (1 - occ.alpha)
+        else:
+            bytes_per_element += 2 * occ.hot_channel_fraction
+    return bytes_per_element
 
 
 @dataclass(frozen=True)
@@ -90,12 +113,12 @@ def flops_per_token(shape: ModelShape) -> float:
     return 6 * dense + attention
 
 
-def activation_bytes_per_layer(shape: ModelShape, micro_batch: int, tp: int, sp: bool, fp4: bool) -> float:
+def activation_bytes_per_layer(shape: ModelShape, micro_batch: int, tp: int, sp: bool, fp4: bool, fp4_bytes: float | None = None) -> float:
     """Saved activations of one layer for one micro-batch on one TP rank (an estimate in the
     counting of Korthikanti et al. 2022; local attention materializes the softmax).
 
     Per token: the four linear-layer inputs (QKV and fc1 see the hidden state, proj the attention
-    output, fc2 the FFN activation; 2 B each in bf16, ~0.66 B packed FP4); norm inputs (2 x 2h B)
+    output, fc2 the FFN activation; 2 B each in bf16, ``fp4_bytes`` in FP4: ``saved_bytes_per_element``); norm inputs (2 x 2h B)
     and dropout masks (2 x h B); Q, K, V for the score GEMMs (2 x 3h/TP B); SwiGLU's two FFN
     halves (2 x 2 x FFN/TP B); the attention scores, softmax and its dropout mask (5 x heads x s / TP B).
     Without SP the hidden-sized tensors are replicated on every TP rank.
@@ -103,7 +126,7 @@ def activation_bytes_per_layer(shape: ModelShape, micro_batch: int, tp: int, sp:
     s, b, h = shape.seq, micro_batch, shape.hidden
     replicated = tp if sp else 1
     linear_inputs = (2 * h) / replicated + (shape.heads * shape.kv_channels + shape.ffn) / tp
-    per_token = linear_inputs * (FP4_SAVED_BYTES if fp4 else 2)
+    per_token = linear_inputs * ((fp4_bytes if fp4_bytes is not None else saved_bytes_per_element(None)) if fp4 else 2)
     per_token += (4 * h + 2 * h) / replicated
     per_token += 2 * 3 * shape.heads * shape.kv_channels / tp
     per_token += 2 * shape.ffn * (2 if shape.swiglu else 1) / tp
@@ -111,7 +134,10 @@ def activation_bytes_per_layer(shape: ModelShape, micro_batch: int, tp: int, sp:
     return s * b * per_token
 
 
-def memory_per_gpu(shape: ModelShape, tp: int, pp: int, dp: int, micro_batch: int, sp: bool, distributed_optimizer: bool) -> dict:
+def memory_per_gpu(
+    shape: ModelShape, tp: int, pp: int, dp: int, micro_batch: int, sp: bool, distributed_optimizer: bool,
+    fp4_bytes: float | None = None, weight_cache: bool = False,
+) -> dict:
     """Bytes on the most loaded GPU (the first pipeline stage holds the embedding and PP in-flight micro-batches)."""
     layers_per_stage = shape.layers // pp
     stage_params = layers_per_stage * shape.layer_parameters() + shape.embedding_parameters()
@@ -123,8 +149,11 @@ def memory_per_gpu(shape: ModelShape, tp: int, pp: int, dp: int, micro_batch: in
     optimizer_shards = dp if distributed_optimizer else 1
     in_flight = pp  # 1F1B: the first stage holds PP micro-batches' activations at its peak
     activations = {
-        fp4: layers_per_stage * in_flight * activation_bytes_per_layer(shape, micro_batch, tp, sp, fp4) for fp4 in (False, True)
+        fp4: layers_per_stage * in_flight * activation_bytes_per_layer(shape, micro_batch, tp, sp, fp4, fp4_bytes) for fp4 in (False, True)
     }
+    # MEGATRON_FP4_WEIGHT_CACHE=1 keeps every linear weight's quantized forms for the whole step:
+    # FP8 operand (1 B) + packed codes (0.5 B) + W's E4M3 form for FP8 OCC (1 B) per element
+    cached_weights = 2.5 * layers_per_stage * shape.layer_parameters() / tp if weight_cache else 0.0
     logits = 4 * shape.seq * micro_batch * shape.vocab / tp if pp == 1 else 0
     return {
         "parameters on this GPU": local,
@@ -133,6 +162,7 @@ def memory_per_gpu(shape: ModelShape, tp: int, pp: int, dp: int, micro_batch: in
         "optimizer (fp32 master + Adam m, v)": 12 * local / optimizer_shards,
         "activations, bf16": activations[False] + logits,
         "activations, FP4 packed": activations[True] + logits,
+        "FP4 weight cache (opt-in)": cached_weights,
     }
 
 
@@ -187,11 +217,16 @@ def main(argv: list[str] | None = None) -> dict:
         )
     shape = ModelShape.from_args(args, options.padded_vocab_size)
     total = parameter_count(shape)
-    memory = memory_per_gpu(shape, tp, pp, dp, args.micro_batch_size, args.sequence_parallel, args.use_distributed_optimizer)
+    from .weight_cache import enabled as weight_cache_enabled
+
+    fp4 = args.fp4_quant_recipe is not None and args.fp4_quant_recipe.quantizes
+    memory = memory_per_gpu(
+        shape, tp, pp, dp, args.micro_batch_size, args.sequence_parallel, args.use_distributed_optimizer,
+        fp4_bytes=saved_bytes_per_element(args.fp4_quant_recipe if fp4 else None), weight_cache=fp4 and weight_cache_enabled(),
+    )
     static = sum(v for k, v in memory.items() if k not in ("parameters on this GPU", "activations, bf16", "activations, FP4 packed"))
     totals = {kind: static + memory[f"activations, {kind}"] for kind in ("bf16", "FP4 packed")}
     tokens_per_step = args.global_batch_size * args.seq_length
-    fp4 = args.fp4_quant_recipe is not None
     print(f"layout: {options.gpus} GPUs = TP {tp} x PP {pp} x DP {dp}; micro-batch {args.micro_batch_size}, "
           f"{args.global_batch_size // (args.micro_batch_size * dp)} micro-batches per step per DP rank")
     print(f"parameters: {total:,} ({total / 1e9:.3f}B); {memory['parameters on this GPU']:,.0f} on the most loaded GPU")

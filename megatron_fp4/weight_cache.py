@@ -10,8 +10,10 @@ Guard: an entry is keyed on the parameter's identity, storage and autograd versi
 in-place change inside the scope (``weight.add_(...)``) misses the cache. (Writes through
 ``weight.data`` bypass the version counter; the optimizer writes that way, which is why the scope,
 not the version, is what bounds the cache's life.) Cost: the quantized weights of every layer stay
-alive for the step (packed codes + scales, and the FP8 operand where the fast kernel made one);
-``MEGATRON_FP4_WEIGHT_CACHE=0`` turns the cache off (memory, or to measure what it saves).
+alive for the step (packed codes + scales, the FP8 operand where the fast kernel made one, and W's
+E4M3 form for FP8 OCC: ~1.5-2.5 B per weight element of the whole model, 10-17 GB for 7B at
+TP = 1). Measured on an H100 (benchmarks/NOTES.md, session 4) it saved ~1% of GPU time and no
+wall time, so it is off by default: ``MEGATRON_FP4_WEIGHT_CACHE=1`` turns it on.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def step_scope():
 
 
 def enabled() -> bool:
-    return os.environ.get("MEGATRON_FP4_WEIGHT_CACHE", "1") not in ("0", "false", "False", "off")
+    return os.environ.get("MEGATRON_FP4_WEIGHT_CACHE", "0") not in ("", "0", "false", "False", "off")
 
 
 def in_scope() -> bool:

@@ -2,9 +2,16 @@
 first quantization, results are bit-identical to quantizing each time, and nothing is cached
 outside a scope or across an in-place change."""
 
+import pytest
 import torch
 
 from megatron_fp4 import linear, weight_cache
+
+
+@pytest.fixture(autouse=True)
+def _cache_on(monkeypatch):
+    """The cache is opt-in (memory); these tests are about what it does when on."""
+    monkeypatch.setenv("MEGATRON_FP4_WEIGHT_CACHE", "1")
 from megatron_fp4.linear import fp4_linear
 from megatron_fp4.recipe import FP4Recipe
 
@@ -66,9 +73,11 @@ def test_a_changed_weight_is_quantized_again(monkeypatch):
     assert torch.equal(fresh, fp4_linear(x, w, None, recipe))  # outside a scope: uncached, equal
 
 
-def test_the_environment_switch_turns_the_cache_off(monkeypatch):
+def test_the_cache_is_off_by_default_and_by_the_switch(monkeypatch):
     from megatron_fp4 import weight_cache
 
+    monkeypatch.delenv("MEGATRON_FP4_WEIGHT_CACHE")
+    assert not weight_cache.enabled()
     monkeypatch.setenv("MEGATRON_FP4_WEIGHT_CACHE", "0")
     calls = []
     weight = torch.randn(4, 4)

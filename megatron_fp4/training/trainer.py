@@ -189,7 +189,7 @@ def train_step(model, optimizer, batches: list[dict], args) -> tuple[float | Non
     model.train()
     model.zero_grad_buffer()
     optimizer.zero_grad()
-    with weight_cache.step_scope():  # each weight quantized once for all micro-batches of the step
+    with weight_cache.step_scope():  # with MEGATRON_FP4_WEIGHT_CACHE=1: each weight quantized once per step
         loss = _run_schedule(model, batches, args, forward_only=False)
     _, grad_norm, _ = optimizer.step()
     return loss, grad_norm

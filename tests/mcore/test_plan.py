@@ -73,3 +73,19 @@ def test_per_gpu_count_equals_a_tensor_parallel_rank(tmp_path):
     shape = plan.ModelShape.from_args(plan.parse_args(flags), 1024)
     estimate = plan.memory_per_gpu(shape, tp=2, pp=1, dp=1, micro_batch=1, sp=True, distributed_optimizer=False)
     assert per_rank[0] == per_rank[1] == estimate["parameters on this GPU"]
+
+
+def test_fp4_saved_bytes_follow_the_recipe():
+    """The FP4 activation estimate uses what the recipe keeps (bench_linear measured 1.50 B per
+    element with FP8 OCC, 0.66 B with exact OCC at alpha 0.99), not one constant."""
+    from megatron_fp4.occ import OCCConfig
+    from megatron_fp4.recipe import FP4Recipe
+
+    assert plan.saved_bytes_per_element(FP4Recipe.paper()) == pytest.approx(1.5)
+    assert plan.saved_bytes_per_element(FP4Recipe.paper(occ=OCCConfig(compensation="exact"))) == pytest.approx(0.66)
+    assert plan.saved_bytes_per_element(FP4Recipe.paper(occ=OCCConfig(enabled=False))) == pytest.approx(0.5)
+    assert plan.saved_bytes_per_element(FP4Recipe.nvfp4()) == pytest.approx(0.5 + 1 / 16)
+    assert plan.saved_bytes_per_element(FP4Recipe.bf16()) == 2.0
+    exact = plan.main(["--config", CONFIGS["7b"], "--gpus", "64", "--fp4-occ-compensation", "exact"])["totals"]["FP4 packed"]
+    fp8 = plan.main(["--config", CONFIGS["7b"], "--gpus", "64"])["totals"]["FP4 packed"]
+    assert fp8 > exact
