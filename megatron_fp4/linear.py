@@ -44,6 +44,16 @@ def _quantize_pair(tensor: torch.Tensor, first_spec, second_spec, check: bool, n
     return first, second
 
 
+def _dge_scale(weight: torch.Tensor, wq: QuantizedTensor, recipe: FP4Recipe) -> torch.Tensor:
+    """The weight's decode scale DGE evaluates f'(W / s) with: the forward's FP4 scale, or for a
+    high-precision weight (`bf16_dge`) the per-channel FP4 scale amax / 6 it would have had."""
+    if recipe.fprop_weight.dtype == "fp4":
+        return wq.decode_scale()
+    from .scaling import absmax_scale
+
+    return absmax_scale(weight.detach().float().abs().amax(dim=-1, keepdim=True), recipe.fprop_weight.format.max_value)
+
+
 class FP4GemmState:
     """The FP4 GEMMs of one linear layer: forward, and what it keeps for the backward GEMMs.
 
@@ -103,7 +113,7 @@ class FP4GemmState:
         else:  # high-precision wgrad input: the true input, outliers included
             self.x_saved, residual = quantize(x2d, recipe.wgrad_input), None
         self.residual = residual
-        self.w_fprop_scale = wq.decode_scale() if recipe.dge.enabled else None
+        self.w_fprop_scale = _dge_scale(weight, wq, recipe) if recipe.dge.enabled else None
         # kept for backward: packed codes and scales only (the FP8 containers are rebuilt there)
         self.x_saved = dataclasses.replace(self.x_saved, fp8=None)
         self.w_saved = dataclasses.replace(self.w_saved, fp8=None)
@@ -209,7 +219,7 @@ def fp4_linear(
     """Functional FP4 linear. ``recipe`` defaults to `paper`; a recipe that quantizes nothing
     (`bf16`) runs ``F.linear`` itself, so it is nn.Linear exactly."""
     recipe = recipe or FP4Recipe.paper()
-    if not recipe.quantizes:
+    if not recipe.changes_linear:
         return F.linear(x, weight, bias)
     if not isinstance(backend, GemmBackend):
         backend = get_backend(backend)

@@ -95,10 +95,10 @@ class FP4Recipe:
         for operand in OPERANDS:
             if not isinstance(getattr(self, operand), QuantSpec):
                 raise ValueError(f"FP4Recipe.{operand} must be a QuantSpec, got {getattr(self, operand)!r}")
-        if self.dge.enabled and self.fprop_weight.dtype != "fp4":
+        if self.dge.enabled and self.fprop_weight.dtype != "fp4" and self.fprop_weight.is_quantized:
             raise ValueError(
-                f"FP4Recipe.dge.enabled=True needs fprop_weight.dtype='fp4' (DGE models the FP4 grid), "
-                f"got {self.fprop_weight.dtype!r}"
+                f"FP4Recipe.dge.enabled=True needs fprop_weight.dtype='fp4' (DGE models the FP4 grid) or a "
+                f"high-precision weight (the `bf16_dge` ablation), got {self.fprop_weight.dtype!r}"
             )
         if self.occ.enabled and not self.fprop_input.is_quantized:
             raise ValueError(
@@ -107,8 +107,13 @@ class FP4Recipe:
 
     @property
     def quantizes(self) -> bool:
-        """False when every operand is high precision (the `bf16` preset): plain F.linear runs."""
+        """False when every operand is high precision (the `bf16` and `bf16_dge` presets)."""
         return any(getattr(self, operand).is_quantized for operand in OPERANDS)
+
+    @property
+    def changes_linear(self) -> bool:
+        """False only for the `bf16` preset (nothing quantized, no DGE): then plain F.linear runs."""
+        return self.quantizes or self.dge.enabled
 
     def replace(self, **changes) -> "FP4Recipe":
         """A copy with fields changed (validated again)."""
@@ -181,6 +186,13 @@ class FP4Recipe:
         ).replace(**changes)
 
     @classmethod
+    def bf16_dge(cls, **changes) -> "FP4Recipe":
+        """Ablation (issue 17's mechanism study): BF16 GEMMs, but the weight gradient multiplied by
+        the DGE factor f'(W / s_W) that `paper` applies, with s_W = the per-channel FP4 scale
+        amax / 6 W would have. Separates DGE's effect on the update from FP4's forward."""
+        return cls(name="bf16_dge", **{operand: BF16 for operand in OPERANDS}, occ=OCCConfig(enabled=False)).replace(**changes)
+
+    @classmethod
     def bf16(cls, **changes) -> "FP4Recipe":
         """No quantization at all, for A/B runs: the layer is exactly nn.Linear."""
         return cls(
@@ -191,11 +203,14 @@ class FP4Recipe:
         ).replace(**changes)
 
 
-RECIPES = {"paper": FP4Recipe.paper, "direct": FP4Recipe.direct, "nvfp4": FP4Recipe.nvfp4, "mxfp4": FP4Recipe.mxfp4, "bf16": FP4Recipe.bf16}
+RECIPES = {
+    "paper": FP4Recipe.paper, "direct": FP4Recipe.direct, "nvfp4": FP4Recipe.nvfp4, "mxfp4": FP4Recipe.mxfp4,
+    "bf16": FP4Recipe.bf16, "bf16_dge": FP4Recipe.bf16_dge,
+}
 
 
 def get_recipe(name: str, **changes) -> FP4Recipe:
-    """A preset by name (``paper``, ``direct``, ``nvfp4``, ``mxfp4``, ``bf16``), optionally changed."""
+    """A preset by name (``paper``, ``direct``, ``nvfp4``, ``mxfp4``, ``bf16``, ``bf16_dge``), optionally changed."""
     try:
         preset = RECIPES[name]
     except KeyError:

@@ -75,3 +75,37 @@ def test_config_validation():
         DGEConfig(k=0.5)
     with pytest.raises(ValueError, match="DGEConfig.max_derivative"):
         DGEConfig(max_derivative=0.1)
+
+
+def test_bf16_dge_ablation_is_plain_linear_with_the_dge_factor():
+    """`bf16_dge`: forward and input gradient of nn.Linear; the weight gradient times f'(W / s_W)
+    with s_W the per-channel FP4 scale amax / 6 (what `paper` would quantize W with)."""
+    from conftest import relative_error
+    from megatron_fp4.dge import dge_derivative
+    from megatron_fp4.linear import fp4_linear
+    from megatron_fp4.recipe import get_recipe
+
+    # bf16-representable values: the recipe's operands are BF16, so rounding them changes nothing
+    x = torch.randn(64, 96).bfloat16().float().requires_grad_()
+    w = (torch.randn(48, 96) * 0.05).bfloat16().float().requires_grad_()
+    g = torch.randn(64, 48).bfloat16().float()
+    y = fp4_linear(x, w, None, get_recipe("bf16_dge"))
+    gx, gw = torch.autograd.grad(y, (x, w), g)
+    x_ref, w_ref = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    y_ref = torch.nn.functional.linear(x_ref, w_ref)
+    rx, rw = torch.autograd.grad(y_ref, (x_ref, w_ref), g)
+    scale = w.detach().abs().amax(dim=1, keepdim=True) / 6
+    assert relative_error(y, y_ref) < 1e-6 and relative_error(gx, rx) < 1e-6
+    assert relative_error(gw, rw * dge_derivative(w.detach() / scale)) < 1e-6
+    assert not torch.allclose(gw, rw)  # the factor does change the update
+
+
+def test_bf16_dge_is_a_recipe_choice():
+    import shlex
+
+    from megatron_fp4.training.arguments import parse_args
+
+    llama = ("--num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 32 --max-position-embeddings 32 "
+             "--micro-batch-size 2 --global-batch-size 2 --train-iters 1 --lr 1e-3 --mock-data --tokenizer-type NullTokenizer --vocab-size 128")
+    recipe = parse_args(shlex.split(f"{llama} --fp4 --fp4-recipe bf16_dge")).fp4_quant_recipe
+    assert recipe.name == "bf16_dge" and recipe.dge.enabled and not recipe.quantizes and recipe.changes_linear

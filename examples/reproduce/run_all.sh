@@ -30,6 +30,7 @@ declare -A PRECISION=(
   [paper_exact_occ]="--fp4 --fp4-recipe paper --fp4-occ-compensation exact"
   [paper_hot_occ]="--fp4 --fp4-recipe paper --fp4-occ-compensation hot_channels"
   [paper_fp8_occ]="--fp4 --fp4-recipe paper --fp4-occ-compensation fp8"
+  [bf16_dge]="--fp4 --fp4-recipe bf16_dge"
   [nvfp4]="--fp4-format e2m1 --fp4-recipe nvfp4"
   [mxfp4]="--fp4-format e2m1 --fp4-recipe mxfp4"
 )

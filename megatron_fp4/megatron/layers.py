@@ -104,7 +104,7 @@ class _FP4LinearMixin:
                 )
 
     def _forward_impl(self, input, weight, bias, gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel, grad_output_buffer=None, wgrad_deferral_limit=None, tp_group=None, **kwargs):
-        if not self.fp4_recipe.quantizes:  # `bf16`: megatron-core's own path, bit for bit
+        if not self.fp4_recipe.changes_linear:  # `bf16`: megatron-core's own path, bit for bit
             return super()._forward_impl(
                 input=input, weight=weight, bias=bias, gradient_accumulation_fusion=gradient_accumulation_fusion,
                 allreduce_dgrad=allreduce_dgrad, sequence_parallel=sequence_parallel,
