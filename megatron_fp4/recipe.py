@@ -95,10 +95,10 @@ class FP4Recipe:
         for operand in OPERANDS:
             if not isinstance(getattr(self, operand), QuantSpec):
                 raise ValueError(f"FP4Recipe.{operand} must be a QuantSpec, got {getattr(self, operand)!r}")
-        if self.dge.enabled and self.fprop_weight.dtype != "fp4" and self.fprop_weight.is_quantized:
+        if self.dge.enabled and self.fprop_weight.dtype != "fp4" and self.quantizes:
             raise ValueError(
-                f"FP4Recipe.dge.enabled=True needs fprop_weight.dtype='fp4' (DGE models the FP4 grid) or a "
-                f"high-precision weight (the `bf16_dge` ablation), got {self.fprop_weight.dtype!r}"
+                f"FP4Recipe.dge.enabled=True needs fprop_weight.dtype='fp4' (DGE models the FP4 grid), got "
+                f"{self.fprop_weight.dtype!r} (DGE on a recipe that quantizes nothing is the `bf16_dge` ablation)"
             )
         if self.occ.enabled and not self.fprop_input.is_quantized:
             raise ValueError(

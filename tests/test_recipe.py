@@ -19,7 +19,9 @@ def test_presets_differ_where_they_should():
     assert FP4Recipe.nvfp4().fprop_input.granularity == "nvfp4"
     assert FP4Recipe.mxfp4().wgrad_input.granularity == "mxfp4"
     assert not FP4Recipe.bf16().quantizes and FP4Recipe.paper().quantizes
-    assert set(RECIPES) == {"paper", "direct", "nvfp4", "mxfp4", "bf16"}
+    assert set(RECIPES) == {"paper", "direct", "nvfp4", "mxfp4", "bf16", "bf16_dge"}
+    bf16_dge = FP4Recipe.bf16_dge()
+    assert bf16_dge.dge.enabled and not bf16_dge.quantizes and bf16_dge.changes_linear and not FP4Recipe.bf16().changes_linear
     assert get_recipe("paper", occ=OCCConfig(alpha=0.97)).occ.alpha == 0.97
     assert "DGE(k=5" in FP4Recipe.paper().describe()
 
