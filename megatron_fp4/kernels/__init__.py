@@ -1,7 +1,9 @@
 """Triton kernels, each beside its PyTorch reference; ``quantize_fast`` picks one where it applies.
 
 Kernels are exact re-implementations of the reference quantizers (tested bit for bit), so the
-dispatch changes speed, never results. On CPU they run only under ``TRITON_INTERPRET=1`` (tests).
+dispatch changes speed, never results; the one exception is the NVFP4 recipe's random Hadamard
+transform, whose 16-term sums run in another order (``quantize_nvfp4``, bound in its test). On
+CPU they run only under ``TRITON_INTERPRET=1`` (tests).
 """
 
 from __future__ import annotations
