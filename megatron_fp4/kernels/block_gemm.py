@@ -143,21 +143,26 @@ def _operand_tile(
 
 
 @triton.jit
-def _block_gemm_kernel(
-    a_ptr, a_scale, b_ptr, b_scale, c_ptr, global_scale,
-    M, N, K, stride_a, stride_as, stride_b, stride_bs, stride_c,
-    A_KIND: tl.constexpr, B_KIND: tl.constexpr, B_TRANSPOSED: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, AS_BF16: tl.constexpr,
-):
-    # grouped program order: GROUP_M row-tiles share their B tiles in L2
+def _grouped_tile(M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
+    """(row tile, column tile) of this program in grouped order: GROUP_M row tiles in a row share
+    their B tiles in L2."""
     pid = tl.program_id(0)
     tiles_m = tl.cdiv(M, BM)
     tiles_n = tl.cdiv(N, BN)
     per_group = GROUP_M * tiles_n
     first_m = (pid // per_group) * GROUP_M
     group_size = tl.minimum(tiles_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % group_size
-    pid_n = (pid % per_group) // group_size
+    return first_m + (pid % per_group) % group_size, (pid % per_group) // group_size
+
+
+@triton.jit
+def _block_gemm_kernel(
+    a_ptr, a_scale, b_ptr, b_scale, c_ptr, global_scale,
+    M, N, K, stride_a, stride_as, stride_b, stride_bs, stride_c,
+    A_KIND: tl.constexpr, B_KIND: tl.constexpr, B_TRANSPOSED: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, AS_BF16: tl.constexpr,
+):
+    pid_m, pid_n = _grouped_tile(M, N, BM, BN, GROUP_M)
     accumulator = tl.zeros((BM, BN), dtype=tl.float32)
     for k0 in range(0, K, BK):
         a = _operand_tile(a_ptr, a_scale, pid_m * BM, k0, M, K, stride_a, stride_as, A_KIND, False, BM, BK, AS_BF16)
@@ -181,14 +186,7 @@ def _bf16_gemm_tma_kernel(
     """The ``decoded`` method's GEMM: BF16 operands through tensor-memory-accelerator descriptors
     (A [M, K]; B [N, K], or [K, N] when B_KN: dgrad's W read in place), tensor scales in the
     epilogue."""
-    pid = tl.program_id(0)
-    tiles_m = tl.cdiv(M, BM)
-    tiles_n = tl.cdiv(N, BN)
-    per_group = GROUP_M * tiles_n
-    first_m = (pid // per_group) * GROUP_M
-    group_size = tl.minimum(tiles_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % group_size
-    pid_n = (pid % per_group) // group_size
+    pid_m, pid_n = _grouped_tile(M, N, BM, BN, GROUP_M)
     accumulator = tl.zeros((BM, BN), dtype=tl.float32)
     for k0 in range(0, K, BK):
         a = a_desc.load([pid_m * BM, k0])
