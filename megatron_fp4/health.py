@@ -13,7 +13,7 @@ from collections import defaultdict
 
 import torch
 
-__all__ = ["collecting", "is_collecting", "record_input", "summarize", "gather", "format_summary"]
+__all__ = ["collecting", "is_collecting", "record_input", "record_weight_gradient", "summarize", "gather", "format_summary"]
 
 _STATE = {"active": False, "records": defaultdict(list)}
 
@@ -47,6 +47,30 @@ def record_input(name: str, x2d: torch.Tensor, reconstruction: torch.Tensor, cla
     )
 
 
+DGE_SUFFIX = " (DGE)"
+
+
+@torch.no_grad()
+def record_weight_gradient(name: str, grad_w: torch.Tensor, factor: torch.Tensor, max_derivative: float) -> None:
+    """Add one DGE record for layer ``name``: grad_w the weight gradient before DGE, factor f'(W/s).
+
+    dge_factor_mean: mean of f' over the weights; dge_factor_grad_weighted: sum |g| f' / sum |g|;
+    dge_update_norm_ratio: ||g f'|| / ||g|| (how DGE rescales the gradient an optimizer sees);
+    dge_at_clamp / dge_below_one: share of weights whose factor is clamped at the maximum (near
+    an interval midpoint) / damps the gradient (near a grid point). For issue 17's mechanism study."""
+    g = grad_w.detach().float().abs()
+    f = factor.float()
+    _STATE["records"][name + DGE_SUFFIX].append(
+        {
+            "dge_factor_mean": f.mean().item(),
+            "dge_factor_grad_weighted": ((g * f).sum() / g.sum().clamp_min(1e-30)).item(),
+            "dge_update_norm_ratio": ((g * f).norm() / g.norm().clamp_min(1e-30)).item(),
+            "dge_at_clamp": (f >= max_derivative).float().mean().item(),
+            "dge_below_one": (f < 1).float().mean().item(),
+        }
+    )
+
+
 def summarize(records: dict) -> dict[str, dict[str, float]]:
     """Mean of each statistic per layer (over micro-batches)."""
     return {
@@ -71,15 +95,29 @@ def gather(records) -> dict[str, dict[str, float]]:
 
 
 def format_summary(stats: dict[str, dict[str, float]], iteration: int) -> str:
-    """One log line: mean and worst layer of input SNR and underflow, mean OCC clamp share."""
-    worst_snr = min(stats.items(), key=lambda item: item[1]["snr_db"])
-    worst_flush = max(stats.items(), key=lambda item: item[1]["flushed_to_zero"])
+    """One log line: mean and worst layer of input SNR and underflow, mean OCC clamp share, and
+    (recipes with DGE) the mean DGE factors."""
+    inputs = {layer: values for layer, values in stats.items() if "snr_db" in values}
+    gradients = [values for values in stats.values() if "dge_factor_mean" in values]
+    line = f" fp4 health at iteration {iteration}: {len(inputs)} layers"
+    if inputs:
+        worst_snr = min(inputs.items(), key=lambda item: item[1]["snr_db"])
+        worst_flush = max(inputs.items(), key=lambda item: item[1]["flushed_to_zero"])
 
-    def mean(key: str) -> float:
-        return sum(s[key] for s in stats.values()) / len(stats)
+        def mean(key: str) -> float:
+            return sum(s[key] for s in inputs.values()) / len(inputs)
 
-    return (
-        f" fp4 health at iteration {iteration}: {len(stats)} layers | input SNR mean {mean('snr_db'):.1f} dB, "
-        f"lowest {worst_snr[1]['snr_db']:.1f} dB ({worst_snr[0]}) | flushed to zero mean {mean('flushed_to_zero'):.2%}, "
-        f"highest {worst_flush[1]['flushed_to_zero']:.2%} ({worst_flush[0]}) | OCC clamped {mean('clamp_fraction'):.2%}"
-    )
+        line += (
+            f" | input SNR mean {mean('snr_db'):.1f} dB, "
+            f"lowest {worst_snr[1]['snr_db']:.1f} dB ({worst_snr[0]}) | flushed to zero mean {mean('flushed_to_zero'):.2%}, "
+            f"highest {worst_flush[1]['flushed_to_zero']:.2%} ({worst_flush[0]}) | OCC clamped {mean('clamp_fraction'):.2%}"
+        )
+    if gradients:
+        def dge_mean(key: str) -> float:
+            return sum(s[key] for s in gradients) / len(gradients)
+
+        line += (
+            f" | DGE factor mean {dge_mean('dge_factor_mean'):.3f}, |g|-weighted {dge_mean('dge_factor_grad_weighted'):.3f}, "
+            f"update norm x{dge_mean('dge_update_norm_ratio'):.3f}, at clamp {dge_mean('dge_at_clamp'):.2%}"
+        )
+    return line

@@ -28,6 +28,7 @@ from torch import nn
 
 from . import health, weight_cache
 from .backward import fold_scale, quantize_grad_output
+from .dge import dge_derivative
 from .gemm import GemmBackend, get_backend
 from .kernels import dge_scale_grad_fast, quantize_along_tokens_fast, quantize_fast
 from .occ import FP8Residual, HotChannelResidual, SparseResidual, fp8_rows, occ_bounds, occ_compensation_residual
@@ -156,6 +157,7 @@ class FP4GemmState:
             grad_w = self.backend.fprop(gq_t, self.x_saved, torch.float32)  # the A B^T GEMM: dY^T X over tokens
             if self.w_fprop_scale is not None:
                 dge, fmt = self.recipe.dge, self.recipe.fprop_weight.format
+                self._record_dge(grad_w, weight)
                 grad_w = dge_scale_grad_fast(grad_w.contiguous(), weight, self.w_fprop_scale, fmt, dge.k, dge.max_derivative)
             return grad_w.to(out_dtype)
         saved_input = self.x_saved.without_scale() if self.folded[1] else self.x_saved
@@ -164,6 +166,7 @@ class FP4GemmState:
         grad_w = self.backend.wgrad(gq_wgrad, saved_input, out_dtype if last_step_casts and self.w_fprop_scale is None else torch.float32)
         if self.w_fprop_scale is not None:
             dge, fmt = self.recipe.dge, self.recipe.fprop_weight.format
+            self._record_dge(grad_w, weight)
             grad_w = dge_scale_grad_fast(
                 grad_w.contiguous(), weight, self.w_fprop_scale, fmt, dge.k, dge.max_derivative, out_dtype if last_step_casts else None
             )
@@ -172,6 +175,13 @@ class FP4GemmState:
         elif self.residual is not None:
             grad_w = self.residual.add_t_matmul_to(grad_w.float(), g2d)
         return grad_w.to(out_dtype)
+
+    def _record_dge(self, grad_w: torch.Tensor, weight: torch.Tensor) -> None:
+        """At health intervals: how the DGE factor f'(W / s_W) reshapes this weight gradient."""
+        if health.is_collecting():
+            dge = self.recipe.dge
+            factor = dge_derivative(weight.detach().float() / self.w_fprop_scale, self.recipe.fprop_weight.format, dge.k, dge.max_derivative)
+            health.record_weight_gradient(self.name, grad_w, factor, dge.max_derivative)
 
     def release(self) -> None:
         """Drop the saved operands once backward is done."""

@@ -43,9 +43,13 @@ def test_loss_decreases_and_health_is_logged(corpus, tmp_path):
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses
     assert "validation loss" in records[-1]
     health = records[9]["fp4 health"]
-    assert set(health) == {f"decoder.layers.{i}.{m}" for i in (0, 1) for m in ("self_attention.linear_qkv", "self_attention.linear_proj", "mlp.linear_fc1", "mlp.linear_fc2")}
-    for stats in health.values():
+    layers = {f"decoder.layers.{i}.{m}" for i in (0, 1) for m in ("self_attention.linear_qkv", "self_attention.linear_proj", "mlp.linear_fc1", "mlp.linear_fc2")}
+    assert set(health) == layers | {layer + " (DGE)" for layer in layers}  # inputs, and how DGE reshaped each weight gradient
+    for layer in layers:
+        stats = health[layer]
         assert 5 < stats["snr_db"] < 60 and 0 <= stats["flushed_to_zero"] < 0.6 and 0.01 < stats["clamp_fraction"] < 0.03
+        dge = health[layer + " (DGE)"]
+        assert 0.2 < dge["dge_factor_mean"] < 3.0 and 0 <= dge["dge_at_clamp"] < 0.5
     assert "fp4 health" not in records[10]
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tb"))
 
