@@ -1,10 +1,12 @@
 """Every number and plot of docs/RESULTS.md, regenerated from the reproduction logs.
 
-    python examples/reproduce/report.py LOGDIR [--docs docs]
+    python examples/reproduce/report.py LOGDIR [--seeds LOGDIR_SEED2 ...] [--docs docs]
 
 Reads LOGDIR/<run>.log (the trainer's own log lines) and LOGDIR/fidelity.json, writes
 docs/results/loss_curves.png and replaces the block between the ``generated`` markers of
-docs/RESULTS.md with fresh tables (the prose around it is kept).
+docs/RESULTS.md with fresh tables (the prose around it is kept). ``--seeds``: log directories of
+the same runs with other ``SEED`` s (examples/reproduce/run_all.sh); adds the final validation
+loss per seed, the mean and the spread, to state the noise.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import statistics
 
 ITERATION = re.compile(r"iteration\s+(\d+)/(\d+) \| consumed tokens\s+(\d+) \| lm loss ([\d.naninf]+) .*\| tokens/s ([\d,]+)")
 VALIDATION = re.compile(r"validation loss at iteration (\d+): ([\d.naninf]+)")
-ORDER = ["bf16", "bf16_alone", "paper", "direct", "paper_no_dge", "paper_no_occ", "nvfp4", "mxfp4"]
+ORDER = ["bf16", "bf16_alone", "paper", "direct", "paper_no_dge", "paper_no_occ", "paper_exact_occ", "paper_fp8_occ", "paper_hot_occ", "bf16_dge", "nvfp4", "mxfp4"]
 LABELS = {
     "bf16": "BF16 (no FP4)",
     "bf16_alone": "BF16, second run",
@@ -25,6 +27,10 @@ LABELS = {
     "direct": "FP4 `direct` cast",
     "paper_no_dge": "FP4 `paper` without DGE",
     "paper_no_occ": "FP4 `paper` without OCC",
+    "paper_exact_occ": "FP4 `paper`, exact OCC compensation",
+    "paper_fp8_occ": "FP4 `paper`, FP8 OCC compensation",
+    "paper_hot_occ": "FP4 `paper`, hot-channel OCC compensation",
+    "bf16_dge": "BF16 with the DGE factor (`bf16_dge`)",
     "nvfp4": "NVFP4",
     "mxfp4": "MXFP4",
 }
@@ -79,14 +85,15 @@ def summary_rows(runs: dict[str, dict]) -> list[dict]:
 
 def runs_table(rows: list[dict]) -> str:
     lines = [
-        "| run | iterations | train loss (last 5 logs) | validation loss @ step | vs BF16 | tokens/s (median of logs) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| run | iterations | train loss (last 5 logs) | validation loss @ step | vs BF16 | validation - train | tokens/s (median of logs) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         gap = "-" if r["gap"] is None else f"{r['gap']:+.2%}"
         reached = f"{r['reached']}/{r['planned']}"
         valid = "-" if r["valid"] is None else f"{r['valid']:.4f} @ {r['valid_step']}"
-        lines.append(f"| {LABELS[r['name']]} (`{r['name']}`) | {reached} | {r['train']:.4f} | {valid} | {gap} | {r['tokens_per_s']:,.0f} |")
+        generalization = "-" if r["valid"] is None else f"{r['valid'] - r['train']:+.4f}"
+        lines.append(f"| {LABELS[r['name']]} (`{r['name']}`) | {reached} | {r['train']:.4f} | {valid} | {gap} | {generalization} | {r['tokens_per_s']:,.0f} |")
     return "\n".join(lines)
 
 
@@ -96,6 +103,22 @@ def validation_table(runs: dict[str, dict]) -> str:
     for step in steps:
         cells = [f"{dict(r['valid'])[step]:.4f}" if step in dict(r["valid"]) else "-" for r in runs.values()]
         lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def seeds_table(logdirs: list[str]) -> str:
+    """Final validation loss of each run in every seed directory, their mean and spread
+    ((max - min) / mean): the noise the differences between runs are to be read against."""
+    per_dir = [{row["name"]: row["valid"] for row in summary_rows(load_runs(d))} for d in logdirs]
+    names = [n for n in ORDER if sum(n in runs and runs[n] is not None for runs in per_dir) >= 2]
+    lines = ["| run | " + " | ".join(os.path.basename(os.path.normpath(d)) for d in logdirs) + " | mean | spread |",
+             "| --- |" + " --- |" * (len(logdirs) + 2)]
+    for name in names:
+        values = [runs.get(name) for runs in per_dir]
+        present = [v for v in values if v is not None]
+        mean = statistics.mean(present)
+        cells = " | ".join("-" if v is None else f"{v:.4f}" for v in values)
+        lines.append(f"| {LABELS[name]} | {cells} | {mean:.4f} | {(max(present) - min(present)) / mean:.2%} |")
     return "\n".join(lines)
 
 
@@ -146,7 +169,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("logdir")
     parser.add_argument("--docs", default="docs")
+    parser.add_argument("--seeds", nargs="+", default=[], help="log directories of the same runs with other seeds")
     args = parser.parse_args()
+    for directory in args.seeds:
+        if not load_runs(directory):
+            raise SystemExit(f"error: --seeds {directory}: no run logs with iterations there")
     runs = load_runs(args.logdir)
     if not runs:
         raise SystemExit(f"error: no run logs with iterations under {args.logdir}")
@@ -159,6 +186,7 @@ def main() -> None:
         f"Generated by `python examples/reproduce/report.py` from the run logs. Setup: `{setup_text}`",
         "### Runs\n\n" + runs_table(summary_rows(runs)),
         "### Validation loss at every evaluation\n\n" + validation_table(runs),
+        *(["### Seeds (final validation loss)\n\n" + seeds_table([args.logdir, *args.seeds])] if args.seeds else []),
         "![loss curves](results/loss_curves.png)",
         "### Activation fidelity on real activations\n\n" + fidelity_table(os.path.join(args.logdir, "fidelity.json")),
         END,
