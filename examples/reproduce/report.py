@@ -171,6 +171,9 @@ def main() -> None:
     parser.add_argument("--docs", default="docs")
     parser.add_argument("--seeds", nargs="+", default=[], help="log directories of the same runs with other seeds")
     args = parser.parse_args()
+    for flag, directory in [("LOGDIR", args.logdir)] + [("--seeds", d) for d in args.seeds]:
+        if not os.path.isdir(directory):
+            raise SystemExit(f"error: {flag} {directory}: no such directory")
     for directory in args.seeds:
         if not load_runs(directory):
             raise SystemExit(f"error: --seeds {directory}: no run logs with iterations there")

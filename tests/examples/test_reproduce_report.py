@@ -30,3 +30,22 @@ def test_report_refuses_a_directory_without_logs(tmp_path):
         capture_output=True, text=True, check=False,
     )
     assert result.returncode != 0 and "no run logs" in result.stderr
+
+
+def test_seeds_table_states_the_noise(tmp_path):
+    """--seeds: the final validation loss of the same runs at another seed, mean and spread
+    (the committed OCC runs: exact and FP8 compensation at seeds 1234 and 4321)."""
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "examples", "reproduce", "report.py"), os.path.join(REPO, "docs", "runs", "occ_hot_channels"),
+         "--seeds", os.path.join(REPO, "docs", "runs", "occ_fp8"), "--docs", str(tmp_path)],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "| FP4 `paper`, exact OCC compensation | 3.6375 | 3.7588 | 3.6982 | 3.28% |" in text
+    assert "| FP4 `paper`, FP8 OCC compensation | 3.6439 | 3.7533 | 3.6986 | 2.96% |" in text
+    missing = subprocess.run(
+        [sys.executable, os.path.join(REPO, "examples", "reproduce", "report.py"), os.path.join(REPO, "docs", "runs", "occ_fp8"), "--seeds", str(tmp_path / "nothing"), "--docs", str(tmp_path)],
+        capture_output=True, text=True, check=False,
+    )
+    assert missing.returncode != 0 and "--seeds" in missing.stderr
