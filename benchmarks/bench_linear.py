@@ -35,6 +35,7 @@ VARIANTS = {
     "paper-no-occ": lambda: get_recipe("paper", occ=get_recipe("paper").occ.__class__(enabled=False)),
     "paper-hot": lambda: get_recipe("paper", occ=get_recipe("paper").occ.__class__(compensation="hot_channels")),
     "paper-fp8": lambda: get_recipe("paper", occ=get_recipe("paper").occ.__class__(compensation="fp8")),
+    "paper-exact": lambda: get_recipe("paper", occ=get_recipe("paper").occ.__class__(compensation="exact")),
     "direct": lambda: get_recipe("direct"),
     "nvfp4": lambda: get_recipe("nvfp4"),
     "mxfp4": lambda: get_recipe("mxfp4"),
