@@ -338,9 +338,6 @@ def occ_hot_channel_residual(x2d: torch.Tensor, low: torch.Tensor, high: torch.T
     return HotChannelResidual(columns, excess.index_select(1, columns), tuple(x2d.shape))
 
 
-_FP32_ROWWISE_OUTPUT = {"supported": True}  # torch._scaled_mm with row-wise scales writing fp32
-
-
 @dataclass(frozen=True)
 class FP8Residual:
     """ΔA as FP8 E4M3 elements ``data`` [rows, K] with fp32 ``scale`` [rows, 1] (absmax / 448 per
@@ -376,13 +373,9 @@ class FP8Residual:
         w_data, w_scale = weight_fp8
         aligned = all(d % 16 == 0 for d in (*self.data.shape, w_data.shape[0]))  # what _scaled_mm takes
         if tensor_cores and aligned and self.data.is_cuda and hasattr(torch, "_scaled_mm") and torch.cuda.get_device_capability(self.data.device) >= (9, 0):
-            if dtype == torch.float32 and _FP32_ROWWISE_OUTPUT["supported"]:
-                try:
-                    return torch._scaled_mm(self.data, w_data.t(), scale_a=self.scale, scale_b=w_scale.t(), out_dtype=torch.float32)
-                except (RuntimeError, NotImplementedError):  # this PyTorch writes row-wise products in 16 bits only
-                    _FP32_ROWWISE_OUTPUT["supported"] = False
-            written = dtype if dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
-            return torch._scaled_mm(self.data, w_data.t(), scale_a=self.scale, scale_b=w_scale.t(), out_dtype=written).to(dtype)
+            from .gemm.hopper import rowwise_scaled_mm
+
+            return rowwise_scaled_mm(self.data, w_data, self.scale, w_scale, dtype)
         return (self.to_dense() @ (w_data.float() * w_scale).t()).to(dtype)
 
     def add_t_matmul_to(self, grad_weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from ..quantize import QuantizedTensor
 from .backend import GemmBackend, register_backend
 from .reference import ReferenceBackend
 
-__all__ = ["HopperBackend"]
+__all__ = ["HopperBackend", "rowwise_scaled_mm"]
 
 FP8_GRAD_DTYPES = ("fp8_e5m2", "fp8_e4m3")
 
@@ -53,12 +53,27 @@ def _fp8_transposed(q: QuantizedTensor) -> torch.Tensor:
     return codes_to_fp8_t(q.data)
 
 
+_FP32_ROWWISE_OUTPUT = {"supported": True}  # becomes False if this PyTorch refuses fp32 row-wise output
+
+
+def rowwise_scaled_mm(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """diag(scale_a) (A B^T) diag(scale_b) for FP8 A [M, K], B [N, K] (row-major) and fp32 row
+    scales [M, 1], [N, 1], on FP8 tensor cores, in ``out_dtype``: fp32 where this PyTorch writes
+    it with row-wise scales, else a 16-bit result cast (remembered after the first refusal)."""
+    if out_dtype == torch.float32 and _FP32_ROWWISE_OUTPUT["supported"]:
+        try:
+            return torch._scaled_mm(a, b.t(), scale_a=scale_a, scale_b=scale_b.t(), out_dtype=torch.float32)
+        except (RuntimeError, NotImplementedError):
+            _FP32_ROWWISE_OUTPUT["supported"] = False
+    written = out_dtype if out_dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+    return torch._scaled_mm(a, b.t(), scale_a=scale_a, scale_b=scale_b.t(), out_dtype=written).to(out_dtype)
+
+
 class HopperBackend(GemmBackend):
     name = "hopper"
 
     def __init__(self) -> None:
         self.fallback = ReferenceBackend()
-        self.fprop_out_dtype = torch.float32  # becomes bf16 if this PyTorch refuses fp32 row-wise output
 
     @classmethod
     def is_available(cls) -> bool:
@@ -88,14 +103,7 @@ class HopperBackend(GemmBackend):
             return block_scaled_matmul(x, w, out_dtype)
         if not self.supports(x, w):
             return self.fallback.fprop(x, w, out_dtype)
-        a, b = _fp8_rows(x), _fp8_rows(w).t()
-        if out_dtype == torch.float32 and self.fprop_out_dtype == torch.float32:
-            try:
-                return torch._scaled_mm(a, b, scale_a=x.scale, scale_b=w.scale.t(), out_dtype=torch.float32)
-            except (RuntimeError, NotImplementedError):
-                self.fprop_out_dtype = torch.bfloat16
-        written = out_dtype if out_dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
-        return torch._scaled_mm(a, b, scale_a=x.scale, scale_b=w.scale.t(), out_dtype=written).to(out_dtype)
+        return rowwise_scaled_mm(_fp8_rows(x), _fp8_rows(w), x.scale, w.scale, out_dtype)
 
     def dgrad(self, g: QuantizedTensor, w: QuantizedTensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
         if w.spec.granularity == "nvfp4_2d" and self._block_scaled(g, w):  # W's 16x16 tiles read as W^T

@@ -35,6 +35,7 @@ import triton.language as tl
 
 from ..quantize import QuantizedTensor
 from .quantize_blocks import _e4m3_value, _power_of_two
+from .quantize_rows import _e2m1_grid_value
 
 __all__ = ["GemmConfig", "bf16_matmul", "block_scaled_matmul", "decode_to_bf16", "supports_block_gemm", "transpose_2d"]
 
@@ -76,12 +77,8 @@ def supports_block_gemm(a: QuantizedTensor, b: QuantizedTensor) -> bool:
 
 @triton.jit
 def _e2m1_value(code):
-    """fp32 value of 4-bit E2M1 codes (sign << 3 | index into 0, .5, 1, 1.5, 2, 3, 4, 6), from bits:
-    index = 2e + m is (1 + m/2) 2^(e-1) for e >= 1, i.e. fp32 bits (index << 22) + (126 << 23);
-    the subnormal pair (0, 0.5) is index / 2."""
-    index = code & 7
-    normal = ((index << 22) + (126 << 23)).to(tl.float32, bitcast=True)
-    magnitude = tl.where(index < 2, index.to(tl.float32) * 0.5, normal)
+    """fp32 value of 4-bit E2M1 codes (sign << 3 | index into 0, .5, 1, 1.5, 2, 3, 4, 6)."""
+    magnitude = _e2m1_grid_value(code & 7)
     return (magnitude.to(tl.int32, bitcast=True) | ((code & 8) << 28)).to(tl.float32, bitcast=True)
 
 

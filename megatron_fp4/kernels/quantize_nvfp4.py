@@ -32,7 +32,7 @@ from ..quantize import QuantizedTensor, QuantSpec
 from ..scaling import E4M3_MAX, absmax_scale
 from .fp8_rounding import fp8_byte
 from .quantize_blocks import _e4m3_value
-from .quantize_rows import _e2m1_index, _max_keeping_nan
+from .quantize_rows import _e2m1_grid_value, _e2m1_index, _max_keeping_nan
 
 __all__ = ["quantize_nvfp4", "supports_nvfp4_spec"]
 
@@ -71,13 +71,6 @@ def _partial_absmax_kernel(x_ptr, rht_ptr, partial_ptr, M, N, stride_x, ALONG_TO
     o, _ = _operand_tile(x_ptr, rht_ptr, M, N, stride_x, tl.program_id(0) * BR, tl.program_id(1) * BC, ALONG_TOKENS, RHT, BR, BC)
     amax = tl.reduce(tl.reshape(tl.abs(o), (BR * BC,)), 0, _max_keeping_nan)
     tl.store(partial_ptr + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1), amax)
-
-
-@triton.jit
-def _e2m1_grid_value(index):
-    """Magnitude of E2M1 index 0..7 (0, .5, 1, 1.5, 2, 3, 4, 6) from its bits."""
-    normal = ((index << 22) + (126 << 23)).to(tl.float32, bitcast=True)
-    return tl.where(index < 2, index.to(tl.float32) * 0.5, normal)
 
 
 @triton.jit

@@ -36,6 +36,14 @@ def _e2m1_index(a):
 
 
 @triton.jit
+def _e2m1_grid_value(index):
+    """Magnitude of E2M1 index 0..7 (0, .5, 1, 1.5, 2, 3, 4, 6) from its bits: index = 2e + m is
+    (1 + m/2) 2^(e-1) for e >= 1, i.e. fp32 bits (index << 22) + (126 << 23); 0 and 0.5 are index / 2."""
+    normal = ((index << 22) + (126 << 23)).to(tl.float32, bitcast=True)
+    return tl.where(index < 2, index.to(tl.float32) * 0.5, normal)
+
+
+@triton.jit
 def _e2m1_index_by_rounding(a):
     """The same index as ``_e2m1_index`` in fewer operations: on each binade of the grid the index
     is an integer rounding (ties to even by the fp32 magic-number addition, exact below 2^22):
