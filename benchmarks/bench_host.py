@@ -60,6 +60,9 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=["paper", "paper-no-occ", "direct", "nvfp4"], choices=sorted(VARIANTS))
     parser.add_argument("--shape", type=int, nargs=3, default=[256, 256, 256], metavar=("TOKENS", "K", "N"))
     parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--cprofile", metavar="RECIPE", choices=sorted(VARIANTS),
+                        help="also print where the host time of RECIPE goes (cProfile, top functions by own time)")
+    parser.add_argument("--cprofile-rows", type=int, default=35)
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_host needs a CUDA GPU")
@@ -77,6 +80,28 @@ def main() -> None:
         microseconds = host_microseconds(fn, x, w, grad, args.calls)
         baseline = baseline or microseconds
         print(f"| {name} | {microseconds:.0f} | {microseconds / baseline:.1f}x | {kernels_per_call(fn, x, w, grad)} | {synchronisations(fn, x, w, grad)} |", flush=True)
+    if args.cprofile:
+        print_host_profile(runs.get(args.cprofile) or (lambda a, b, recipe=VARIANTS[args.cprofile](): fp4_linear(a, b, None, recipe)),
+                           x, w, grad, args.calls, args.cprofile_rows)
+
+
+def print_host_profile(fn, x, w, grad, calls: int, rows: int) -> None:
+    """cProfile of ``calls`` fwd+bwd: the Python functions the host time is spent in."""
+    import cProfile
+    import pstats
+
+    fn(x, w).backward(grad)
+    torch.cuda.synchronize()
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(calls):
+        x.grad = w.grad = None
+        fn(x, w).backward(grad)
+    profiler.disable()
+    torch.cuda.synchronize()
+    stats = pstats.Stats(profiler).strip_dirs()
+    stats.sort_stats("tottime").print_stats(rows)
+    stats.sort_stats("cumulative").print_stats(rows)
 
 
 if __name__ == "__main__":

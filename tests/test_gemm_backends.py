@@ -35,6 +35,35 @@ def test_backend_override_from_the_environment(monkeypatch):
         get_backend()
 
 
+def test_availability_is_asked_once_per_backend_not_per_call():
+    """get_backend runs in every FP4 linear's forward: its hardware query is cached (it was a
+    quarter of the linear's host time), and re-registering a name asks again."""
+    from megatron_fp4.gemm import backend as backends
+    from megatron_fp4.gemm.reference import ReferenceBackend
+
+    asked = []
+
+    class Counted(ReferenceBackend):
+        name = "counted-test"
+
+        @classmethod
+        def is_available(cls) -> bool:
+            asked.append(1)
+            return True
+
+    backends.register_backend("counted-test", Counted)
+    try:
+        for _ in range(5):
+            assert get_backend("counted-test").name == "counted-test"
+        assert len(asked) == 1
+        backends.register_backend("counted-test", Counted)
+        get_backend("counted-test")
+        assert len(asked) == 2
+    finally:
+        backends._REGISTRY.pop("counted-test")
+        backends._INSTANCES.pop("counted-test", None)
+
+
 @requires_cuda
 @hopper_only
 @pytest.mark.parametrize("m, k, n", [(128, 256, 384), (4096, 4096, 11008), (8192, 5120, 5120)])

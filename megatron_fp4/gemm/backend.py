@@ -56,12 +56,33 @@ _PRIORITY: dict[str, int] = {}  # automatic choice: the available backend of low
 def register_backend(name: str, factory: Callable[[], GemmBackend], auto_priority: int | None = None) -> None:
     """Make a backend selectable by ``name``; ``auto_priority`` (lower first) enters it in 'auto'."""
     _REGISTRY[name] = factory
+    for key in [key for key in _AVAILABLE if key[0] == name]:  # a re-registered name is asked again
+        del _AVAILABLE[key]
     if auto_priority is not None:
         _PRIORITY[name] = auto_priority
 
 
+def _device_key() -> int | None:
+    """The CUDA device availability is judged on (a backend's answer can differ per device)."""
+    return torch.cuda.current_device() if torch.cuda.is_initialized() else None
+
+
+_AVAILABLE: dict[tuple[str, int | None], bool] = {}
+
+
+def _is_available(name: str) -> bool:
+    """Whether backend ``name`` runs here, asked once per (backend, device): the answer is a
+    hardware fact, and asking costs device-property queries that made ``get_backend`` a quarter
+    of an FP4 linear's host time when it ran per call (benchmarks/NOTES.md, session 5)."""
+    key = (name, _device_key())
+    if key not in _AVAILABLE:
+        factory = _REGISTRY[name]
+        _AVAILABLE[key] = bool(getattr(factory, "is_available", lambda: True)())
+    return _AVAILABLE[key]
+
+
 def available_backends() -> list[str]:
-    return [name for name, factory in _REGISTRY.items() if getattr(factory, "is_available", lambda: True)()]
+    return [name for name in _REGISTRY if _is_available(name)]
 
 
 _INSTANCES: dict[str, GemmBackend] = {}
@@ -71,10 +92,10 @@ def get_backend(name: str | None = None) -> GemmBackend:
     """The backend ``name`` (default: the ``MEGATRON_FP4_GEMM_BACKEND`` override, else 'auto')."""
     name = name or os.environ.get(BACKEND_ENV, "auto")
     if name == "auto":
-        name = min((n for n in _PRIORITY if n in available_backends()), key=_PRIORITY.__getitem__)
+        name = min((n for n in _PRIORITY if _is_available(n)), key=_PRIORITY.__getitem__)
     if name not in _REGISTRY:
         raise ValueError(f"unknown FP4 GEMM backend {name!r}; allowed: {['auto', *sorted(_REGISTRY)]}")
-    if name not in available_backends():
+    if not _is_available(name):
         raise ValueError(f"FP4 GEMM backend {name!r} is not available on this machine; available: {available_backends()}")
     if name not in _INSTANCES:
         _INSTANCES[name] = _REGISTRY[name]()

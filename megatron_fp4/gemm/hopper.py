@@ -69,6 +69,20 @@ def rowwise_scaled_mm(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, s
     return torch._scaled_mm(a, b.t(), scale_a=scale_a, scale_b=scale_b.t(), out_dtype=written).to(out_dtype)
 
 
+_UNIT_SCALES: dict[torch.device, torch.Tensor] = {}
+
+
+def _unit_scale(device: torch.device) -> torch.Tensor:
+    """A read-only fp32 1 on ``device`` for ``_scaled_mm``'s unit operand scale, made once per
+    device (not per GEMM: a launch and an allocation each time), never inside a graph capture."""
+    one = _UNIT_SCALES.get(device)
+    if one is None:
+        one = torch.ones((), dtype=torch.float32, device=device)
+        if not torch.cuda.is_current_stream_capturing():
+            _UNIT_SCALES[device] = one
+    return one
+
+
 class HopperBackend(GemmBackend):
     name = "hopper"
 
@@ -112,17 +126,15 @@ class HopperBackend(GemmBackend):
             return block_scaled_matmul(g, w, out_dtype, b_transposed=True)
         if not self.supports_backward(g, w):
             return self.fallback.dgrad(g, w, out_dtype)
-        one = torch.ones((), dtype=torch.float32, device=g.data.device)
         return torch._scaled_mm(
-            g.data.contiguous(), _fp8_transposed(w).t(), scale_a=g.scale.reshape(()), scale_b=one, out_dtype=out_dtype
+            g.data.contiguous(), _fp8_transposed(w).t(), scale_a=g.scale.reshape(()), scale_b=_unit_scale(g.data.device), out_dtype=out_dtype
         )
 
     def wgrad(self, g: QuantizedTensor, x: QuantizedTensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
         if not self.supports_backward(g, x):
             return self.fallback.wgrad(g, x, out_dtype)
-        one = torch.ones((), dtype=torch.float32, device=g.data.device)
         g_t = g.data.t().contiguous()  # already contiguous when the fused quantizer wrote it
-        return torch._scaled_mm(g_t, _fp8_transposed(x).t(), scale_a=g.scale.reshape(()), scale_b=one, out_dtype=out_dtype)
+        return torch._scaled_mm(g_t, _fp8_transposed(x).t(), scale_a=g.scale.reshape(()), scale_b=_unit_scale(g.data.device), out_dtype=out_dtype)
 
 
 register_backend("hopper", HopperBackend, auto_priority=10)
