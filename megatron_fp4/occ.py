@@ -146,8 +146,8 @@ def occ_thresholds(x2d: torch.Tensor, config: OCCConfig) -> tuple[torch.Tensor, 
         high = source.kthvalue(_rank(k, alpha), dim=-1, keepdim=True).values
         low = -high if config.symmetric else source.kthvalue(_rank(k, 1 - alpha), dim=-1, keepdim=True).values
         return low, high
-    if config.symmetric:
-        high = quantile_order_statistic(x2d.abs(), alpha, config)
+    if config.symmetric:  # |x| of the sample only (abs commutes with the gather): no pass over A
+        high = _order_statistics(_quantile_source(x2d, config).abs(), (alpha,))[0]
         return -high, high
     low, high = _order_statistics(_quantile_source(x2d, config), (1 - alpha, alpha))  # one sample, one sort
     return low, high
@@ -391,7 +391,17 @@ class FP8Residual:
 
 def fp8_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(E4M3 [rows, K], fp32 [rows, 1]) of a 2-D tensor, one absmax / 448 scale per row (the
-    weight's form for the ``fp8`` compensation GEMM; NaN/Inf rows get a NaN scale)."""
+    weight's form for the ``fp8`` compensation GEMM; NaN/Inf rows get a NaN scale). This is the
+    reference; on CUDA one fused kernel (``kernels.occ_residual.fp8_rows_fused``, bit-exact)."""
+    if tensor.is_cuda and tensor.dim() == 2 and tensor.dtype in (torch.bfloat16, torch.float16, torch.float32):
+        from .kernels.occ_residual import fp8_rows_fused
+
+        return fp8_rows_fused(tensor)
+    return fp8_rows_reference(tensor)
+
+
+def fp8_rows_reference(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The PyTorch form of ``fp8_rows``."""
     from .quantize import encode_multiplier
     from .scaling import absmax_scale
 

@@ -20,16 +20,18 @@ import triton.language as tl
 from .fp8_rounding import fp8_byte
 from .quantize_rows import _max_keeping_nan
 
-__all__ = ["fp8_residual", "fp8_residual_reference"]
+__all__ = ["fp8_residual", "fp8_residual_reference", "fp8_rows_fused"]
 
 E4M3_MAX = 448.0
 MAX_WHOLE_ROW = 4096
 
 
 @triton.jit
-def _excess(x_ptr, rows, cols, M, K, stride_x, low, high):
+def _excess(x_ptr, rows, cols, M, K, stride_x, low, high, CLAMP: tl.constexpr):
     mask = (rows[:, None] < M) & (cols[None, :] < K)
     x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if not CLAMP:  # the whole row: fp8_rows
+        return x
     # the bounds hold values of A's dtype (rounded by the caller), so clamping in fp32 is the same
     clamped = tl.maximum(tl.minimum(x, high, propagate_nan=tl.PropagateNan.ALL), low, propagate_nan=tl.PropagateNan.ALL)
     return x - clamped
@@ -46,19 +48,26 @@ def _store_fp8(excess, multiplier, rows, cols, out_ptr, M, K, HARDWARE_CAST: tl.
 
 
 @triton.jit
-def _fp8_residual_kernel(x_ptr, bounds_ptr, out_ptr, scale_ptr, M, K, stride_x, BLOCK: tl.constexpr, WHOLE_ROW: tl.constexpr, HARDWARE_CAST: tl.constexpr):
+def _fp8_residual_kernel(
+    x_ptr, bounds_ptr, out_ptr, scale_ptr, M, K, stride_x,
+    BLOCK: tl.constexpr, WHOLE_ROW: tl.constexpr, HARDWARE_CAST: tl.constexpr, CLAMP: tl.constexpr,
+):
     rows = tl.program_id(0).to(tl.int64) + tl.arange(0, 1)
-    low = tl.load(bounds_ptr)
-    high = tl.load(bounds_ptr + 1)
+    if CLAMP:
+        low = tl.load(bounds_ptr)
+        high = tl.load(bounds_ptr + 1)
+    else:
+        low = 0.0
+        high = 0.0
     if WHOLE_ROW:
         cols = tl.arange(0, BLOCK)
-        excess = _excess(x_ptr, rows, cols, M, K, stride_x, low, high)
+        excess = _excess(x_ptr, rows, cols, M, K, stride_x, low, high, CLAMP)
         amax = tl.reduce(tl.abs(excess), 1, _max_keeping_nan)
     else:
         amax = tl.zeros((1,), dtype=tl.float32)
         for start in range(0, K, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            amax = _max_keeping_nan(amax, tl.reduce(tl.abs(_excess(x_ptr, rows, cols, M, K, stride_x, low, high)), 1, _max_keeping_nan))
+            amax = _max_keeping_nan(amax, tl.reduce(tl.abs(_excess(x_ptr, rows, cols, M, K, stride_x, low, high, CLAMP)), 1, _max_keeping_nan))
     scale = tl.where(amax > 0, tl.math.div_rn(amax, 448.0), 1.0)
     scale = tl.where((amax != amax) | (amax == float("inf")), float("nan"), scale)
     tl.store(scale_ptr + rows, scale)
@@ -68,25 +77,38 @@ def _fp8_residual_kernel(x_ptr, bounds_ptr, out_ptr, scale_ptr, M, K, stride_x, 
     else:
         for start in range(0, K, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            _store_fp8(_excess(x_ptr, rows, cols, M, K, stride_x, low, high), multiplier, rows, cols, out_ptr, M, K, HARDWARE_CAST)
+            _store_fp8(_excess(x_ptr, rows, cols, M, K, stride_x, low, high, CLAMP), multiplier, rows, cols, out_ptr, M, K, HARDWARE_CAST)
 
 
 def fp8_residual(x2d: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(E4M3 [rows, K], fp32 scales [rows, 1]) of ΔA = x2d - clamp(x2d, low, high), scalar bounds."""
     if low.numel() != 1 or high.numel() != 1:
         raise ValueError("fp8_residual: the kernel takes tensor-scope (scalar) bounds; per-row bounds use fp8_residual_reference")
+    bounds = torch.stack([low.reshape(()), high.reshape(())]).to(x2d.dtype).float()  # clamp in A's dtype, as the reference
+    return _launch(x2d, bounds)
+
+
+def fp8_rows_fused(x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(E4M3 [rows, K], fp32 scales [rows, 1]) of x2d itself, absmax / 448 per row: the weight's
+    form for the FP8 compensation GEMM (``megatron_fp4.occ.fp8_rows`` is the reference). One read
+    of W and a 1-byte write, where the PyTorch form made six passes over an fp32 copy."""
+    return _launch(x2d, None)
+
+
+def _launch(x2d: torch.Tensor, bounds: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    if x2d.dim() != 2:
+        raise ValueError(f"fp8 row quantizer: expected a 2-D tensor, got shape {tuple(x2d.shape)}")
     if x2d.stride(-1) != 1:
         x2d = x2d.contiguous()
     rows, k = x2d.shape
     out = torch.empty(rows, k, dtype=torch.uint8, device=x2d.device)
     scale = torch.empty(rows, 1, dtype=torch.float32, device=x2d.device)
-    bounds = torch.stack([low.reshape(()), high.reshape(())]).to(x2d.dtype).float()  # clamp in A's dtype, as the reference
     whole = triton.next_power_of_2(k) <= MAX_WHOLE_ROW
     block = triton.next_power_of_2(k) if whole else 1024
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     _fp8_residual_kernel[(rows,)](
-        x2d, bounds, out, scale, rows, k, x2d.stride(0),
-        BLOCK=block, WHOLE_ROW=whole, HARDWARE_CAST=not interpreted, num_warps=8 if block >= 4096 else 4,
+        x2d, bounds if bounds is not None else scale, out, scale, rows, k, x2d.stride(0),
+        BLOCK=block, WHOLE_ROW=whole, HARDWARE_CAST=not interpreted, CLAMP=bounds is not None, num_warps=8 if block >= 4096 else 4,
     )
     return out.view(torch.float8_e4m3fn), scale
 
