@@ -135,7 +135,7 @@ class FP4GemmState:
         recipe = self.recipe
         if recipe.wgrad_along_tokens:
             self.folded = (False, False)
-            return quantize(g2d, recipe.dgrad_grad_output, check_finite=self.check, name=f"{self.name} output gradient"), None
+            return quantize_fast(g2d, recipe.dgrad_grad_output, check_finite=self.check, name=f"{self.name} output gradient"), None
         fold = recipe.fold_backward_scales
         weight_scale = fold_scale(self.w_saved) if fold and recipe.dgrad_grad_output.is_quantized else None
         input_scale = fold_scale(self.x_saved) if fold and recipe.wgrad_grad_output.is_quantized else None

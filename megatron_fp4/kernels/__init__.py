@@ -29,12 +29,12 @@ def triton_available() -> bool:
 
 def nvfp4_kernel_enabled() -> bool:
     """Whether the NVFP4 recipe quantizer (``quantize_nvfp4``: 16x16 tiles, stochastic rounding,
-    along the tokens with the RHT) replaces the PyTorch reference on CUDA. Off by default until
-    its GPU tests (tests/kernels/test_quantize_nvfp4.py) have run on an H100: it was verified in
-    Triton's interpreter and compiled for sm90 only. ``MEGATRON_FP4_NVFP4_KERNEL=1`` turns it on."""
+    along the tokens with the RHT) replaces the PyTorch reference on CUDA: on by default since its
+    GPU tests (tests/kernels/test_quantize_nvfp4.py) passed on an H100 (session 5);
+    ``MEGATRON_FP4_NVFP4_KERNEL=0`` runs the reference instead (same values, see the test)."""
     import os
 
-    return os.environ.get("MEGATRON_FP4_NVFP4_KERNEL", "0") not in ("", "0", "false", "False", "off")
+    return os.environ.get("MEGATRON_FP4_NVFP4_KERNEL", "1") not in ("0", "false", "False", "off")
 
 
 def quantize_fast(
@@ -126,6 +126,12 @@ def quantize_along_tokens_fast(tensor2d: torch.Tensor, spec: QuantSpec, rht_seed
         fused = fused and not ((check_finite or check_finite_enabled()) and not torch.isfinite(tensor2d).all())
     if not fused:
         operand = apply_rht(tensor2d, rht_seed, name) if use_rht else tensor2d
+        if not use_rht and tensor2d.is_cuda and triton_available() and tensor2d.dtype in (torch.bfloat16, torch.float16):
+            from .quantize_blocks import supports_block_spec
+
+            if supports_block_spec(spec) and not spec.stochastic_rounding:  # MXFP4: a transposed copy, then the block kernel
+                q = quantize_fast(tensor2d.t().contiguous(), spec, check_finite=check_finite, name=name)
+                return dataclasses.replace(q, dtype=torch.float32)  # as the reference's fp32 operand
         return quantize(operand.float().t().contiguous(), spec, check_finite=check_finite, name=name)
     rows, columns = tensor2d.shape
     draws = torch.rand((columns, rows), device=tensor2d.device) if spec.stochastic_rounding else None

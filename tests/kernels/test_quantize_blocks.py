@@ -69,3 +69,17 @@ def test_tiles_are_not_taken_for_blocks():
     assert not supports_block_spec(QuantSpec("fp4", "nvfp4_2d"))
     with pytest.raises(ValueError, match="NVFP4/MXFP4"):
         quantize_blocks(torch.randn(32, 32).to(DEVICE), QuantSpec("fp4", "nvfp4_2d"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the along-the-tokens dispatch takes the kernel on CUDA only")
+def test_mxfp4_wgrad_operand_along_the_tokens_equals_the_reference():
+    """MXFP4's weight-gradient operands (blocks along the tokens, no RHT): a transposed copy and
+    the block kernel, against the reference's quantize of the transposed fp32 operand."""
+    from megatron_fp4.kernels import quantize_along_tokens_fast
+
+    spec = QuantSpec("fp4", "mxfp4")
+    x = (torch.randn(4096, 1024, device="cuda") * torch.logspace(-3, 2, 1024, device="cuda")).to(torch.bfloat16)
+    fast = quantize_along_tokens_fast(x, spec, None, False, check_finite=False, name="x")
+    reference = quantize(x.float().t().contiguous(), spec)
+    assert fast.shape == reference.shape == (1024, 4096) and fast.dtype == reference.dtype
+    assert torch.equal(fast.data, reference.data) and torch.equal(fast.scale, reference.scale)
