@@ -1,7 +1,11 @@
 """The trainer's step end to end, BF16 and each FP4 recipe, in one process: tokens/s and where the time goes.
 
-    python benchmarks/bench_e2e.py [--shapes 1.3B 7B 13B] [--seq-lengths 2048 4096] [--layers 2]
+    python benchmarks/bench_e2e.py [--shapes 1.3B 7B 13B] [--seq-lengths 2048 4096] [--layers 2 [4 ...]]
         [--recipes bf16 paper paper-no-occ direct] [--attention flash unfused] [--tokens-per-step 8192]
+
+With several ``--layers`` it also prints the marginal cost of one transformer layer and the ratio
+projected to LLaMA-2's depth (``marginal_layer_rows``): at 2 layers the BF16 LM head and the loss
+over the vocabulary are a large share of the step, in a 32-layer model they are not.
 
 For each layer shape (LLaMA-2 full width, ``--layers`` transformer layers, vocabulary 32000) and
 sequence length, every (attention backend, recipe) pair builds the model the trainer builds
@@ -129,11 +133,73 @@ def measure(argv: list[str], warmup: int, steps: int) -> dict:
     return result
 
 
+PROJECT_LAYERS = {"1.3B": 24, "7B": 32, "13B": 40}  # LLaMA-2's depths
+
+
+def measure_with_env(flags: list[str], recipe: str, warmup: int, steps: int) -> dict:
+    """``measure`` with the recipe row's environment (RECIPE_ENV) set for its duration only."""
+    saved = {name: os.environ.get(name) for name in RECIPE_ENV.get(recipe, {})}
+    os.environ.update(RECIPE_ENV.get(recipe, {}))
+    try:
+        return measure(flags, warmup, steps)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def marginal_layer_rows(results: list[dict], project_layers: int | None = None) -> list[dict]:
+    """Per (shape, seq, attention, recipe) measured at two or more depths: the wall time one more
+    transformer layer adds (least-squares slope of step time over layers: embedding, LM head, loss
+    and the optimizer's fixed part drop out), its ratio to BF16's, and the tokens/s ratio projected
+    to ``project_layers`` (LLaMA-2's depth by default) as intercept + depth x slope. A 2-layer step
+    is dominated by the BF16 LM head and the loss over a 32k vocabulary; a 32-layer model is not."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["shape"], r["seq"], r["attention"], r["recipe"]), []).append(r)
+    fits = {}
+    for key, rows in groups.items():
+        xs = [float(r["layers"]) for r in rows]
+        if len(set(xs)) < 2:
+            continue
+        ys = [r["wall_ms"] for r in rows]
+        mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / sum((x - mean_x) ** 2 for x in xs)
+        fits[key] = (slope, mean_y - slope * mean_x)
+    rows_out = []
+    for (shape, seq, attention, recipe), (slope, intercept) in fits.items():
+        depth = project_layers or PROJECT_LAYERS[shape]
+        base = fits.get((shape, seq, attention, "bf16"))
+        projected = intercept + depth * slope
+        rows_out.append({
+            "shape": shape, "seq": seq, "attention": attention, "recipe": recipe, "layer_ms": slope, "fixed_ms": intercept,
+            "layer_ratio": base[0] / slope if base else float("nan"), "depth": depth,
+            "projected_ratio": (base[1] + depth * base[0]) / projected if base else float("nan"),
+        })
+    return rows_out
+
+
+def print_marginal_layer_table(results: list[dict], project_layers: int | None) -> None:
+    print("\nMarginal cost of one transformer layer (slope of step time over the measured depths) and the "
+          "projected full-depth ratio:")
+    print("| shape | seq | attention | recipe | ms per layer | fixed ms | per-layer speed vs BF16 | projected depth | projected vs BF16 |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in marginal_layer_rows(results, project_layers):
+        print(f"| {r['shape']} | {r['seq']} | {r['attention']} | {r['recipe']} | {r['layer_ms']:.1f} | {r['fixed_ms']:.1f} | "
+              f"{r['layer_ratio']:.2f}x | {r['depth']} | {r['projected_ratio']:.2f}x |")
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=["1.3B", "7B"])
     parser.add_argument("--seq-lengths", nargs="+", type=int, default=[2048])
-    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--layers", type=int, nargs="+", default=[2],
+                        help="layer counts; with two or more, also the marginal cost of one transformer layer "
+                             "(step time difference per added layer) and the ratio projected to the full depth")
+    parser.add_argument("--project-layers", type=int, default=None,
+                        help="depth for the projection (default: LLaMA-2's, 24/32/40 for 1.3B/7B/13B)")
     parser.add_argument("--tokens-per-step", type=int, default=8192, help="tokens per micro-batch")
     parser.add_argument("--micro-batches", type=int, default=4, help="micro-batches per optimizer step (gradient accumulation)")
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPE_FLAGS), default=["bf16", "paper", "paper-no-occ", "direct"])
@@ -156,40 +222,34 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parallel_state.initialize_model_parallel(1, 1)
     model_parallel_cuda_manual_seed(1234)
 
-    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}; {options.layers} layers, vocabulary {options.vocab_size}, "
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}; layers {options.layers}, vocabulary {options.vocab_size}, "
           f"{options.micro_batches} micro-batches of {options.tokens_per_step} tokens per step; mean of {options.steps} timed steps "
           f"after {options.warmup}; GPU ms by kernel family from one profiled step")
-    header = ("| shape | seq | attention | recipe | tokens/s | vs BF16 (same attention) | vs BF16 flash | step ms | GPU-busy ms | "
+    header = ("| shape | layers | seq | attention | recipe | tokens/s | vs BF16 (same attention) | vs BF16 flash | step ms | GPU-busy ms | "
               "GEMM | quantize | sort/select | attention | other | optimizer ms | peak GiB |")
     print(header)
     print("| " + " | ".join("---" for _ in range(header.count("|") - 1)) + " |")
     results = []
     for shape in options.shapes:
-        for seq in options.seq_lengths:
-            micro_batch = max(1, options.tokens_per_step // seq)
-            baseline: dict[str, float] = {}
-            for attention in options.attention:
-                for recipe in options.recipes:
-                    flags = trainer_flags(shape, seq, options.layers, micro_batch, options.micro_batches, recipe, attention, options.vocab_size)
-                    saved = {name: os.environ.get(name) for name in RECIPE_ENV.get(recipe, {})}
-                    os.environ.update(RECIPE_ENV.get(recipe, {}))
-                    try:
-                        r = measure(flags, options.warmup, options.steps)
-                    finally:
-                        for name, value in saved.items():
-                            if value is None:
-                                os.environ.pop(name, None)
-                            else:
-                                os.environ[name] = value
-                    if recipe == "bf16":
-                        baseline[attention] = r["tokens_per_s"]
-                    same = r["tokens_per_s"] / baseline[attention] if attention in baseline else float("nan")
-                    flash = r["tokens_per_s"] / baseline["flash"] if "flash" in baseline else float("nan")
-                    f = r["families"]
-                    print(f"| {shape} | {seq} | {attention} | {recipe} | {r['tokens_per_s']:,.0f} | {same:.2f}x | {flash:.2f}x | "
-                          f"{r['wall_ms']:.1f} | {r['busy_ms']:.1f} | " + " | ".join(f"{f.get(k, 0.0):.1f}" for k in ("GEMM", "quantize", "sort/select", "attention", "other"))
-                          + f" | {r['optimizer_ms']:.1f} | {r['memory_gib']:.1f} |", flush=True)
-                    results.append({"shape": shape, "seq": seq, "attention": attention, "recipe": recipe, **r})
+        for layers in options.layers:
+            for seq in options.seq_lengths:
+                micro_batch = max(1, options.tokens_per_step // seq)
+                baseline: dict[str, float] = {}
+                for attention in options.attention:
+                    for recipe in options.recipes:
+                        flags = trainer_flags(shape, seq, layers, micro_batch, options.micro_batches, recipe, attention, options.vocab_size)
+                        r = measure_with_env(flags, recipe, options.warmup, options.steps)
+                        if recipe == "bf16":
+                            baseline[attention] = r["tokens_per_s"]
+                        same = r["tokens_per_s"] / baseline[attention] if attention in baseline else float("nan")
+                        flash = r["tokens_per_s"] / baseline["flash"] if "flash" in baseline else float("nan")
+                        f = r["families"]
+                        print(f"| {shape} | {layers} | {seq} | {attention} | {recipe} | {r['tokens_per_s']:,.0f} | {same:.2f}x | {flash:.2f}x | "
+                              f"{r['wall_ms']:.1f} | {r['busy_ms']:.1f} | " + " | ".join(f"{f.get(k, 0.0):.1f}" for k in ("GEMM", "quantize", "sort/select", "attention", "other"))
+                              + f" | {r['optimizer_ms']:.1f} | {r['memory_gib']:.1f} |", flush=True)
+                        results.append({"shape": shape, "layers": layers, "seq": seq, "attention": attention, "recipe": recipe, **r})
+    if len(set(options.layers)) > 1:
+        print_marginal_layer_table(results, options.project_layers)
     parallel_state.destroy_model_parallel()
     dist.destroy_process_group()
     return results

@@ -6,14 +6,15 @@
 #   examples/reproduce/run_all.sh DATA_PREFIX TOKENIZER LOGDIR
 #   env: ITERS (default 600), MINUTES (wall-clock cap per run, default 0 = none), PYTHON, RUNS
 #        (subset, e.g. "bf16 paper"), SEED (default 1234), SEQUENTIAL=1 (one run at a time: OCC
-#        runs crawl when they share a GPU), MODEL_FLAGS / TRAIN_FLAGS to override the defaults below.
+#        runs crawl when they share a GPU), MODEL_FLAGS / TRAIN_FLAGS to override the defaults below,
+#        FIDELITY=0 (no BF16 checkpoint, no activation-fidelity capture afterwards).
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 DATA=$1 TOKENIZER=$2 LOGDIR=$3
 ITERS=${ITERS:-600} MINUTES=${MINUTES:-0} PYTHON=${PYTHON:-python3}
 RUNS=${RUNS:-"bf16 paper direct paper_no_dge paper_no_occ nvfp4"}
-SEED=${SEED:-1234} SEQUENTIAL=${SEQUENTIAL:-0}
+SEED=${SEED:-1234} SEQUENTIAL=${SEQUENTIAL:-0} FIDELITY=${FIDELITY:-1}
 # ~57M parameters: LLaMA-2 block (RMSNorm, SwiGLU, RoPE, no biases), untied embeddings
 MODEL_FLAGS=${MODEL_FLAGS:-"--num-layers 12 --hidden-size 576 --num-attention-heads 9 --ffn-hidden-size 1536 \
  --seq-length 1024 --max-position-embeddings 1024 --swiglu --normalization RMSNorm --position-embedding-type rope \
@@ -43,7 +44,7 @@ i=0
 for name in $RUNS; do
   [ -n "${PRECISION[$name]+set}" ] || { echo "unknown run $name (known: ${!PRECISION[*]})"; exit 2; }
   save=""
-  [ "$name" = bf16 ] && save="--save $LOGDIR/ckpt_bf16"
+  [ "$name" = bf16 ] && [ "$FIDELITY" != 0 ] && save="--save $LOGDIR/ckpt_bf16"
   CUDA_VISIBLE_DEVICES=$((i % GPUS)) MASTER_PORT=$((29600 + i)) "$PYTHON" -m megatron_fp4.pretrain_gpt \
     $MODEL_FLAGS $TRAIN_FLAGS ${PRECISION[$name]} --train-iters "$ITERS" $EXIT --data-path "$DATA" \
     --tokenizer-model "$TOKENIZER" --tensorboard-dir "$LOGDIR/tb/$name" $save > "$LOGDIR/$name.log" 2>&1 &
