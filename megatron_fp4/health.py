@@ -99,7 +99,7 @@ def format_summary(stats: dict[str, dict[str, float]], iteration: int) -> str:
     (recipes with DGE) the mean DGE factors."""
     inputs = {layer: values for layer, values in stats.items() if "snr_db" in values}
     gradients = [values for values in stats.values() if "dge_factor_mean" in values]
-    line = f" fp4 health at iteration {iteration}: {len(inputs)} layers"
+    line = f" fp4 health at iteration {iteration}: {len(inputs) or len(gradients)} layers"
     if inputs:
         worst_snr = min(inputs.items(), key=lambda item: item[1]["snr_db"])
         worst_flush = max(inputs.items(), key=lambda item: item[1]["flushed_to_zero"])

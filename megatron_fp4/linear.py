@@ -86,7 +86,7 @@ class FP4GemmState:
             if recipe.occ.compensate:
                 residual = occ_compensation_residual(x2d, *bounds, recipe.occ)
         xq = quantize_fast(x2d, recipe.fprop_input, check_finite=self.check, name=f"{self.name} input", clamp=bounds)
-        if health.is_collecting():
+        if health.is_collecting() and recipe.fprop_input.is_quantized:  # `bf16_dge`: nothing to measure in the input
             compensation = residual.to_dense() if residual is not None else 0
             clamped = int(((x2d > bounds[1]) | (x2d < bounds[0])).sum()) if bounds is not None else 0
             health.record_input(self.name, x2d, xq.dequantize_2d() + compensation, clamped)

@@ -217,8 +217,9 @@ def pretrain(args) -> list[dict]:
         return []
     train_data, valid_data = build_datasets(args, tokenizer)
     dp_rank, dp_size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
-    recipe = config.fp4_quant_recipe.describe() if config.fp4_quant_recipe.quantizes else "bf16 (no FP4)"
-    backend = get_backend().name if config.fp4_quant_recipe.quantizes else "-"
+    # `bf16_dge` quantizes nothing but changes the weight gradient: named as what it runs, not as BF16
+    recipe = config.fp4_quant_recipe.describe() if config.fp4_quant_recipe.changes_linear else "bf16 (no FP4)"
+    backend = get_backend().name if config.fp4_quant_recipe.quantizes else "- (BF16 GEMMs)"
     _log(f"model: {sum(p.numel() for p in model.parameters())} parameters on this rank; recipe {recipe}; GEMM backend {backend}")
     record_for_checkpoints = run_record(args.argv, args.tokenizer_model)
     last_saved = f"{plan.root} iteration {plan.iteration}" if plan.root else "none"
@@ -238,7 +239,7 @@ def pretrain(args) -> list[dict]:
     health_interval = args.log_interval if args.fp4_health_interval is None else args.fp4_health_interval
     while iteration < args.train_iters:
         batches = micro_batches(train_data, consumed, args.global_batch_size, args.micro_batch_size, dp_rank, dp_size, device)
-        collect = bool(config.fp4_quant_recipe.quantizes and health_interval and (iteration + 1) % health_interval == 0)
+        collect = bool(config.fp4_quant_recipe.changes_linear and health_interval and (iteration + 1) % health_interval == 0)
         with health.collecting() if collect else contextlib.nullcontext() as health_records:
             loss, grad_norm = train_step(model, optimizer, batches, args)
         if args.check_for_nan_in_loss_and_grad:

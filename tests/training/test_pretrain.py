@@ -54,6 +54,19 @@ def test_loss_decreases_and_health_is_logged(corpus, tmp_path):
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tb"))
 
 
+def test_bf16_dge_is_logged_as_what_it_runs_and_records_dge_statistics(corpus, capsys):
+    """The `bf16_dge` ablation quantizes nothing but multiplies each weight gradient by DGE's
+    factor: the start-up line must say so (it once said "bf16 (no FP4)") and the health telemetry
+    must record the DGE statistics the mechanism study reads (it was skipped as non-FP4)."""
+    records = run(corpus, "--train-iters 10 --fp4-recipe bf16_dge --fp4-health-interval 5")
+    out = capsys.readouterr().out
+    assert "recipe bf16 (no FP4)" not in out and "DGE(k=5" in out and "GEMM backend - (BF16 GEMMs)" in out
+    health = records[4]["fp4 health"]
+    assert health and all(name.endswith(" (DGE)") for name in health)  # no input statistics: inputs stay BF16
+    assert all(0.1 < stats["dge_factor_mean"] < 3.0 for stats in health.values())
+    assert "DGE factor mean" in out
+
+
 def test_logged_loss_does_not_depend_on_the_micro_batch_split(corpus):
     """megatron-core divides the returned loss in place by the number of micro-batches; the
     logged loss must be the plain mean (it once came out halved with two micro-batches)."""
