@@ -39,7 +39,8 @@ mkdir -p "$LOGDIR"
 GPUS=$("$PYTHON" -c "import torch; print(max(torch.cuda.device_count(), 1))")
 EXIT=""
 [ "$MINUTES" != 0 ] && EXIT="--exit-duration-in-mins $MINUTES"
-echo "runs: $RUNS; $ITERS iterations; GPUs: $GPUS; model: $MODEL_FLAGS" | tee "$LOGDIR/setup.txt"
+# appended, so several invocations into one LOGDIR (SEQUENTIAL runs, one per call) all stay recorded
+echo "runs: $RUNS; $ITERS iterations; GPUs: $GPUS; data: $DATA; model: $MODEL_FLAGS; training: $TRAIN_FLAGS" | tee -a "$LOGDIR/setup.txt"
 i=0
 for name in $RUNS; do
   [ -n "${PRECISION[$name]+set}" ] || { echo "unknown run $name (known: ${!PRECISION[*]})"; exit 2; }

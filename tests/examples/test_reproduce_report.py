@@ -49,3 +49,30 @@ def test_seeds_table_states_the_noise(tmp_path):
         capture_output=True, text=True, check=False,
     )
     assert missing.returncode != 0 and "--seeds" in missing.stderr
+
+
+def test_no_repetition_section_with_the_lr_sweep_is_what_its_logs_give(tmp_path):
+    """--section writes its own generated block (the main one untouched); --lr-sweep reads the peak
+    lr from each bf16.log's schedule; runs stopped early are compared at their last evaluation."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    shutil.copy(os.path.join(REPO, "docs", "RESULTS.md"), docs / "RESULTS.md")
+    before = (docs / "RESULTS.md").read_text()
+    sweep = [os.path.join(REPO, "docs", "runs", "norepeat", "lr_sweep", f"lr_{lr}") for lr in ("5e-4", "1e-3", "2e-3")]
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "examples", "reproduce", "report.py"), os.path.join(REPO, "docs", "runs", "norepeat", "seed1234"),
+         "--section", "no-repetition", "--lr-sweep", *sweep, "--docs", str(docs)],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    text = (docs / "RESULTS.md").read_text()
+    assert text == before  # the committed section is exactly what the logs give
+    assert "| 5e-04 | 600/600 | 3.7606 @ 600 |" in text and "| 2e-03 | 600/600 | 3.9566 @ 600 |" in text
+    assert "| FP4 `paper` without DGE (`paper_no_dge`) | 600/600 |" in text and "3.8504 @ 500 | -1.59% |" in text
+    assert (docs / "results" / "gap_vs_tokens_no-repetition.png").stat().st_size > 10_000
+    bad = subprocess.run(
+        [sys.executable, os.path.join(REPO, "examples", "reproduce", "report.py"), os.path.join(REPO, "docs", "runs", "norepeat", "seed1234"),
+         "--section", "No Spaces!", "--docs", str(docs)],
+        capture_output=True, text=True, check=False,
+    )
+    assert bad.returncode != 0 and "--section" in bad.stderr
