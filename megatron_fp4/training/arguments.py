@@ -178,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="on resume, keep the checkpoint's schedule and ignore the schedule flags",
     )
     checkpoint.add_argument(
+        "--override-fp4-recipe", action="store_true",
+        help="on resume, continue with this run's FP4 recipe where it differs from the checkpoint's "
+             "(e.g. switching the last steps to BF16); without it such a resume is refused",
+    )
+    checkpoint.add_argument(
         "--overwrite-checkpoints", action="store_true",
         help="allow saving over (or past) checkpoints in --save that this run did not resume from",
     )

@@ -14,6 +14,7 @@ megatron-core reads it, and read errors name the iteration directory and the fil
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -60,10 +61,28 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def run_record(argv: list[str], tokenizer_path: str | None) -> dict:
-    """What ``args.json`` keeps: the command line (tools rebuild the model from it) and the
-    tokenizer's content hash (a resume with another tokenizer of the same size is refused)."""
+def recipe_record(recipe, bf16_layers: tuple[int, ...] = ()) -> dict | None:
+    """The FP4 arithmetic a run trains with, every field spelled out (None: plain BF16). Kept in
+    ``args.json`` because the command line alone does not fix it: a preset's defaults can change
+    between versions (``paper``'s OCC compensation became FP8), and a resume must notice."""
+    if recipe is None or not recipe.changes_linear:
+        return None
+    fields = dataclasses.asdict(recipe)
+    fields.pop("check_finite", None)  # a debugging switch, not arithmetic
+    return {"recipe": fields, "bf16_layers": list(bf16_layers)}
+
+
+_NOT_RECORDED = object()
+
+
+def run_record(argv: list[str], tokenizer_path: str | None, fp4=_NOT_RECORDED) -> dict:
+    """What ``args.json`` keeps: the command line (tools rebuild the model from it), the
+    tokenizer's content hash (a resume with another tokenizer of the same size is refused) and,
+    from the trainer, the effective FP4 recipe (``recipe_record``: a resume with other FP4
+    arithmetic is refused; tools that only write weights leave it out)."""
     record = {"argv": list(argv)}
+    if fp4 is not _NOT_RECORDED:
+        record["fp4"] = fp4
     if tokenizer_path and os.path.isfile(tokenizer_path):
         record["tokenizer_sha256"] = file_sha256(tokenizer_path)
     return record

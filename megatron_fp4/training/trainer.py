@@ -26,7 +26,7 @@ from .. import health, weight_cache
 from ..gemm import BACKEND_ENV, get_backend
 from ..megatron import build_fp4_gpt_model, enable_cpu_runtime
 from .arguments import transformer_config_from_args
-from .checkpointing import load_checkpoint, load_model_weights, run_record, save_checkpoint
+from .checkpointing import load_checkpoint, load_model_weights, recipe_record, run_record, save_checkpoint
 from .child_processes import kill_forked_children_with_parent
 from .data import build_datasets, check_data, micro_batches
 from .resume import embedding_rows, plan_resume
@@ -221,7 +221,7 @@ def pretrain(args) -> list[dict]:
     recipe = config.fp4_quant_recipe.describe() if config.fp4_quant_recipe.changes_linear else "bf16 (no FP4)"
     backend = get_backend().name if config.fp4_quant_recipe.quantizes else "- (BF16 GEMMs)"
     _log(f"model: {sum(p.numel() for p in model.parameters())} parameters on this rank; recipe {recipe}; GEMM backend {backend}")
-    record_for_checkpoints = run_record(args.argv, args.tokenizer_model)
+    record_for_checkpoints = run_record(args.argv, args.tokenizer_model, recipe_record(args.fp4_quant_recipe, config.fp4_bf16_layers))
     last_saved = f"{plan.root} iteration {plan.iteration}" if plan.root else "none"
 
     def save(at_iteration: int) -> None:

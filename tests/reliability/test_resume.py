@@ -9,7 +9,8 @@ import pytest
 
 from megatron_fp4.training import checkpointing
 
-from training.test_pretrain import run
+from megatron_fp4 import pretrain_gpt
+from training.test_pretrain import argv, run
 
 SHORT = "--hidden-dropout 0 --attention-dropout 0"
 
@@ -110,3 +111,51 @@ def test_train_iters_below_or_at_the_checkpoint(corpus, trained, capsys):
     assert run(corpus, f"--train-iters 4 {SHORT} --load {trained} --save {trained}") == []
     assert "nothing to train" in capsys.readouterr().out
     assert snapshot(trained) == before  # not saved again
+
+
+def _edit_records(directory, edit) -> None:
+    """Apply ``edit`` to every args.json of a checkpoint directory (the root's and each iteration's)."""
+    for root, _, names in os.walk(directory):
+        if "args.json" in names:
+            path = os.path.join(root, "args.json")
+            record = json.loads(open(path).read())
+            edit(record)
+            with open(path, "w") as f:
+                json.dump(record, f)
+
+
+def test_other_fp4_arithmetic_is_refused_unless_overridden(corpus, trained, capsys):
+    """A resume must not silently train on with other FP4 arithmetic: a changed flag, a preset
+    whose default changed between versions (the checkpoint's effective recipe is in args.json),
+    FP4 -> BF16. --override-fp4-recipe continues and the log says what changed."""
+    record = json.loads((trained / "iter_0000004" / "args.json").read_text())
+    assert record["fp4"]["recipe"]["name"] == "paper" and record["fp4"]["recipe"]["occ"]["compensation"] == "fp8"
+    refused_leaving_untouched(
+        corpus, trained, r"other FP4 arithmetic: recipe.occ.compensation 'fp8' \(checkpoint\) vs 'exact' \(this run\).*--override-fp4-recipe",
+        f"--train-iters 4 {SHORT} --fp4-occ-compensation exact --load {trained} --save {trained}",
+    )
+    before = snapshot(trained)
+    bf16_argv = [flag for flag in argv(corpus, f"--train-iters 4 {SHORT} --load {trained} --save {trained}") if flag != "--fp4"]
+    with pytest.raises(SystemExit, match=r"FP4 recipe 'paper' \(checkpoint\) vs BF16 \(no FP4\) \(this run\)"):
+        pretrain_gpt.main(bf16_argv)
+    assert snapshot(trained) == before
+
+    def older_default(record):  # as if trained when `paper` compensated exactly by default
+        record["fp4"]["recipe"]["occ"]["compensation"] = "exact"
+
+    _edit_records(trained, older_default)
+    refused_leaving_untouched(corpus, trained, r"recipe.occ.compensation 'exact' \(checkpoint\) vs 'fp8' \(this run\)", f"--train-iters 4 {SHORT} --load {trained} --save {trained}")
+    shutil.copytree(trained, trained.parent / "copy")
+    capsys.readouterr()
+    resumed = run(corpus, f"--train-iters 6 --override-opt_param-scheduler --override-fp4-recipe {SHORT} --load {trained} --save {trained}")
+    assert [r["iteration"] for r in resumed] == [5, 6]
+    assert "--override-fp4-recipe: continuing with this run's FP4 arithmetic" in capsys.readouterr().out
+    # the same flags as the checkpoint's recipe: accepted without the override
+    run(corpus, f"--train-iters 6 --override-opt_param-scheduler --fp4-occ-compensation exact {SHORT} --load {trained.parent / 'copy'} --save {trained.parent / 'copy'}")
+
+
+def test_checkpoints_without_a_recipe_record_still_resume(corpus, trained):
+    """args.json written before the recipe was recorded: nothing to compare, the resume goes on."""
+    _edit_records(trained, lambda record: record.pop("fp4"))
+    resumed = run(corpus, f"--train-iters 6 --override-opt_param-scheduler --fp4-occ-compensation exact {SHORT} --load {trained} --save {trained}")
+    assert [r["iteration"] for r in resumed] == [5, 6]
