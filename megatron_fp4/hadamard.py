@@ -41,9 +41,25 @@ def _rht_cpu(size: int, seed: int | None) -> torch.Tensor:
     return hadamard_matrix(size) * signs.reshape(1, -1)  # H diag(s)
 
 
+_ON_DEVICE: dict[tuple[int, int | None, torch.device], torch.Tensor] = {}
+
+
 def rht_matrix(seed: int | None, size: int = RHT_BLOCK, device=None) -> torch.Tensor:
-    """R = H diag(s) for the given sign seed (orthogonal: R R^T = R^T R = I)."""
-    return _rht_cpu(size, seed).to(device or "cpu")
+    """R = H diag(s) for the given sign seed (orthogonal: R R^T = R^T R = I). Shared and
+    read-only: the copy on an accelerator is made once per (size, seed, device), not per call (a
+    host-to-device copy per quantization was a host synchronisation in every NVFP4 linear)."""
+    device = torch.device(device or "cpu")
+    if device.type == "cpu":
+        return _rht_cpu(size, seed)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    key = (size, seed, device)
+    matrix = _ON_DEVICE.get(key)
+    if matrix is None:
+        matrix = _rht_cpu(size, seed).to(device)
+        if not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+            _ON_DEVICE[key] = matrix
+    return matrix
 
 
 def apply_rht(x2d: torch.Tensor, seed: int | None, what: str = "tensor", inverse: bool = False) -> torch.Tensor:

@@ -147,3 +147,14 @@ def test_sizes_the_recipe_cannot_take_fail_naming_layer_dimension_and_flag():
         FP4Recipe.paper(wgrad_hadamard=True)
     with pytest.raises(ValueError, match="stochastic_rounding applies to FP4 elements"):
         QuantSpec("fp8_e5m2", "tensor", stochastic_rounding=True)
+
+
+def test_rht_matrix_is_made_once_per_device_and_equals_the_cpu_one():
+    """The NVFP4 linear asks for R16 four times per fwd+bwd; on an accelerator the copy is cached
+    (it was a host-to-device copy, a host synchronisation, per call)."""
+    from megatron_fp4.hadamard import rht_matrix
+
+    assert rht_matrix(7) is rht_matrix(7)
+    if torch.cuda.is_available():
+        first, second = rht_matrix(7, device="cuda"), rht_matrix(7, device=torch.device("cuda", torch.cuda.current_device()))
+        assert first is second and torch.equal(first.cpu(), rht_matrix(7))

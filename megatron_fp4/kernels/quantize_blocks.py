@@ -15,9 +15,10 @@ import triton
 import triton.language as tl
 
 from ..quantize import QuantizedTensor, QuantSpec
-from ..scaling import BLOCK_SIZES, E4M3_MAX, absmax_scale
+from ..scaling import BLOCK_SIZES, E4M3_MAX
 from .fp8_rounding import fp8_byte
 from .quantize_rows import _e2m1_index
+from .tensor_scale import tensor_scale_from_partials
 
 __all__ = ["quantize_blocks", "supports_block_spec"]
 
@@ -93,9 +94,15 @@ def tensor_absmax(x: torch.Tensor, block: int = 8192) -> torch.Tensor:
     an fp32 copy first)."""
     if not x.is_contiguous():
         x = x.contiguous()
+    return _partial_absmax(x, block).amax()
+
+
+def _partial_absmax(x: torch.Tensor, block: int = 8192) -> torch.Tensor:
+    if not x.is_contiguous():
+        x = x.contiguous()
     partial = torch.empty(triton.cdiv(x.numel(), block), dtype=torch.float32, device=x.device)
     _partial_absmax_kernel[(partial.numel(),)](x, partial, x.numel(), BLOCK=block, num_warps=8)
-    return partial.amax()
+    return partial
 
 
 def supports_block_spec(spec: QuantSpec) -> bool:
@@ -117,7 +124,8 @@ def quantize_blocks(x: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
     codes = torch.empty(rows, k // 2, dtype=torch.uint8, device=x.device)
     scale_bytes = torch.empty(rows, k // block, dtype=torch.uint8, device=x.device)
     nvfp4 = spec.granularity == "nvfp4"
-    global_scale = absmax_scale(tensor_absmax(x2d), spec.format.max_value * E4M3_MAX) if nvfp4 else None
+    # absmax_scale(tensor_absmax(x2d), ...) in one launch after the partial maxima
+    global_scale = tensor_scale_from_partials(_partial_absmax(x2d), spec.format.max_value * E4M3_MAX) if nvfp4 else None
     grid = (rows, triton.cdiv(k // block, BLOCKS_PER_PROGRAM))
     _quantize_blocks_kernel[grid](
         x2d, codes, scale_bytes, global_scale if nvfp4 else codes, k, x2d.stride(0),

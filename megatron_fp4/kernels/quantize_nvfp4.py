@@ -29,10 +29,11 @@ import triton
 import triton.language as tl
 
 from ..quantize import QuantizedTensor, QuantSpec
-from ..scaling import E4M3_MAX, absmax_scale
+from ..scaling import E4M3_MAX
 from .fp8_rounding import fp8_byte
 from .quantize_blocks import _e4m3_value
 from .quantize_rows import _e2m1_grid_value, _e2m1_index, _max_keeping_nan
+from .tensor_scale import tensor_scale_from_partials
 
 __all__ = ["quantize_nvfp4", "supports_nvfp4_spec"]
 
@@ -167,12 +168,12 @@ def quantize_nvfp4(
     grid = (triton.cdiv(out_rows, TILE_R), triton.cdiv(out_cols, TILE_C))
     partial = torch.empty(grid[0] * grid[1], dtype=torch.float32, device=device)
     _partial_absmax_kernel[grid](x2d, rht_matrix, partial, m, n, x2d.stride(0), ALONG_TOKENS=along_tokens, RHT=rht is not None, BR=TILE_R, BC=TILE_C)
-    global_scale = absmax_scale(partial.amax(), 6.0 * E4M3_MAX)
+    global_scale = tensor_scale_from_partials(partial, 6.0 * E4M3_MAX)  # absmax_scale's rule, one launch
     codes = torch.empty(out_rows, out_cols // 2, dtype=torch.uint8, device=device)
     scale_shape = (out_rows // BLOCK, out_cols // BLOCK) if tiles else (out_rows, out_cols // BLOCK)
     scale_bytes = torch.empty(scale_shape, dtype=torch.uint8, device=device)
     _quantize_kernel[grid](
-        x2d, rht_matrix, draws.float().contiguous() if draws is not None else partial, global_scale.reshape(1), codes, scale_bytes, m, n, x2d.stride(0),
+        x2d, rht_matrix, draws.float().contiguous() if draws is not None else partial, global_scale, codes, scale_bytes, m, n, x2d.stride(0),
         ALONG_TOKENS=along_tokens, RHT=rht is not None, TILES=tiles, STOCHASTIC=draws is not None, BR=TILE_R, BC=TILE_C,
         **({} if os.environ.get("TRITON_INTERPRET") == "1" else {"num_warps": 4}),
     )
