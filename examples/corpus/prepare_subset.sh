@@ -4,6 +4,7 @@
 # subset only) and the large corpus's held-out split tokenized with it (never used for tuning).
 #   bash examples/corpus/prepare_subset.sh [LARGE_DIR=data/large] [OUT_DIR=data/norepeat] [MILLION_CHARACTERS=36] [VOCAB=8192]
 # LARGE_DIR comes from examples/corpus/prepare_large_corpus.sh (its train.jsonl / heldout.jsonl).
+# TOKENIZER=path/tokenizer.json tokenizes with that tokenizer instead of training one (VOCAB unused).
 # 36 million characters and vocabulary 8192 give 13.16M tokens (12.94M in the --split 98,2,0 training part): 600
 # steps of 16 x 1024 tokens (9.83M) see every token at most once (docs/runs/norepeat/README.md).
 set -euo pipefail
@@ -30,8 +31,18 @@ with open(source, encoding="utf-8") as lines, open(target, "w", encoding="utf-8"
         if total > limit:
             break
 PYTHON
-"$python" tools/preprocess_data.py --input "$out/train.jsonl" --json-keys text --output-prefix "$out/train" \
-  --train-tokenizer --vocab-size "$vocab"
+if [ -n "${TOKENIZER:-}" ]; then  # an existing tokenizer (e.g. the 36M subset's, so larger runs share its vocabulary)
+  [ -f "$TOKENIZER" ] || { echo "error: TOKENIZER=$TOKENIZER does not exist" >&2; exit 2; }
+  "$python" tools/preprocess_data.py --input "$out/train.jsonl" --json-keys text --output-prefix "$out/train" \
+    --tokenizer-model "$TOKENIZER"
+  if [ "$(realpath "$TOKENIZER")" != "$(realpath -m "$out/tokenizer.json")" ]; then
+    cp "$TOKENIZER" "$out/tokenizer.json"
+    if [ -f "$(dirname "$TOKENIZER")/tokenizer_config.json" ]; then cp "$(dirname "$TOKENIZER")/tokenizer_config.json" "$out/"; fi
+  fi
+else
+  "$python" tools/preprocess_data.py --input "$out/train.jsonl" --json-keys text --output-prefix "$out/train" \
+    --train-tokenizer --vocab-size "$vocab"
+fi
 "$python" tools/preprocess_data.py --input "$large/heldout.jsonl" --json-keys text --output-prefix "$out/heldout" \
   --tokenizer-model "$out/tokenizer.json"
 rm "$out/train.jsonl"
