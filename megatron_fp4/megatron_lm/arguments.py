@@ -25,7 +25,7 @@ import argparse
 from ..recipe import RECIPES
 from ..training.fp4_flags import add_fp4_knob_arguments, bf16_layers, fp4_knob_conflict, fp4_knobs_given, recipe_with_knobs
 
-__all__ = ["add_arguments", "add_recipe_choices", "claim_fp4_arguments", "recipe_from_args", "OUR_RECIPES", "te_runs_nvfp4"]
+__all__ = ["add_arguments", "add_recipe_choices", "claim_fp4_arguments", "check_resumed_recipe", "recipe_from_args", "OUR_RECIPES", "te_runs_nvfp4"]
 
 OUR_RECIPES = tuple(sorted(set(RECIPES) - {"bf16"}))
 UPSTREAM_ONLY_RECIPES = ("custom",)
@@ -52,6 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser, chained=None) -> argparse.Arg
     add_recipe_choices(parser)
     group = parser.add_argument_group(title="megatron-fp4")
     group.add_argument("--fp4", dest="megatron_fp4_shorthand", action="store_true", help="shorthand for --fp4-format e2m1 --fp4-recipe paper")
+    group.add_argument(
+        "--override-fp4-recipe", dest="megatron_fp4_override_recipe", action="store_true",
+        help="on resume from --load, continue with this run's FP4 arithmetic where it differs from the checkpoint's "
+             "(without it such a resume is refused)",
+    )
     add_fp4_knob_arguments(group)
     return parser
 
@@ -67,7 +72,79 @@ def te_runs_nvfp4() -> bool:
 
 
 def claim_fp4_arguments(args: argparse.Namespace) -> argparse.Namespace:
-    """Resolve FP4 ownership (see the module docstring); raises ValueError naming the flags."""
+    """Resolve FP4 ownership (see the module docstring), record the effective FP4 arithmetic in
+    ``args.megatron_fp4_recipe_record`` (plain values: it travels in every checkpoint upstream
+    saves) and refuse a resume from --load with other arithmetic (``check_resumed_recipe``);
+    raises ValueError naming the flags."""
+    _claim(args)
+    args.megatron_fp4_recipe_record = _effective_record(args)
+    check_resumed_recipe(args)
+    return args
+
+
+def _effective_record(args: argparse.Namespace) -> dict | None:
+    from ..training.checkpointing import recipe_record
+
+    if args.megatron_fp4_recipe is not None:
+        return recipe_record(recipe_from_args(args), tuple(args.megatron_fp4_bf16_layers))
+    if args.fp4:  # Transformer Engine runs it
+        return {"transformer_engine": args.fp4_recipe}
+    return None
+
+
+def _checkpoint_common_file(load: str, step: int | None) -> str | None:
+    """``common.pt`` of the checkpoint upstream will resume from (torch_dist format), or None."""
+    import os
+
+    if step is None:
+        tracker = os.path.join(load, "latest_checkpointed_iteration.txt")
+        if not os.path.isfile(tracker):
+            return None
+        with open(tracker) as f:
+            text = f.read().strip()
+        directory = "release" if text == "release" else f"iter_{int(text):07d}" if text.isdigit() else None
+    else:
+        directory = f"iter_{step:07d}"
+    path = os.path.join(load, directory, "common.pt") if directory else None
+    return path if path and os.path.isfile(path) else None
+
+
+def check_resumed_recipe(args: argparse.Namespace) -> None:
+    """On a resume from --load (not --finetune), compare the checkpoint's recorded FP4 arithmetic
+    with this run's: a differing field (a changed flag, FP4 <-> BF16, or a preset default that
+    changed between versions) is refused unless --override-fp4-recipe. Checkpoints saved before
+    the record, or in another format than torch_dist, are not compared (a line says so)."""
+    from ..training.checkpointing import recipe_differences
+
+    if not getattr(args, "load", None) or getattr(args, "finetune", False):
+        return
+    path = _checkpoint_common_file(args.load, getattr(args, "ckpt_step", None))
+    if path is None:
+        return
+    import torch
+
+    try:
+        saved_args = torch.load(path, map_location="cpu", weights_only=False).get("args")
+    except Exception as error:  # unreadable here: upstream's own load will say why
+        print(f"megatron-fp4: could not read {path} to compare FP4 recipes ({type(error).__name__}: {error})", flush=True)
+        return
+    if saved_args is None or not hasattr(saved_args, "megatron_fp4_recipe_record"):
+        print(f"megatron-fp4: {path} predates the FP4 recipe record; the FP4 arithmetic of the resume is not compared", flush=True)
+        return
+    differing = recipe_differences(saved_args.megatron_fp4_recipe_record, args.megatron_fp4_recipe_record)
+    if not differing:
+        return
+    summary = "; ".join(differing[:6]) + (f"; and {len(differing) - 6} more" if len(differing) > 6 else "")
+    if getattr(args, "megatron_fp4_override_recipe", False):
+        print(f"megatron-fp4: --override-fp4-recipe: continuing with this run's FP4 arithmetic, which differs from the checkpoint's: {summary}", flush=True)
+        return
+    raise ValueError(
+        f"--load {args.load}: the checkpoint was trained with other FP4 arithmetic: {summary}. Give the flags that "
+        "reproduce its recipe (e.g. --fp4-occ-compensation exact), or --override-fp4-recipe to continue with this run's"
+    )
+
+
+def _claim(args: argparse.Namespace) -> argparse.Namespace:
     if args.megatron_fp4_shorthand:
         if args.fp4 not in (None, "e2m1"):
             raise ValueError(f"--fp4 means --fp4-format e2m1, not {args.fp4}")

@@ -72,6 +72,37 @@ def recipe_record(recipe, bf16_layers: tuple[int, ...] = ()) -> dict | None:
     return {"recipe": fields, "bf16_layers": list(bf16_layers)}
 
 
+def _flatten(value, prefix: str = "") -> dict[str, object]:
+    """{'recipe.occ.compensation': 'fp8', ...} of a nested record (None and lists stay leaves)."""
+    if isinstance(value, dict):
+        flat = {}
+        for key, inner in value.items():
+            flat.update(_flatten(inner, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: value}
+
+
+def _describe_fp4(record: dict | None) -> str:
+    if record is None:
+        return "BF16 (no FP4)"
+    if "transformer_engine" in record:
+        return f"Transformer Engine's FP4 recipe {record['transformer_engine']!r}"
+    return f"FP4 recipe {record['recipe'].get('name', '?')!r}"
+
+
+def recipe_differences(saved: dict | None, now: dict | None) -> list[str]:
+    """What differs between two ``recipe_record`` s, one line per field ("recipe.occ.compensation
+    'exact' (checkpoint) vs 'fp8' (this run)"); a recipe's name alone is no difference (the same
+    arithmetic under another name trains the same)."""
+    if (saved is None) != (now is None) or (saved or {}).keys() != (now or {}).keys():
+        return [f"{_describe_fp4(saved)} (checkpoint) vs {_describe_fp4(now)} (this run)"]
+    before, after = _flatten(saved or {}), _flatten(now or {})
+    return [
+        f"{key} {before.get(key)!r} (checkpoint) vs {after.get(key)!r} (this run)"
+        for key in sorted(set(before) | set(after)) if key != "recipe.name" and before.get(key) != after.get(key)
+    ]
+
+
 _NOT_RECORDED = object()
 
 

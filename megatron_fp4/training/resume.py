@@ -164,44 +164,19 @@ def _check_same_schedule(root: str, iteration: int, args) -> None:
         )
 
 
-def _flatten(value, prefix: str = "") -> dict[str, object]:
-    """{'occ.compensation': 'fp8', ...} of a nested record (None stays a leaf)."""
-    if isinstance(value, dict):
-        flat = {}
-        for key, inner in value.items():
-            flat.update(_flatten(inner, f"{prefix}{key}."))
-        return flat
-    return {prefix[:-1]: value}
-
-
-def _describe_fp4(record: dict | None) -> str:
-    return "BF16 (no FP4)" if record is None else f"FP4 recipe {record['recipe'].get('name', '?')!r}"
-
-
 def _check_same_recipe(root: str, iteration: int, args) -> str | None:
     """Refuse to continue a checkpoint with other FP4 arithmetic than it was trained with, unless
     --override-fp4-recipe says that is meant; returns the note for the log when it is. The
     comparison is of the effective recipes (every field, presets' defaults resolved), so a
     changed default between versions is caught as well as a changed flag. Checkpoints whose
     args.json predates the record cannot be compared."""
-    from .checkpointing import recipe_record
+    from .checkpointing import recipe_differences, recipe_record
     from .fp4_flags import bf16_layers
 
     record = read_run_record(root, iteration)
     if record is None or "fp4" not in record:
         return None
-    saved = record["fp4"]
-    now = recipe_record(args.fp4_quant_recipe, bf16_layers(args, args.num_layers))
-    before_fields = _flatten(saved) if saved is not None else {}
-    now_fields = _flatten(now) if now is not None else {}
-    ignored = {"recipe.name"}  # the same arithmetic under another name is the same training
-    differing = [
-        f"{key} {before_fields.get(key)!r} (checkpoint) vs {now_fields.get(key)!r} (this run)"
-        for key in sorted(set(before_fields) | set(now_fields)) if key not in ignored and before_fields.get(key) != now_fields.get(key)
-    ]
-    if (saved is None) != (now is None):
-        differing.insert(0, f"{_describe_fp4(saved)} (checkpoint) vs {_describe_fp4(now)} (this run)")
-        differing = differing[:1]
+    differing = recipe_differences(record["fp4"], recipe_record(args.fp4_quant_recipe, bf16_layers(args, args.num_layers)))
     if not differing:
         return None
     summary = "; ".join(differing[:6]) + (f"; and {len(differing) - 6} more" if len(differing) > 6 else "")

@@ -108,3 +108,28 @@ def test_model_from_patched_gpt_builders_carries_fp4_layers(patched):
     assert layers["decoder.layers.0.self_attention.core_attention"][0] == "SDPACoreAttention"  # --attention-backend auto without TE
     bf16_twin = run_job(patched, "build")
     assert bf16_twin["layers"]["decoder.layers.1.self_attention.linear_qkv"][0] == "ColumnParallelLinear"  # upstream's own spec
+
+
+def test_resume_with_other_fp4_arithmetic_is_refused(patched, tmp_path):
+    """The effective recipe travels in upstream's checkpoint args (plain values, weights_only
+    loadable: the parse job round-trips them); a resume from --load whose arithmetic differs (here
+    the OCC compensation, as when `paper`'s default changed between versions) is refused unless
+    --override-fp4-recipe, and the same flags as the checkpoint's are accepted."""
+    import argparse
+
+    import torch
+
+    saved = run_job(patched, "parse", "--fp4", "--fp4-occ-compensation", "exact")["record"]
+    assert saved["recipe"]["name"] == "paper" and saved["recipe"]["occ"]["compensation"] == "exact"
+    checkpoint = tmp_path / "ck"
+    (checkpoint / "iter_0000010").mkdir(parents=True)
+    (checkpoint / "latest_checkpointed_iteration.txt").write_text("10")
+    torch.save({"args": argparse.Namespace(megatron_fp4_recipe_record=saved), "iteration": 10}, checkpoint / "iter_0000010" / "common.pt")
+    refused = run_job(patched, "parse", "--fp4", "--load", str(checkpoint))
+    assert "recipe.occ.compensation 'exact' (checkpoint) vs 'fp8' (this run)" in refused.get("error", ""), refused
+    assert "--override-fp4-recipe" in refused["error"]
+    assert "error" not in run_job(patched, "parse", "--fp4", "--load", str(checkpoint), "--override-fp4-recipe")
+    assert "error" not in run_job(patched, "parse", "--fp4", "--fp4-occ-compensation", "exact", "--load", str(checkpoint))
+    to_bf16 = run_job(patched, "parse", "--load", str(checkpoint))
+    assert "FP4 recipe 'paper' (checkpoint) vs BF16 (no FP4) (this run)" in to_bf16.get("error", ""), to_bf16
+    assert "error" not in run_job(patched, "parse", "--load", str(checkpoint), "--finetune")  # weights only: a new run

@@ -33,7 +33,8 @@ torch.save({"args": args}, buffer)
 buffer.seek(0)
 torch.load(buffer, weights_only=True)
 result = {"recipe": recipe.name if recipe else None, "fp4": args.fp4, "bf16_layers": list(args.megatron_fp4_bf16_layers),
-          "dge_k": recipe.dge.k if recipe else None, "occ": recipe.occ.enabled if recipe else None}
+          "dge_k": recipe.dge.k if recipe else None, "occ": recipe.occ.enabled if recipe else None,
+          "record": args.megatron_fp4_recipe_record}
 if job == "build":
     import torch.distributed as dist
     from megatron.core import parallel_state
