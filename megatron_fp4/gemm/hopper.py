@@ -10,10 +10,11 @@ Products of E2M1 and FP8 values are exact and accumulate in fp32, so results equ
 reference backend's up to accumulation order (and the bf16 rounding of fprop's output where
 this PyTorch cannot write fp32 with row-wise scales). The B operands are rebuilt from the saved
 packed codes as transposed E4M3 tiles by a Triton kernel. Block-scaled FP4 operands (NVFP4,
-MXFP4) go to ``megatron_fp4.kernels.block_gemm`` (BF16 tensor cores, exact products); fprop and
-wgrad always, dgrad with 16x16-tiled weights. Other operands it cannot take (1x16-block weights
-in dgrad, unfolded row scales on the reduction dimension, dims not multiples of 16) go to the
-reference backend (so do CPU tensors), so results never depend on which path ran.
+MXFP4) go to ``megatron_fp4.kernels.block_gemm`` (BF16 tensor cores, exact products) for all
+three GEMMs (dgrad reads W transposed in place: 16x16 tiles, or 1-D blocks decoded to BF16).
+Other operands it cannot take (unfolded row scales on the reduction dimension, dims not
+multiples of 16) go to the reference backend (so do CPU tensors), so results never depend on
+which path ran.
 """
 
 from __future__ import annotations
@@ -120,10 +121,11 @@ class HopperBackend(GemmBackend):
         return rowwise_scaled_mm(_fp8_rows(x), _fp8_rows(w), x.scale, w.scale, out_dtype)
 
     def dgrad(self, g: QuantizedTensor, w: QuantizedTensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        if w.spec.granularity == "nvfp4_2d" and self._block_scaled(g, w):  # W's 16x16 tiles read as W^T
-            from ..kernels.block_gemm import block_scaled_matmul
+        if self._block_scaled(g, w):  # W read as W^T in place: 16x16 tiles, or 1-D blocks decoded to exact BF16
+            from ..kernels.block_gemm import block_scaled_matmul, transposed_b_supported
 
-            return block_scaled_matmul(g, w, out_dtype, b_transposed=True)
+            if transposed_b_supported(w, out_dtype):
+                return block_scaled_matmul(g, w, out_dtype, b_transposed=True)
         if not self.supports_backward(g, w):
             return self.fallback.dgrad(g, w, out_dtype)
         return torch._scaled_mm(

@@ -19,9 +19,11 @@ Which is faster on a given GPU is measured (``benchmarks/bench_block_gemm.py``, 
 
 Operands are ``QuantizedTensor`` s quantized along the GEMM's reduction dimension K: A [M, K] and
 B [N, K], granularity ``nvfp4`` (1x16 E4M3), ``nvfp4_2d`` (16x16 tiles) or ``mxfp4`` (1x32 E8M0).
-The three GEMMs of a linear map onto it: fprop Q(X) Q(W)^T; dgrad Q(dY) Q(W)^T^T with W's 16x16
-tiles read transposed in place (``b_transposed``: the tiles hold the same values either way);
-wgrad with both operands quantized along the tokens, Q(dY^T) Q(X^T)^T.
+The three GEMMs of a linear map onto it: fprop Q(X) Q(W)^T; dgrad Q(dY) Q(W)^T^T with W read
+transposed in place (``b_transposed``): 16x16 tiles with either method (they hold the same values
+either way round), 1-D blocks along K (MXFP4's weights) with ``decoded`` only, whose BF16 product
+of exact values does not care which dimension the blocks lie on; wgrad with both operands
+quantized along the tokens, Q(dY^T) Q(X^T)^T.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from ..quantize import QuantizedTensor
 from .quantize_blocks import _e4m3_value, _power_of_two
 from .quantize_rows import _e2m1_grid_value
 
-__all__ = ["GemmConfig", "bf16_matmul", "block_scaled_matmul", "decode_to_bf16", "supports_block_gemm", "transpose_2d"]
+__all__ = ["GemmConfig", "bf16_matmul", "block_scaled_matmul", "decode_to_bf16", "supports_block_gemm", "transpose_2d", "transposed_b_supported"]
 
 # operand kinds inside the kernel: plain BF16 values, or packed codes with these block scales
 BF16_VALUES = 0
@@ -232,22 +234,41 @@ def decode_to_bf16(q: QuantizedTensor) -> torch.Tensor:
     return out
 
 
-def _check_operands(a: QuantizedTensor, b: QuantizedTensor, b_transposed: bool) -> tuple[int, int, int]:
+def transposed_b_supported(b: QuantizedTensor, out_dtype: torch.dtype = torch.float32, method: str | None = None) -> bool:
+    """Whether ``block_scaled_matmul(..., b_transposed=True)`` takes ``b``: 16x16 tiles always (the
+    same values either way round); 1-D blocks (along b's own rows, i.e. along the GEMM's output
+    dimension) only with ``decoded`` and output rows of 16-byte multiples: that method multiplies
+    exact BF16 values, so no scale needs to sit on the reduction dimension (MXFP4's dgrad: W
+    quantized along K, reduced over N)."""
+    method = method or os.environ.get("MEGATRON_FP4_BLOCK_GEMM", DEFAULT_METHOD)
+    if b.spec.granularity == "nvfp4_2d":
+        return True
+    row_bytes = b.data.shape[1] * 2 * torch.empty((), dtype=out_dtype).element_size()
+    return method == "decoded" and row_bytes % 16 == 0
+
+
+def _check_operands(a: QuantizedTensor, b: QuantizedTensor, b_transposed: bool, method: str) -> tuple[int, int, int]:
     if not supports_block_gemm(a, b):
         raise ValueError(f"block_scaled_matmul: needs FP4 E2M1 operands in {sorted(GRANULARITY_CODES)} blocks, got {a.spec.describe()} and {b.spec.describe()}")
     m, k = a.data.shape[0], a.data.shape[1] * 2
     if b_transposed:
-        if b.spec.granularity != "nvfp4_2d":
-            raise ValueError(f"block_scaled_matmul: b_transposed needs 16x16 tiles (nvfp4_2d), got {b.spec.granularity}")
+        if b.spec.granularity != "nvfp4_2d" and method != "decoded":
+            raise ValueError(
+                f"block_scaled_matmul: b_transposed with the fused method needs 16x16 tiles (nvfp4_2d), got {b.spec.granularity} "
+                "(the decoded method takes any block layout)"
+            )
         k_b, n = b.data.shape[0], b.data.shape[1] * 2
     else:
         n, k_b = b.data.shape[0], b.data.shape[1] * 2
-    for name, operand, size in (("A", a, k), ("B", b, k_b)):
-        block = operand.spec.block_size
-        if size != k or size % block:
+    if k_b != k:
+        raise ValueError(f"block_scaled_matmul: operand B has reduction size {k_b}, A has {k}; they must be equal")
+    # each operand's blocks must tile the dimension they were quantized along (its own rows' length)
+    for name, operand in (("A", a), ("B", b)):
+        size, block = operand.data.shape[1] * 2, operand.spec.block_size
+        if size % block:
             raise ValueError(
-                f"block_scaled_matmul: operand {name} has reduction size {size} (A has {k}); it must equal A's and be a "
-                f"multiple of its {operand.spec.granularity} block size {block}"
+                f"block_scaled_matmul: operand {name} has rows of {size} elements, not a multiple of its "
+                f"{operand.spec.granularity} block size {block}"
             )
     return m, n, k
 
@@ -270,7 +291,7 @@ def block_scaled_matmul(
     method = method or os.environ.get("MEGATRON_FP4_BLOCK_GEMM", DEFAULT_METHOD)
     if method not in METHODS:
         raise ValueError(f"block_scaled_matmul: method {method!r} is not one of {METHODS} (MEGATRON_FP4_BLOCK_GEMM)")
-    m, n, k = _check_operands(a, b, b_transposed)
+    m, n, k = _check_operands(a, b, b_transposed, method)
     config = config or DEFAULT_CONFIG
     global_scale = torch.ones((), dtype=torch.float32, device=a.data.device)
     for operand in (a, b):
@@ -280,6 +301,11 @@ def block_scaled_matmul(
     c = torch.empty(m, n, dtype=out_dtype, device=a.data.device)
     if method == "decoded" and n * c.element_size() % 16 == 0:  # the descriptors need 16-byte rows
         return bf16_matmul(decode_to_bf16(a), decode_to_bf16(b), global_scale, c, b_kn=b_transposed, config=config)
+    if b_transposed and b.spec.granularity != "nvfp4_2d":  # the fused kernel reads only tiles transposed
+        raise ValueError(
+            f"block_scaled_matmul: b_transposed with {b.spec.granularity} blocks needs the decoded method and output rows "
+            f"of 16-byte multiples, got {n} x {out_dtype} (transposed_b_supported says which)"
+        )
     block_m, block_n, block_k = config.block_m, config.block_n, config.block_k
     if interpreted:  # small tiles keep the interpreter quick and exercise the masks
         block_m, block_n, block_k = 32, 32, 32
