@@ -48,6 +48,10 @@ def _share(text: str) -> float:
 def add_fp4_knob_arguments(group) -> None:
     """The recipe knobs (everything but the format/recipe selection and the BF16 layers)."""
     group.add_argument("--fp4-dge-k", type=float, default=None, help="DGE sharpness k (paper: 5)")
+    group.add_argument(
+        "--fp4-dge-max-derivative", type=float, default=None,
+        help="clamp of the DGE derivative f'(W/s) (paper: 3; >= 1); with --fp4-dge-k, DGE's two settings",
+    )
     group.add_argument("--no-fp4-dge", action="store_true", help="straight-through weight gradients")
     group.add_argument("--fp4-occ-alpha", type=_fraction, default=None, help="OCC quantile (paper: 0.99)")
     group.add_argument("--no-fp4-occ", action="store_true", help="no outlier clamping")
@@ -87,6 +91,7 @@ def fp4_knobs_given(args) -> list[str]:
     """The knob flags present on a command line (to refuse them where FP4 is off)."""
     given = {
         "--fp4-dge-k": args.fp4_dge_k is not None, "--no-fp4-dge": args.no_fp4_dge,
+        "--fp4-dge-max-derivative": args.fp4_dge_max_derivative is not None,
         "--fp4-occ-alpha": args.fp4_occ_alpha is not None, "--no-fp4-occ": args.no_fp4_occ,
         "--no-fp4-occ-compensation": args.no_fp4_occ_compensation, "--fp4-occ-compensation": bool(args.fp4_occ_compensation),
         "--fp4-occ-hot-channel-fraction": args.fp4_occ_hot_channel_fraction is not None,
@@ -103,6 +108,12 @@ def fp4_knob_conflict(args, num_layers: int) -> str | None:
     """A message for knobs that contradict each other or the model, else None."""
     if args.fp4_dge_k is not None and args.no_fp4_dge:
         return "--fp4-dge-k and --no-fp4-dge contradict each other"
+    if args.fp4_dge_max_derivative is not None and args.no_fp4_dge:
+        return "--fp4-dge-max-derivative and --no-fp4-dge contradict each other"
+    if args.fp4_dge_max_derivative is not None and not args.fp4_dge_max_derivative >= 1.0:
+        return f"--fp4-dge-max-derivative {args.fp4_dge_max_derivative}: must be >= 1 (the derivative's clamp; the paper uses 3)"
+    if args.fp4_dge_k is not None and not args.fp4_dge_k >= 1.0:
+        return f"--fp4-dge-k {args.fp4_dge_k}: must be >= 1 (k = 1 is the straight-through estimator; the paper uses 5)"
     if args.fp4_occ_alpha is not None and args.no_fp4_occ:
         return "--fp4-occ-alpha and --no-fp4-occ contradict each other"
     if (args.fp4_occ_compensation or args.fp4_occ_hot_channel_fraction is not None) and (args.no_fp4_occ or args.no_fp4_occ_compensation):
@@ -121,8 +132,11 @@ def apply_fp4_knobs(recipe: FP4Recipe, args) -> FP4Recipe:
     """``recipe`` with the knobs of ``args`` applied (the recipe's name stays)."""
     if args.no_fp4_dge:
         recipe = recipe.replace(dge=DGEConfig(enabled=False))
-    elif args.fp4_dge_k is not None:
-        recipe = recipe.replace(dge=dataclasses.replace(recipe.dge, enabled=True, k=args.fp4_dge_k))
+    else:
+        if args.fp4_dge_k is not None:
+            recipe = recipe.replace(dge=dataclasses.replace(recipe.dge, enabled=True, k=args.fp4_dge_k))
+        if args.fp4_dge_max_derivative is not None:
+            recipe = recipe.replace(dge=dataclasses.replace(recipe.dge, enabled=True, max_derivative=args.fp4_dge_max_derivative))
     occ = recipe.occ
     if args.no_fp4_occ:
         occ = dataclasses.replace(occ, enabled=False)

@@ -33,6 +33,9 @@ def test_fp4_flags_build_the_recipe():
     r = parse("--fp4 --fp4-dge-k 3 --fp4-occ-alpha 0.97 --no-fp4-occ-compensation").fp4_quant_recipe
     assert (r.dge.k, r.occ.alpha, r.occ.compensate) == (3.0, 0.97, False)
     assert not parse("--fp4 --no-fp4-dge --no-fp4-occ").fp4_quant_recipe.dge.enabled
+    dge = parse("--fp4 --fp4-dge-k 3 --fp4-dge-max-derivative 5").fp4_quant_recipe.dge  # issue 17: k and the clamp varied
+    assert (dge.enabled, dge.k, dge.max_derivative) == (True, 3.0, 5.0)
+    assert parse("--fp4 --fp4-recipe bf16_dge --fp4-dge-max-derivative 2").fp4_quant_recipe.dge.max_derivative == 2.0
     assert parse("--fp4-format e2m1 --fp4-recipe mxfp4").fp4_quant_recipe.name == "mxfp4"
     config = transformer_config_from_args(parse("--fp4 --fp4-bf16-layers 1 4"))
     assert [config.fp4_recipe_for_layer(i).name for i in (1, 2, 4)] == ["bf16", "paper", "bf16"]
@@ -51,7 +54,10 @@ def test_fp4_flags_build_the_recipe():
         ("--global-batch-size 7", "--global-batch-size 7 is not a multiple of --micro-batch-size 2"),
         ("--lr-warmup-iters 10", "--lr-warmup-iters 10 must be smaller than --train-iters 10"),
         ("--fp4 --fp4-gemm-backend hopper", "--fp4-gemm-backend hopper is not available on this machine"),
-        ("--fp4 --fp4-dge-k 0.5", "DGEConfig.k=0.5"),
+        ("--fp4 --fp4-dge-k 0.5", "--fp4-dge-k 0.5: must be >= 1"),
+        ("--fp4 --fp4-dge-max-derivative 0.5", "--fp4-dge-max-derivative 0.5: must be >= 1"),
+        ("--fp4 --no-fp4-dge --fp4-dge-max-derivative 2", "--fp4-dge-max-derivative and --no-fp4-dge contradict each other"),
+        ("--fp4-dge-max-derivative 2", "FP4 options were given without --fp4"),
         ("--lr-decay-style cosinus", "invalid choice: 'cosinus'"),
         ("--tokenizer-type GPT2BPETokenizer", "--tokenizer-type: invalid choice: 'GPT2BPETokenizer'"),
     ],
