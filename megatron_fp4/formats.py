@@ -128,11 +128,14 @@ def encode(x: torch.Tensor, fmt: FP4Format = E2M1) -> torch.Tensor:
     return sign | index
 
 
-def encode_stochastic(x: torch.Tensor, fmt: FP4Format = E2M1, generator: torch.Generator | None = None) -> torch.Tensor:
+def encode_stochastic(
+    x: torch.Tensor, fmt: FP4Format = E2M1, generator: torch.Generator | None = None, draws: torch.Tensor | None = None
+) -> torch.Tensor:
     """4-bit codes with stochastic rounding: a magnitude between grid points lo < |x| < hi rounds
-    up with probability (|x| - lo) / (hi - lo), so E[decode(code)] = x inside the grid (unbiased);
-    beyond the largest magnitude it saturates. Grid values stay exact. ``generator``: the random
-    stream (default: torch's global one), so a seed makes it deterministic."""
+    up when its uniform draw is below (|x| - lo) / (hi - lo), so E[decode(code)] = x inside the
+    grid (unbiased); beyond the largest magnitude it saturates. Grid values stay exact. ``draws``:
+    the uniform numbers in [0, 1) of x's shape; default: Philox numbers (``megatron_fp4.stochastic``)
+    for a seed drawn from ``generator`` (or torch's global stream), so a seed makes it deterministic."""
     x = x.float()
     magnitude = x.abs()
     grid = fmt.grid(x.device)
@@ -141,8 +144,13 @@ def encode_stochastic(x: torch.Tensor, fmt: FP4Format = E2M1, generator: torch.G
     low, high = grid[lower], grid[upper]
     gap = high - low
     fraction = torch.where(gap > 0, (magnitude - low) / torch.where(gap > 0, gap, torch.ones_like(gap)), torch.zeros_like(gap))
-    draw = torch.rand(x.shape, generator=generator, device=x.device) if generator is not None else torch.rand_like(magnitude)
-    index = torch.where((draw < fraction) | (magnitude >= high), upper, lower)
+    if draws is None:
+        from .stochastic import new_seed, philox_uniform
+
+        draws = philox_uniform(new_seed(x.device, generator), x.shape, x.device)
+    elif draws.shape != x.shape:
+        raise ValueError(f"encode_stochastic: draws of shape {tuple(draws.shape)} for values of shape {tuple(x.shape)}")
+    index = torch.where((draws < fraction) | (magnitude >= high), upper, lower)
     index = torch.where(magnitude >= grid[-1], torch.full_like(index, len(grid) - 1), index)
     sign = torch.signbit(x).to(torch.uint8) << 3
     return sign | index.to(torch.uint8)

@@ -217,10 +217,12 @@ def encode_multiplier(scale: torch.Tensor) -> torch.Tensor:
 
 def quantize(
     x: torch.Tensor, spec: QuantSpec, *, check_finite: bool | None = None, name: str = "tensor",
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, seed: torch.Tensor | None = None,
 ) -> QuantizedTensor:
     """Quantize ``x`` to ``spec`` (exact PyTorch reference; round to nearest, ties to even, or
-    stochastically where the spec says so, drawing from ``generator`` or torch's global stream).
+    stochastically where the spec says so: element i of the [rows, K] operand rounds with the
+    Philox number of (``seed``, i), the seed drawn from ``generator`` or torch's global stream
+    when not given; ``megatron_fp4.stochastic``, the fused kernels compute the same numbers).
 
     check_finite: raise ``NonFiniteError`` naming ``name`` on NaN/Inf (default: the
     ``MEGATRON_FP4_CHECK_FINITE`` environment switch). Otherwise a group holding NaN/Inf
@@ -253,7 +255,13 @@ def quantize(
     if spec.block_size is not None:
         group_scale = group_scale.repeat_interleave(spec.block_size, dim=-1)
     scaled = xf * encode_multiplier(group_scale)
-    codes = encode_stochastic(scaled, spec.format, generator) if spec.stochastic_rounding else encode(scaled, spec.format)
+    if spec.stochastic_rounding:
+        from .stochastic import new_seed, philox_uniform
+
+        seed = seed if seed is not None else new_seed(scaled.device, generator)
+        codes = encode_stochastic(scaled, spec.format, draws=philox_uniform(seed, scaled.shape, scaled.device))
+    else:
+        codes = encode(scaled, spec.format)
     return QuantizedTensor(pack_codes(codes), scale, global_scale, spec, x.shape, x.dtype)
 
 

@@ -59,11 +59,14 @@ def _scalar_stochastic_round(value: float, draw: float) -> float:
 
 
 def test_stochastic_rounding_equals_the_scalar_definition_with_the_same_draws():
+    from megatron_fp4.stochastic import new_seed, philox_uniform
+
     values = torch.cat([torch.linspace(-7, 7, 301), torch.tensor([0.0, 0.5, 6.0, -6.0, 1.25])])
     codes = encode_stochastic(values, E2M1, torch.Generator().manual_seed(5))
-    draws = torch.rand(values.shape, generator=torch.Generator().manual_seed(5))
+    draws = philox_uniform(new_seed("cpu", torch.Generator().manual_seed(5)), values.shape)  # what the generator's seed gives
     expected = [_scalar_stochastic_round(v, d) for v, d in zip(values.tolist(), draws.tolist())]
     assert decode(codes).tolist() == expected
+    assert decode(encode_stochastic(values, E2M1, draws=draws)).tolist() == expected
 
 
 def test_stochastic_rounding_is_unbiased_and_deterministic_per_seed():

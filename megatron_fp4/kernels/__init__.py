@@ -60,8 +60,9 @@ def quantize_fast(
             x2d = x.reshape(-1, x.shape[-1])
             if (checking and not torch.isfinite(x).all()) or x2d.shape[-1] % 16 or (tiles and x2d.shape[0] % 16):
                 return quantize(x, spec, check_finite=checking, name=name)  # raises, naming the tensor / shape
-            draws = torch.rand(x2d.shape, device=x.device) if stochastic_blocks else None  # the reference's draws
-            q = quantize_nvfp4(x2d, tiles=tiles, draws=draws)
+            from ..stochastic import new_seed
+
+            q = quantize_nvfp4(x2d, tiles=tiles, seed=new_seed(x.device) if stochastic_blocks else None)  # the reference's seed draw
             return dataclasses.replace(q, shape=x.shape, dtype=x.dtype)
         if supports_block_spec(spec):
             if checking and not torch.isfinite(x).all():
@@ -114,7 +115,7 @@ def dge_scale_grad_fast(
 def quantize_along_tokens_fast(tensor2d: torch.Tensor, spec: QuantSpec, rht_seed: int | None, use_rht: bool, *, check_finite: bool, name: str) -> QuantizedTensor:
     """The weight-gradient operand of a recipe quantized along the tokens: ``quantize`` of
     (R16 tensor2d)^T [C, M] (the RHT only with ``use_rht``). The fused NVFP4 kernel on CUDA (its
-    stochastic rounding draws the same numbers from torch's generator as the reference), else the
+    stochastic rounding computes the reference's Philox numbers for the same seed), else the
     reference (``hadamard.apply_rht`` then ``quantize``), which also names bad shapes."""
     from ..hadamard import RHT_BLOCK, apply_rht, rht_matrix
 
@@ -133,6 +134,7 @@ def quantize_along_tokens_fast(tensor2d: torch.Tensor, spec: QuantSpec, rht_seed
                 q = quantize_fast(tensor2d.t().contiguous(), spec, check_finite=check_finite, name=name)
                 return dataclasses.replace(q, dtype=torch.float32)  # as the reference's fp32 operand
         return quantize(operand.float().t().contiguous(), spec, check_finite=check_finite, name=name)
-    rows, columns = tensor2d.shape
-    draws = torch.rand((columns, rows), device=tensor2d.device) if spec.stochastic_rounding else None
-    return quantize_nvfp4(tensor2d, along_tokens=True, rht=rht_matrix(rht_seed, device=tensor2d.device) if use_rht else None, draws=draws)
+    from ..stochastic import new_seed
+
+    seed = new_seed(tensor2d.device) if spec.stochastic_rounding else None  # drawn where the reference draws it
+    return quantize_nvfp4(tensor2d, along_tokens=True, rht=rht_matrix(rht_seed, device=tensor2d.device) if use_rht else None, seed=seed)

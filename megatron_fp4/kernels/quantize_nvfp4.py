@@ -9,10 +9,11 @@ scales, one fp32 tensor scale amax / (6 * 448)):
                    tokens, optionally multiplied first by the 16x16 RHT matrix R16 (a ``tl.dot``
                    per 16-token group, fp32)
 Two launches: partial maxima of |O| (the tensor scale needs the whole tensor; with the RHT the
-maximum is of the transformed values), then the quantization. Stochastic rounding takes its
-uniform draws as a tensor in O's layout (``draws``): the caller draws them from torch's generator
-exactly as the reference (``formats.encode_stochastic``) would, so both round identically and a
-seed makes training deterministic; it costs a read of 4 B per element.
+maximum is of the transformed values), then the quantization. Stochastic rounding computes its
+uniform number for element i of O (row-major) in registers from ``seed`` and i with Philox4x32-10
+(``megatron_fp4.stochastic``, whose PyTorch form the reference uses), so kernel and reference
+round identically, a seed makes training deterministic, and no draws tensor is written or read
+(it was 4 B per element, twice per backward).
 
 References: ``quantize(x, QuantSpec("fp4", "nvfp4_2d"))``, ``quantize(x, QuantSpec("fp4", "nvfp4",
 stochastic_rounding=...))`` and ``quantize(apply_rht(x, seed).t(), ...)``. Bit-identical without
@@ -92,8 +93,27 @@ def _stochastic_index(magnitude, draw):
 
 
 @triton.jit
+def _philox_uniform(index, k0, k1):
+    """``stochastic.philox_uniform``'s number for counters ``index`` (int64) and key (k0, k1)
+    (uint32): Philox4x32-10, the first word's top 24 bits as a float in [0, 1)."""
+    c0 = (index & 0xFFFFFFFF).to(tl.uint32)
+    c1 = ((index >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    c2 = c0 * 0
+    c3 = c0 * 0
+    for _ in tl.static_range(10):
+        hi0 = tl.math.umulhi(c0, 0xD2511F53)
+        lo0 = c0 * 0xD2511F53
+        hi1 = tl.math.umulhi(c2, 0xCD9E8D57)
+        lo1 = c2 * 0xCD9E8D57
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0 = k0 + 0x9E3779B9
+        k1 = k1 + 0xBB67AE85
+    return (c0 >> 8).to(tl.float32) * 5.9604644775390625e-08  # 2^-24
+
+
+@triton.jit
 def _quantize_kernel(
-    x_ptr, rht_ptr, draws_ptr, global_scale_ptr, codes_ptr, scale_ptr, M, N, stride_x,
+    x_ptr, rht_ptr, seed_ptr, global_scale_ptr, codes_ptr, scale_ptr, M, N, stride_x,
     ALONG_TOKENS: tl.constexpr, RHT: tl.constexpr, TILES: tl.constexpr, STOCHASTIC: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
 ):
     r0 = tl.program_id(0) * BR
@@ -129,7 +149,9 @@ def _quantize_kernel(
     negative = (q.to(tl.int32, bitcast=True) >> 31) & 1
     magnitude = tl.abs(q)
     if STOCHASTIC:
-        draw = tl.load(draws_ptr + rows[:, None].to(tl.int64) * cols_o + cols[None, :], mask=mask, other=1.0)
+        k0 = tl.load(seed_ptr).to(tl.uint32)
+        k1 = tl.load(seed_ptr + 1).to(tl.uint32)
+        draw = _philox_uniform(rows[:, None].to(tl.int64) * cols_o + cols[None, :], k0, k1)
         index = _stochastic_index(magnitude, draw)
     else:
         index = _e2m1_index(magnitude)
@@ -145,11 +167,12 @@ def quantize_nvfp4(
     tiles: bool = False,
     along_tokens: bool = False,
     rht: torch.Tensor | None = None,
-    draws: torch.Tensor | None = None,
+    seed: torch.Tensor | None = None,
 ) -> QuantizedTensor:
     """NVFP4 codes of x2d [M, C] (``along_tokens``: of (R16 x2d)^T [C, M], ``rht`` the 16x16 R16 or
-    None), 16x16 ``tiles`` or 1x16 blocks, stochastic rounding with uniform ``draws`` in the
-    output's layout (None: round to nearest). See the module docstring."""
+    None), 16x16 ``tiles`` or 1x16 blocks, stochastic rounding with the Philox ``seed``
+    (``stochastic.new_seed``: int64 [2] on x2d's device; None: round to nearest). See the module
+    docstring."""
     if tiles and along_tokens:
         raise ValueError("quantize_nvfp4: 16x16 tiles are for weights, not for the operands along the tokens")
     if rht is not None and not along_tokens:
@@ -159,8 +182,8 @@ def quantize_nvfp4(
     what = "the token dimension (--micro-batch-size x --seq-length)" if along_tokens else "the last dimension"
     if out_cols % BLOCK or (tiles and out_rows % BLOCK):
         raise ValueError(f"quantize_nvfp4: shape {tuple(x2d.shape)}: {what} must be a multiple of {BLOCK}" + (" (and the rows, for 16x16 tiles)" if tiles else ""))
-    if draws is not None and tuple(draws.shape) != (out_rows, out_cols):
-        raise ValueError(f"quantize_nvfp4: draws of shape {tuple(draws.shape)}, expected {(out_rows, out_cols)}")
+    if seed is not None and (seed.dtype != torch.int64 or seed.numel() != 2 or seed.device != x2d.device):
+        raise ValueError(f"quantize_nvfp4: seed must be two int64 words on {x2d.device} (stochastic.new_seed), got {seed.dtype} x {seed.numel()} on {seed.device}")
     if x2d.stride(-1) != 1:
         x2d = x2d.contiguous()
     device = x2d.device
@@ -173,10 +196,10 @@ def quantize_nvfp4(
     scale_shape = (out_rows // BLOCK, out_cols // BLOCK) if tiles else (out_rows, out_cols // BLOCK)
     scale_bytes = torch.empty(scale_shape, dtype=torch.uint8, device=device)
     _quantize_kernel[grid](
-        x2d, rht_matrix, draws.float().contiguous() if draws is not None else partial, global_scale, codes, scale_bytes, m, n, x2d.stride(0),
-        ALONG_TOKENS=along_tokens, RHT=rht is not None, TILES=tiles, STOCHASTIC=draws is not None, BR=TILE_R, BC=TILE_C,
+        x2d, rht_matrix, seed.contiguous() if seed is not None else partial, global_scale, codes, scale_bytes, m, n, x2d.stride(0),
+        ALONG_TOKENS=along_tokens, RHT=rht is not None, TILES=tiles, STOCHASTIC=seed is not None, BR=TILE_R, BC=TILE_C,
         **({} if os.environ.get("TRITON_INTERPRET") == "1" else {"num_warps": 4}),
     )
-    spec = QuantSpec("fp4", "nvfp4_2d" if tiles else "nvfp4", stochastic_rounding=draws is not None)
+    spec = QuantSpec("fp4", "nvfp4_2d" if tiles else "nvfp4", stochastic_rounding=seed is not None)
     dtype = torch.float32 if along_tokens else x2d.dtype  # the reference quantizes the fp32 transposed operand
     return QuantizedTensor(codes, scale_bytes.view(torch.float8_e4m3fn), global_scale, spec, torch.Size((out_rows, out_cols)), dtype)

@@ -1,7 +1,8 @@
 """The NVFP4 training-recipe quantizer (16x16 tiles, along the tokens after the RHT, stochastic
-rounding) against the PyTorch reference: bit for bit without the RHT (the same uniform draws for
-stochastic rounding); with the RHT the 16-term sums run in another order, so codes may differ on
-rounding boundaries only (bound: 1 in 1000 elements, each by one grid step)."""
+rounding) against the PyTorch reference: bit for bit without the RHT (the same Philox numbers for
+stochastic rounding, computed in the kernel from the same seed); with the RHT the 16-term sums run
+in another order, so codes may differ on rounding boundaries only (bound: 1 in 1000 elements, each
+by one grid step)."""
 
 import os
 
@@ -14,8 +15,11 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
 
 from megatron_fp4.formats import unpack_codes  # noqa: E402
 from megatron_fp4.hadamard import apply_rht, rht_matrix  # noqa: E402
-from megatron_fp4.kernels.quantize_nvfp4 import quantize_nvfp4  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from megatron_fp4.kernels.quantize_nvfp4 import _philox_uniform, quantize_nvfp4  # noqa: E402
 from megatron_fp4.quantize import QuantSpec, quantize  # noqa: E402
+from megatron_fp4.stochastic import new_seed, philox_first_word  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SHAPES = [(64, 64), (96, 160)] if DEVICE == "cpu" else [(64, 64), (8192, 4096), (4096, 11008)]
@@ -45,11 +49,29 @@ def test_tiles_and_rows_match_the_reference(shape, dtype):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_stochastic_rounding_with_the_same_draws_matches_the_reference(shape):
+def test_stochastic_rounding_with_the_same_seed_matches_the_reference(shape):
     x = activation(shape)
-    draws = torch.rand(shape, generator=torch.Generator(DEVICE).manual_seed(7), device=DEVICE)
-    reference = quantize(x, SR, generator=torch.Generator(DEVICE).manual_seed(7))
-    assert_identical(quantize_nvfp4(x, draws=draws), reference)
+    seed = new_seed(DEVICE, torch.Generator(DEVICE).manual_seed(7))
+    assert_identical(quantize_nvfp4(x, seed=seed), quantize(x, SR, seed=seed))
+    assert not torch.equal(quantize_nvfp4(x, seed=seed).data, quantize_nvfp4(x, seed=seed + 1).data)
+
+
+@triton.jit
+def _philox_probe(index_ptr, seed_ptr, out_ptr, COUNT: tl.constexpr):
+    offsets = tl.arange(0, COUNT)
+    k0 = tl.load(seed_ptr).to(tl.uint32)
+    k1 = tl.load(seed_ptr + 1).to(tl.uint32)
+    tl.store(out_ptr + offsets, _philox_uniform(tl.load(index_ptr + offsets), k0, k1))
+
+
+def test_in_kernel_generator_equals_the_reference_numbers():
+    """The kernel's Philox numbers, counters past 2^32 included, equal ``stochastic``'s PyTorch form."""
+    index = torch.tensor([0, 1, 2, 1000, 2**31 + 7, 2**32 - 1, 2**32, 2**32 + 3, 2**40 + 11, 2**33 - 1, 5, 6, 7, 8, 9, 10], dtype=torch.int64, device=DEVICE)
+    seed = torch.tensor([2**31 - 2, 12345], dtype=torch.int64, device=DEVICE)
+    out = torch.empty(16, dtype=torch.float32, device=DEVICE)
+    _philox_probe[(1,)](index, seed, out, COUNT=16)
+    expected = (philox_first_word(index, seed) >> 8).to(torch.float32) * 2.0**-24
+    assert torch.equal(out, expected)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -63,10 +85,10 @@ def test_along_the_tokens_without_rht_is_the_transposed_quantization(shape):
 def test_along_the_tokens_with_rht_matches_up_to_summation_order(shape, stochastic):
     x = activation(shape)
     operand = apply_rht(x, 1234).t().contiguous()
-    draws = torch.rand(operand.shape, generator=torch.Generator(DEVICE).manual_seed(3), device=DEVICE) if stochastic else None
+    seed = new_seed(DEVICE, torch.Generator(DEVICE).manual_seed(3)) if stochastic else None
     spec = SR if stochastic else NVFP4
-    reference = quantize(operand, spec, generator=torch.Generator(DEVICE).manual_seed(3) if stochastic else None)
-    fast = quantize_nvfp4(x, along_tokens=True, rht=rht_matrix(1234), draws=draws)
+    reference = quantize(operand, spec, seed=seed)
+    fast = quantize_nvfp4(x, along_tokens=True, rht=rht_matrix(1234), seed=seed)
     assert torch.allclose(fast.global_scale, reference.global_scale, rtol=1e-6, atol=0)
     differing = unpack_codes(fast.data) != unpack_codes(reference.data)
     assert differing.float().mean() < 1e-3
@@ -82,8 +104,8 @@ def test_bad_shapes_and_arguments_are_named():
         quantize_nvfp4(torch.randn(40, 64).to(DEVICE), tiles=True)
     with pytest.raises(ValueError, match="RHT runs along the tokens"):
         quantize_nvfp4(torch.randn(64, 64).to(DEVICE), rht=rht_matrix(1))
-    with pytest.raises(ValueError, match="draws of shape"):
-        quantize_nvfp4(torch.randn(64, 64).to(DEVICE), draws=torch.rand(32, 64).to(DEVICE))
+    with pytest.raises(ValueError, match="seed must be two int64 words"):
+        quantize_nvfp4(torch.randn(64, 64).to(DEVICE), seed=torch.tensor([1, 2], dtype=torch.int32, device=DEVICE))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the linear's kernel dispatch runs on CUDA only")
