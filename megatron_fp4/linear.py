@@ -113,7 +113,7 @@ class FP4GemmState:
             self.x_saved = quantize_fast(x2d, recipe.wgrad_input, check_finite=self.check, name=f"{self.name} input", clamp=bounds)
         else:  # high-precision wgrad input: the true input, outliers included
             self.x_saved, residual = quantize(x2d, recipe.wgrad_input), None
-        self.residual = residual
+        self.residual = residual if recipe.occ.compensate_wgrad else None  # forward-only compensation keeps nothing
         self.w_fprop_scale = _dge_scale(weight, wq, recipe) if recipe.dge.enabled else None
         # kept for backward: packed codes and scales only (the FP8 containers are rebuilt there)
         self.x_saved = dataclasses.replace(self.x_saved, fp8=None)

@@ -46,7 +46,7 @@ def saved_bytes_per_element(recipe) -> float:
     bytes_per_element = 0.5 if spec.dtype == "fp4" else 1.0
     bytes_per_element += {"nvfp4": 1 / 16, "nvfp4_2d": 1 / 256, "mxfp4": 1 / 32}.get(spec.granularity, 0.0)
     occ = recipe.occ
-    if occ.enabled and occ.compensate:
+    if occ.enabled and occ.compensate and occ.compensate_wgrad:  # forward-only compensation keeps no residual
         if occ.compensation == "fp8":
             bytes_per_element += 1.0
         elif occ.compensation == "exact":

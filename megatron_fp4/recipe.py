@@ -29,11 +29,12 @@ __all__ = ["DGEConfig", "OCCConfig", "FP4Recipe", "RECIPES", "get_recipe"]
 def _compensation_text(occ: OCCConfig) -> str:
     if not occ.compensate:
         return "clamp only"
+    where = "" if occ.compensate_wgrad else ", forward only"
     if occ.compensation == "hot_channels":
-        return f"compensated in the hottest {occ.hot_channel_fraction:.3g} of channels"
+        return f"compensated in the hottest {occ.hot_channel_fraction:.3g} of channels{where}"
     if occ.compensation == "fp8":
-        return "compensated in FP8 (E4M3 residual and weight)"
-    return "compensated exactly"
+        return f"compensated in FP8 (E4M3 residual and weight){where}"
+    return f"compensated exactly{where}"
 
 FP4_ROW = QuantSpec("fp4", "row")
 FP8_E5M2_TENSOR = QuantSpec("fp8_e5m2", "tensor")

@@ -201,22 +201,39 @@ def test_fp8_residual_is_the_exact_residual_rounded_to_e4m3():
 
 
 def test_fp8_compensation_linear_stays_close_to_exact_compensation():
-    """y, dX, dW of `paper` with FP8 compensation against exact compensation: the compensation term
-    carries E4M3 rounding of ΔX and of W (2^-4 relative each) on the ~2% clamped part, so the
-    outputs differ by far less than clamp-only differs from exact; dX is the same function."""
+    """y, dX, dW of `paper` with FP8 compensation against exact compensation. Only the compensation
+    term differs: y_fp8 - y_exact = R8 W8^T - ΔX W^T = (R8 - ΔX) W8^T + ΔX (W8 - W)^T and
+    dW_fp8 - dW_exact = dY^T (R8 - ΔX), with R8, W8 the dequantized E4M3 forms; so elementwise
+    |y_fp8 - y_exact| <= |R8 - ΔX| |W8|^T + |ΔX| |W8 - W|^T (triangle inequality; slack: fp32
+    accumulation, 1e-5 of the summed magnitudes) and likewise for dW. The E4M3 roundings
+    themselves are bounded in test_fp8_residual_is_the_exact_residual_rounded_to_e4m3. And the
+    compensation must matter: FP8 lands far closer to exact than clamp-only (at most half its
+    error; 0.21 at worst over 300 seeds). dX is the same function."""
     from megatron_fp4.linear import fp4_linear
+    from megatron_fp4.occ import fp8_rows_reference, occ_fp8_residual
     from megatron_fp4.recipe import FP4Recipe
 
     x = _channel_outliers(64, 128, [5, 17], torch.float32).requires_grad_(True)
     w = (torch.randn(32, 128) * 0.05).requires_grad_(True)
-    exact = FP4Recipe.paper()
+    g = torch.randn(64, 32)
+    paper = FP4Recipe.paper()
     results = {}
     for name, occ in {"exact": OCCConfig(compensation="exact"), "fp8": OCCConfig(), "clamp": OCCConfig(compensate=False)}.items():
-        y = fp4_linear(x, w, None, exact.replace(occ=occ))
-        results[name] = (y, *torch.autograd.grad(y.sum(), (x, w)))
-    for index in (0, 2):  # y and dW
-        fp8_error = relative_error(results["fp8"][index], results["exact"][index])
-        assert fp8_error < 2**-5 and fp8_error < 0.1 * relative_error(results["clamp"][index], results["exact"][index])
+        y = fp4_linear(x, w, None, paper.replace(occ=occ))
+        results[name] = (y, *torch.autograd.grad(y, (x, w), g))
+    low, high = occ_bounds(x.detach(), OCCConfig())
+    delta = occ_residual(x.detach(), low, high).to_dense().double()
+    r8 = occ_fp8_residual(x.detach(), low, high).to_dense().double()
+    w_data, w_scale = fp8_rows_reference(w.detach())
+    w8, w64 = w_data.double() * w_scale.double(), w.detach().double()
+    y_bound = (r8 - delta).abs() @ w8.abs().t() + delta.abs() @ (w8 - w64).abs().t()
+    y_slack = 1e-5 * (results["exact"][0].detach().double().abs() + delta.abs() @ w64.abs().t())
+    assert ((results["fp8"][0] - results["exact"][0]).detach().double().abs() <= y_bound + y_slack).all()
+    w_bound = g.double().abs().t() @ (r8 - delta).abs()
+    w_slack = 1e-5 * (results["exact"][2].double().abs() + g.double().abs().t() @ delta.abs())
+    assert ((results["fp8"][2] - results["exact"][2]).double().abs() <= w_bound + w_slack).all()
+    for index in (0, 2):  # y and dW: the compensation is doing its job
+        assert relative_error(results["fp8"][index], results["exact"][index]) < 0.5 * relative_error(results["clamp"][index], results["exact"][index])
     assert torch.equal(results["fp8"][1], results["exact"][1])
 
 
@@ -229,3 +246,49 @@ def test_fp8_compensation_flag():
              "--micro-batch-size 2 --global-batch-size 2 --train-iters 1 --lr 1e-3 --mock-data --tokenizer-type NullTokenizer --vocab-size 128")
     args = parse_args(shlex.split(f"{llama} --fp4 --fp4-recipe paper --fp4-occ-compensation fp8"))
     assert args.fp4_quant_recipe.occ.compensation == "fp8"
+
+
+@pytest.mark.parametrize("compensation", ["fp8", "exact"])
+def test_forward_only_compensation_drops_exactly_the_residual_wgrad_term(compensation):
+    """--no-fp4-occ-wgrad-compensation: the same forward and dX; dW lacks exactly the residual's
+    term dY^T ΔA (the compensation's own product, recomputed here); nothing is kept for it."""
+    from megatron_fp4.linear import FP4GemmState, fp4_linear
+    from megatron_fp4.gemm import get_backend
+    from megatron_fp4.occ import occ_compensation_residual
+    from megatron_fp4.recipe import FP4Recipe
+
+    x = _channel_outliers(64, 128, [5, 17], torch.float32).requires_grad_(True)
+    w = (torch.randn(32, 128) * 0.05).requires_grad_(True)
+    g = torch.randn(64, 32)
+    full = FP4Recipe.paper(occ=OCCConfig(compensation=compensation))
+    forward_only = full.replace(occ=OCCConfig(compensation=compensation, compensate_wgrad=False))
+    y_full = fp4_linear(x, w, None, full)
+    gx_full, gw_full = torch.autograd.grad(y_full, (x, w), g)
+    y_fwd = fp4_linear(x, w, None, forward_only)
+    gx_fwd, gw_fwd = torch.autograd.grad(y_fwd, (x, w), g)
+    assert torch.equal(y_fwd, y_full) and torch.equal(gx_fwd, gx_full)
+    residual = occ_compensation_residual(x.detach(), *occ_bounds(x.detach(), full.occ), full.occ)
+    term = residual.add_t_matmul_to(torch.zeros(32, 128), g)
+    assert term.abs().max() > 0
+    assert relative_error(gw_full - gw_fwd, term) < 1e-5
+    state = FP4GemmState(forward_only, get_backend("reference"))
+    state.forward(x.detach(), w.detach())
+    assert state.residual is None  # nothing kept for backward
+    assert "forward only" in forward_only.describe()
+
+
+def test_forward_only_compensation_flag_and_memory_plan():
+    import shlex
+
+    from megatron_fp4.plan import saved_bytes_per_element
+    from megatron_fp4.recipe import FP4Recipe
+    from megatron_fp4.training.arguments import parse_args
+
+    llama = ("--num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 32 --max-position-embeddings 32 "
+             "--micro-batch-size 2 --global-batch-size 2 --train-iters 1 --lr 1e-3 --mock-data --tokenizer-type NullTokenizer --vocab-size 128")
+    recipe = parse_args(shlex.split(f"{llama} --fp4 --no-fp4-occ-wgrad-compensation")).fp4_quant_recipe
+    assert recipe.occ.compensate and not recipe.occ.compensate_wgrad
+    assert saved_bytes_per_element(recipe) == saved_bytes_per_element(FP4Recipe.paper(occ=OCCConfig(compensate=False)))
+    assert saved_bytes_per_element(recipe) < saved_bytes_per_element(FP4Recipe.paper())
+    with pytest.raises(SystemExit):
+        parse_args(shlex.split(f"{llama} --fp4 --no-fp4-occ --no-fp4-occ-wgrad-compensation"))

@@ -26,7 +26,7 @@ ITERATION = re.compile(r"iteration\s+(\d+)/(\d+) \| consumed tokens\s+(\d+) \| l
 LEARNING_RATE = re.compile(r"\| lr ([\d.]+e[-+]\d+) \|")
 DGE_HEALTH = re.compile(r"fp4 health at iteration (\d+):.*DGE factor mean ([\d.]+), \|g\|-weighted ([\d.]+), update norm x([\d.]+), at clamp ([\d.]+)%")
 VALIDATION = re.compile(r"validation loss at iteration (\d+): ([\d.naninf]+)")
-ORDER = ["bf16", "bf16_alone", "paper", "direct", "paper_no_dge", "paper_no_occ", "paper_exact_occ", "paper_fp8_occ", "paper_hot_occ", "bf16_dge",
+ORDER = ["bf16", "bf16_alone", "paper", "direct", "paper_no_dge", "paper_no_occ", "paper_exact_occ", "paper_fp8_occ", "paper_hot_occ", "paper_fwd_occ", "bf16_dge",
          "paper_dge_k3", "paper_dge_k10", "paper_dge_max1", "nvfp4", "mxfp4"]
 LABELS = {
     "bf16": "BF16 (no FP4)",
@@ -38,6 +38,7 @@ LABELS = {
     "paper_exact_occ": "FP4 `paper`, exact OCC compensation",
     "paper_fp8_occ": "FP4 `paper`, FP8 OCC compensation",
     "paper_hot_occ": "FP4 `paper`, hot-channel OCC compensation",
+    "paper_fwd_occ": "FP4 `paper`, OCC compensating the forward only",
     "bf16_dge": "BF16 with the DGE factor",
     "paper_dge_k3": "FP4 `paper`, DGE k = 3",
     "paper_dge_k10": "FP4 `paper`, DGE k = 10",

@@ -32,6 +32,7 @@ declare -A PRECISION=(
   [paper_hot_occ]="--fp4 --fp4-recipe paper --fp4-occ-compensation hot_channels"
   [paper_fp8_occ]="--fp4 --fp4-recipe paper --fp4-occ-compensation fp8"
   [bf16_dge]="--fp4 --fp4-recipe bf16_dge"
+  [paper_fwd_occ]="--fp4 --fp4-recipe paper --no-fp4-occ-wgrad-compensation"
   [paper_dge_k3]="--fp4 --fp4-recipe paper --fp4-dge-k 3"
   [paper_dge_k10]="--fp4 --fp4-recipe paper --fp4-dge-k 10"
   [paper_dge_max1]="--fp4 --fp4-recipe paper --fp4-dge-max-derivative 1"

@@ -57,6 +57,10 @@ def add_fp4_knob_arguments(group) -> None:
     group.add_argument("--no-fp4-occ", action="store_true", help="no outlier clamping")
     group.add_argument("--no-fp4-occ-compensation", action="store_true", help="clamp without the sparse residual")
     group.add_argument(
+        "--no-fp4-occ-wgrad-compensation", action="store_true",
+        help="compensate the forward only: the weight gradient uses the clamped activation and the residual is not kept for backward",
+    )
+    group.add_argument(
         "--fp4-occ-compensation", choices=["exact", "hot_channels", "fp8"], default=None,
         help="how the clamped entries are compensated: all exactly (exact), the hot channels' (hot_channels), or all in FP8 (fp8); see megatron_fp4.occ",
     )
@@ -94,6 +98,7 @@ def fp4_knobs_given(args) -> list[str]:
         "--fp4-dge-max-derivative": args.fp4_dge_max_derivative is not None,
         "--fp4-occ-alpha": args.fp4_occ_alpha is not None, "--no-fp4-occ": args.no_fp4_occ,
         "--no-fp4-occ-compensation": args.no_fp4_occ_compensation, "--fp4-occ-compensation": bool(args.fp4_occ_compensation),
+        "--no-fp4-occ-wgrad-compensation": args.no_fp4_occ_wgrad_compensation,
         "--fp4-occ-hot-channel-fraction": args.fp4_occ_hot_channel_fraction is not None,
         "--fp4-bf16-layers": bool(args.fp4_bf16_layers), "--fp4-gemm-backend": bool(args.fp4_gemm_backend),
         "--no-fp4-fold-backward-scales": args.no_fp4_fold_backward_scales,
@@ -118,6 +123,8 @@ def fp4_knob_conflict(args, num_layers: int) -> str | None:
         return "--fp4-occ-alpha and --no-fp4-occ contradict each other"
     if (args.fp4_occ_compensation or args.fp4_occ_hot_channel_fraction is not None) and (args.no_fp4_occ or args.no_fp4_occ_compensation):
         return "--fp4-occ-compensation / --fp4-occ-hot-channel-fraction need OCC with compensation (drop --no-fp4-occ / --no-fp4-occ-compensation)"
+    if args.no_fp4_occ_wgrad_compensation and (args.no_fp4_occ or args.no_fp4_occ_compensation):
+        return "--no-fp4-occ-wgrad-compensation needs OCC with compensation (drop --no-fp4-occ / --no-fp4-occ-compensation)"
     if any(layer > num_layers for layer in args.fp4_bf16_layers):
         return f"--fp4-bf16-layers {args.fp4_bf16_layers}: layers are 1..{num_layers} (--num-layers)"
     if getattr(args, "first_last_layers_bf16", False) and args.num_layers_at_start_in_bf16 + args.num_layers_at_end_in_bf16 > num_layers:
@@ -149,6 +156,8 @@ def apply_fp4_knobs(recipe: FP4Recipe, args) -> FP4Recipe:
             occ = dataclasses.replace(occ, compensation=args.fp4_occ_compensation)
         if args.fp4_occ_hot_channel_fraction is not None:
             occ = dataclasses.replace(occ, hot_channel_fraction=args.fp4_occ_hot_channel_fraction)
+        if args.no_fp4_occ_wgrad_compensation:
+            occ = dataclasses.replace(occ, compensate_wgrad=False)
     recipe = recipe.replace(occ=occ, fold_backward_scales=not args.no_fp4_fold_backward_scales)
     return _apply_block_recipe_switches(recipe, args)
 
