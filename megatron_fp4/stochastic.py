@@ -26,6 +26,7 @@ PHILOX_M0, PHILOX_M1 = 0xD2511F53, 0xCD9E8D57  # round multipliers
 PHILOX_W0, PHILOX_W1 = 0x9E3779B9, 0xBB67AE85  # key increments (Weyl sequence)
 MASK32 = 0xFFFFFFFF
 SEED_LIMIT = 2**31 - 1  # each seed word below 2^31: an int64 on every device, a uint32 in the kernel
+CHUNK = 1 << 22  # elements per step of the PyTorch form (bounds its int64 temporaries to ~0.4 GB)
 
 
 def new_seed(device: torch.device | str, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -71,6 +72,12 @@ def philox_uniform(seed: torch.Tensor, shape: tuple[int, ...] | torch.Size, devi
     count = 1
     for size in shape:
         count *= int(size)
-    index = torch.arange(count, dtype=torch.int64, device=device)
-    word = philox_first_word(index, seed.to(device))
-    return ((word >> 8).to(torch.float32) * 2.0**-24).reshape(tuple(shape))
+    seed = seed.to(device)
+    out = torch.empty(count, dtype=torch.float32, device=device)
+    # in chunks: the int64 round arithmetic holds ~10 temporaries of 8 B per element, which for a
+    # 7B output gradient at once would be ~15 GB (this path serves the reference and the block
+    # recipes' stochastic rounding where no kernel takes it)
+    for start in range(0, count, CHUNK):
+        index = torch.arange(start, min(count, start + CHUNK), dtype=torch.int64, device=device)
+        out[start:start + index.numel()] = (philox_first_word(index, seed) >> 8).to(torch.float32) * 2.0**-24
+    return out.reshape(tuple(shape))

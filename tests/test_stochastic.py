@@ -55,3 +55,13 @@ def test_seeds_make_it_deterministic_and_differ_between_draws():
     assert torch.equal(philox_uniform(first, (7, 5)), philox_uniform(first.clone(), (7, 5)))
     with pytest.raises(ValueError, match="two int64 words"):
         philox_uniform(torch.tensor([1, 2], dtype=torch.int32), (3,))
+
+
+def test_chunked_evaluation_gives_the_same_numbers(monkeypatch):
+    """The PyTorch form runs in chunks to bound its memory; the numbers do not depend on them."""
+    import megatron_fp4.stochastic as stochastic
+
+    seed = new_seed("cpu", torch.Generator().manual_seed(4))
+    whole = philox_uniform(seed, (37, 101))
+    monkeypatch.setattr(stochastic, "CHUNK", 1000)  # 3737 elements: three full chunks and a partial one
+    assert torch.equal(philox_uniform(seed, (37, 101)), whole)
