@@ -243,7 +243,7 @@ def transposed_b_supported(b: QuantizedTensor, out_dtype: torch.dtype = torch.fl
     method = method or os.environ.get("MEGATRON_FP4_BLOCK_GEMM", DEFAULT_METHOD)
     if b.spec.granularity == "nvfp4_2d":
         return True
-    row_bytes = b.data.shape[1] * 2 * torch.empty((), dtype=out_dtype).element_size()
+    row_bytes = b.data.shape[1] * 2 * out_dtype.itemsize
     return method == "decoded" and row_bytes % 16 == 0
 
 
