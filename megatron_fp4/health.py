@@ -13,7 +13,7 @@ from collections import defaultdict
 
 import torch
 
-__all__ = ["collecting", "is_collecting", "record_input", "record_weight_gradient", "summarize", "gather", "format_summary"]
+__all__ = ["collecting", "is_collecting", "record_input", "record_weight_gradient", "record_dge_update", "summarize", "gather", "format_summary"]
 
 _STATE = {"active": False, "records": defaultdict(list)}
 
@@ -71,6 +71,25 @@ def record_weight_gradient(name: str, grad_w: torch.Tensor, factor: torch.Tensor
     )
 
 
+UPDATE_SUFFIX = " (DGE update)"
+
+
+@torch.no_grad()
+def record_dge_update(name: str, factor: torch.Tensor, update: torch.Tensor) -> None:
+    """Add one record for layer ``name`` from a sample of its weights: ``factor`` f'(W/s) before an
+    optimizer step and ``update`` |ΔW| of that step (``megatron_fp4.dge_probe``).
+
+    update_factor_corr: Pearson correlation of f' and |ΔW|; update_ratio_high_low: mean |ΔW| where
+    f' >= 1 over mean |ΔW| where f' < 1 (1: the step does not depend on where a weight sits in its
+    FP4 interval; NaN when one side is empty)."""
+    f, step = factor.float(), update.float()
+    high, low = f >= 1, f < 1
+    ratio = (step[high].mean() / step[low].mean().clamp_min(1e-30)).item() if high.any() and low.any() else float("nan")
+    centred_f, centred_s = f - f.mean(), step - step.mean()
+    corr = ((centred_f * centred_s).sum() / (centred_f.norm() * centred_s.norm()).clamp_min(1e-30)).item()
+    _STATE["records"][name + UPDATE_SUFFIX].append({"update_factor_corr": corr, "update_ratio_high_low": ratio})
+
+
 def summarize(records: dict) -> dict[str, dict[str, float]]:
     """Mean of each statistic per layer (over micro-batches)."""
     return {
@@ -119,5 +138,15 @@ def format_summary(stats: dict[str, dict[str, float]], iteration: int) -> str:
         line += (
             f" | DGE factor mean {dge_mean('dge_factor_mean'):.3f}, |g|-weighted {dge_mean('dge_factor_grad_weighted'):.3f}, "
             f"update norm x{dge_mean('dge_update_norm_ratio'):.3f}, at clamp {dge_mean('dge_at_clamp'):.2%}"
+        )
+    updates = [values for values in stats.values() if "update_factor_corr" in values]
+    if updates:
+        def update_mean(key: str) -> float:
+            present = [s[key] for s in updates if s[key] == s[key]]  # NaN: a layer with one side empty
+            return sum(present) / len(present) if present else float("nan")
+
+        line += (
+            f" | optimizer step vs DGE factor: corr {update_mean('update_factor_corr'):+.3f}, "
+            f"|dW| f'>=1 / f'<1 x{update_mean('update_ratio_high_low'):.3f}"
         )
     return line

@@ -33,3 +33,41 @@ def test_no_dge_records_without_dge_or_outside_intervals():
     assert not any(name.endswith(health.DGE_SUFFIX) for name in records)
     fp4_linear(x, w, None, FP4Recipe.paper()).sum().backward()  # not collecting: nothing recorded, no error
     assert "DGE" not in health.format_summary(health.summarize(records), 1)
+
+
+def test_update_statistics_are_the_stated_definitions():
+    factor = torch.tensor([0.2, 0.5, 1.5, 3.0, 0.3, 2.0])
+    update = torch.tensor([1.0, 1.0, 2.0, 4.0, 1.0, 3.0])
+    with health.collecting() as records:
+        health.record_dge_update("layer", factor, update)
+    stats = records["layer" + health.UPDATE_SUFFIX][0]
+    expected_corr = torch.corrcoef(torch.stack([factor, update]))[0, 1].item()
+    assert abs(stats["update_factor_corr"] - expected_corr) < 1e-6
+    assert abs(stats["update_ratio_high_low"] - (3.0 / 1.0)) < 1e-6
+    with health.collecting() as records:
+        health.record_dge_update("layer", torch.full((4,), 2.0), torch.rand(4))
+    assert records["layer" + health.UPDATE_SUFFIX][0]["update_ratio_high_low"] != records["layer" + health.UPDATE_SUFFIX][0]["update_ratio_high_low"]  # NaN: no f' < 1
+
+
+def test_update_probe_sees_whether_the_step_follows_the_dge_factor():
+    """An optimizer step proportional to f' (what plain SGD does with DGE) correlates with it; a
+    sign step of uniform size (Adam with a settled second moment, no DGE) does not."""
+    from megatron_fp4.dge_probe import UpdateProbe
+
+    for follows in (True, False):
+        w = torch.nn.Parameter(torch.randn(64, 256) * 0.05)
+        probe = UpdateProbe("layer", w, FP4Recipe.paper(), sample=4096)
+        probe.before()
+        scale = w.detach().abs().amax(dim=1, keepdim=True) / 6
+        factor = dge_derivative(w.detach() / scale)
+        with torch.no_grad():
+            w -= 1e-4 * torch.sign(torch.randn_like(w)) * (factor if follows else 1.0)
+        with health.collecting() as records:
+            probe.record()
+        stats = records["layer" + health.UPDATE_SUFFIX][0]
+        if follows:
+            assert stats["update_factor_corr"] > 0.95 and stats["update_ratio_high_low"] > 2
+        else:
+            assert abs(stats["update_factor_corr"]) < 0.1 and abs(stats["update_ratio_high_low"] - 1) < 0.05
+    line = health.format_summary(health.summarize(records), 3)
+    assert "optimizer step vs DGE factor: corr" in line

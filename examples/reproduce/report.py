@@ -25,6 +25,7 @@ import statistics
 ITERATION = re.compile(r"iteration\s+(\d+)/(\d+) \| consumed tokens\s+(\d+) \| lm loss ([\d.naninf]+) .*\| tokens/s ([\d,]+)")
 LEARNING_RATE = re.compile(r"\| lr ([\d.]+e[-+]\d+) \|")
 DGE_HEALTH = re.compile(r"fp4 health at iteration (\d+):.*DGE factor mean ([\d.]+), \|g\|-weighted ([\d.]+), update norm x([\d.]+), at clamp ([\d.]+)%")
+STEP_VS_FACTOR = re.compile(r"optimizer step vs DGE factor: corr ([-+\d.naninf]+), \|dW\| f'>=1 / f'<1 x([\d.naninf]+)")
 VALIDATION = re.compile(r"validation loss at iteration (\d+): ([\d.naninf]+)")
 ORDER = ["bf16", "bf16_alone", "paper", "direct", "paper_no_dge", "paper_no_occ", "paper_exact_occ", "paper_fp8_occ", "paper_hot_occ", "paper_fwd_occ", "bf16_dge",
          "paper_dge_k3", "paper_dge_k10", "paper_dge_max1", "nvfp4", "mxfp4"]
@@ -66,7 +67,8 @@ def parse_log(path: str) -> dict:
                 if step not in valid:  # the last evaluation is logged twice when it falls on an interval
                     valid.append(step)
             elif match := DGE_HEALTH.search(line):
-                dge.append(tuple(float(v) for v in match.groups()))
+                step = STEP_VS_FACTOR.search(line)  # logs from session 5 on: the optimizer step against f'
+                dge.append(tuple(float(v) for v in match.groups()) + (tuple(float(v) for v in step.groups()) if step else (None, None)))
     return {"train": train, "valid": valid, "speeds": speeds, "planned": planned, "tokens": tokens,
             "peak_lr": max(lrs) if lrs else None, "dge": dge}
 
@@ -169,11 +171,13 @@ def dge_table(runs: dict[str, dict]) -> str:
     logged = {n: r["dge"] for n, r in runs.items() if r["dge"]}
     if not logged:
         return "(no DGE statistics in these logs)"
-    lines = ["| run | iteration | DGE factor mean | |g|-weighted factor | update norm ratio ||g f'|| / ||g|| | at the clamp |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| run | iteration | DGE factor mean | |g|-weighted factor | update norm ratio ||g f'|| / ||g|| | at the clamp "
+             "| corr(f', optimizer step) | step where f' >= 1 / f' < 1 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, rows in logged.items():
-        for iteration, mean, weighted, norm, clamp in rows:
-            lines.append(f"| {LABELS[name]} | {int(iteration)} | {mean:.3f} | {weighted:.3f} | {norm:.3f} | {clamp:.2f}% |")
+        for iteration, mean, weighted, norm, clamp, corr, ratio in rows:
+            step = "- | -" if corr is None else f"{corr:+.3f} | {ratio:.3f}"
+            lines.append(f"| {LABELS[name]} | {int(iteration)} | {mean:.3f} | {weighted:.3f} | {norm:.3f} | {clamp:.2f}% | {step} |")
     return "\n".join(lines)
 
 

@@ -22,7 +22,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
-from .. import health, weight_cache
+from .. import dge_probe, health, weight_cache
 from ..gemm import BACKEND_ENV, get_backend
 from ..megatron import build_fp4_gpt_model, enable_cpu_runtime
 from .arguments import transformer_config_from_args
@@ -191,7 +191,12 @@ def train_step(model, optimizer, batches: list[dict], args) -> tuple[float | Non
     optimizer.zero_grad()
     with weight_cache.step_scope():  # with MEGATRON_FP4_WEIGHT_CACHE=1: each weight quantized once per step
         loss = _run_schedule(model, batches, args, forward_only=False)
+    probes = dge_probe.probes_for_model(model) if health.is_collecting() else []  # health intervals only
+    for probe in probes:
+        probe.before()
     _, grad_norm, _ = optimizer.step()
+    for probe in probes:
+        probe.record()
     return loss, grad_norm
 
 

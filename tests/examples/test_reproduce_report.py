@@ -76,3 +76,26 @@ def test_no_repetition_section_with_the_lr_sweep_is_what_its_logs_give(tmp_path)
         capture_output=True, text=True, check=False,
     )
     assert bad.returncode != 0 and "--section" in bad.stderr
+
+
+def test_report_reads_the_dge_statistics_health_logs(tmp_path):
+    """The health line the trainer logs (health.format_summary) is what report.py parses, the
+    optimizer-step-vs-factor statistics included."""
+    import importlib.util
+
+    import torch
+
+    from megatron_fp4 import health
+
+    with health.collecting() as records:
+        health.record_weight_gradient("layer", torch.rand(8, 8), torch.rand(8, 8) * 2, 3.0)
+        health.record_dge_update("layer", torch.tensor([0.5, 2.0, 0.4, 1.5]), torch.tensor([1.0, 3.0, 1.0, 2.0]))
+    line = health.format_summary(health.summarize(records), 100)
+    log = tmp_path / "paper.log"
+    log.write_text(line + "\n iteration     100/100 | consumed tokens       1000 | lm loss 3.0000 | lr 1.000e-03 | grad norm 0.5 | tokens/s 1,000\n")
+    spec = importlib.util.spec_from_file_location("report", os.path.join(REPO, "examples", "reproduce", "report.py"))
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    (iteration, _, _, _, _, corr, ratio), = report.parse_log(str(log))["dge"]
+    stats = health.summarize(records)["layer" + health.UPDATE_SUFFIX]
+    assert iteration == 100 and abs(corr - stats["update_factor_corr"]) < 1e-3 and abs(ratio - stats["update_ratio_high_low"]) < 1e-3

@@ -44,12 +44,14 @@ def test_loss_decreases_and_health_is_logged(corpus, tmp_path):
     assert "validation loss" in records[-1]
     health = records[9]["fp4 health"]
     layers = {f"decoder.layers.{i}.{m}" for i in (0, 1) for m in ("self_attention.linear_qkv", "self_attention.linear_proj", "mlp.linear_fc1", "mlp.linear_fc2")}
-    assert set(health) == layers | {layer + " (DGE)" for layer in layers}  # inputs, and how DGE reshaped each weight gradient
+    # inputs, how DGE reshaped each weight gradient, and how the optimizer's step followed the DGE factor
+    assert set(health) == layers | {layer + " (DGE)" for layer in layers} | {layer + " (DGE update)" for layer in layers}
     for layer in layers:
         stats = health[layer]
         assert 5 < stats["snr_db"] < 60 and 0 <= stats["flushed_to_zero"] < 0.6 and 0.01 < stats["clamp_fraction"] < 0.03
         dge = health[layer + " (DGE)"]
         assert 0.2 < dge["dge_factor_mean"] < 3.0 and 0 <= dge["dge_at_clamp"] < 0.5
+        assert -1.0 <= health[layer + " (DGE update)"]["update_factor_corr"] <= 1.0
     assert "fp4 health" not in records[10]
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tb"))
 
@@ -62,8 +64,8 @@ def test_bf16_dge_is_logged_as_what_it_runs_and_records_dge_statistics(corpus, c
     out = capsys.readouterr().out
     assert "recipe bf16 (no FP4)" not in out and "DGE(k=5" in out and "GEMM backend - (BF16 GEMMs)" in out
     health = records[4]["fp4 health"]
-    assert health and all(name.endswith(" (DGE)") for name in health)  # no input statistics: inputs stay BF16
-    assert all(0.1 < stats["dge_factor_mean"] < 3.0 for stats in health.values())
+    assert health and all(name.endswith((" (DGE)", " (DGE update)")) for name in health)  # no input statistics: inputs stay BF16
+    assert all(0.1 < stats["dge_factor_mean"] < 3.0 for name, stats in health.items() if name.endswith(" (DGE)"))
     assert "DGE factor mean" in out
 
 
