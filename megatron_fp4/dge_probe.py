@@ -21,6 +21,7 @@ import torch
 
 from . import health
 from .dge import dge_derivative
+from .formats import E2M1
 from .recipe import DGEConfig, FP4Recipe
 from .scaling import absmax_scale
 
@@ -35,7 +36,7 @@ class UpdateProbe:
     def __init__(self, name: str, weight: torch.Tensor, recipe: FP4Recipe, sample: int = SAMPLE) -> None:
         self.name, self.weight = name, weight
         self.dge = recipe.dge if recipe.dge.enabled else DGEConfig()
-        self.fmt = recipe.fprop_weight.format if recipe.fprop_weight.dtype == "fp4" else FP4Recipe.paper().fprop_weight.format
+        self.fmt = recipe.fprop_weight.format if recipe.fprop_weight.dtype == "fp4" else E2M1  # bf16_dge models E2M1
         count = weight.numel()
         generator = torch.Generator(device="cpu").manual_seed(zlib.crc32(name.encode()))  # the same positions every time
         positions = torch.randint(0, count, (sample,), generator=generator) if count > sample else torch.arange(count)

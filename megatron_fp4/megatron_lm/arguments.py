@@ -114,7 +114,7 @@ def check_resumed_recipe(args: argparse.Namespace) -> None:
     with this run's: a differing field (a changed flag, FP4 <-> BF16, or a preset default that
     changed between versions) is refused unless --override-fp4-recipe. Checkpoints saved before
     the record, or in another format than torch_dist, are not compared (a line says so)."""
-    from ..training.checkpointing import recipe_differences
+    from ..training.checkpointing import recipe_change_summary
 
     if not getattr(args, "load", None) or getattr(args, "finetune", False):
         return
@@ -131,10 +131,9 @@ def check_resumed_recipe(args: argparse.Namespace) -> None:
     if saved_args is None or not hasattr(saved_args, "megatron_fp4_recipe_record"):
         print(f"megatron-fp4: {path} predates the FP4 recipe record; the FP4 arithmetic of the resume is not compared", flush=True)
         return
-    differing = recipe_differences(saved_args.megatron_fp4_recipe_record, args.megatron_fp4_recipe_record)
-    if not differing:
+    summary = recipe_change_summary(saved_args.megatron_fp4_recipe_record, args.megatron_fp4_recipe_record)
+    if summary is None:
         return
-    summary = "; ".join(differing[:6]) + (f"; and {len(differing) - 6} more" if len(differing) > 6 else "")
     if getattr(args, "megatron_fp4_override_recipe", False):
         print(f"megatron-fp4: --override-fp4-recipe: continuing with this run's FP4 arithmetic, which differs from the checkpoint's: {summary}", flush=True)
         return

@@ -103,6 +103,14 @@ def recipe_differences(saved: dict | None, now: dict | None) -> list[str]:
     ]
 
 
+def recipe_change_summary(saved: dict | None, now: dict | None, shown: int = 6) -> str | None:
+    """``recipe_differences`` as one line for an error or log message (None: the same arithmetic)."""
+    differing = recipe_differences(saved, now)
+    if not differing:
+        return None
+    return "; ".join(differing[:shown]) + (f"; and {len(differing) - shown} more" if len(differing) > shown else "")
+
+
 _NOT_RECORDED = object()
 
 

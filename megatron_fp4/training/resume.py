@@ -170,16 +170,15 @@ def _check_same_recipe(root: str, iteration: int, args) -> str | None:
     comparison is of the effective recipes (every field, presets' defaults resolved), so a
     changed default between versions is caught as well as a changed flag. Checkpoints whose
     args.json predates the record cannot be compared."""
-    from .checkpointing import recipe_differences, recipe_record
+    from .checkpointing import recipe_change_summary, recipe_record
     from .fp4_flags import bf16_layers
 
     record = read_run_record(root, iteration)
     if record is None or "fp4" not in record:
         return None
-    differing = recipe_differences(record["fp4"], recipe_record(args.fp4_quant_recipe, bf16_layers(args, args.num_layers)))
-    if not differing:
+    summary = recipe_change_summary(record["fp4"], recipe_record(args.fp4_quant_recipe, bf16_layers(args, args.num_layers)))
+    if summary is None:
         return None
-    summary = "; ".join(differing[:6]) + (f"; and {len(differing) - 6} more" if len(differing) > 6 else "")
     if args.override_fp4_recipe:
         return f"--override-fp4-recipe: continuing with this run's FP4 arithmetic, which differs from the checkpoint's: {summary}"
     raise CheckpointError(
