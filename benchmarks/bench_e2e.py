@@ -42,6 +42,7 @@ RECIPE_FLAGS = {
     "paper-fp8": "--fp4 --fp4-recipe paper --fp4-occ-compensation fp8",
     "paper-exact": "--fp4 --fp4-recipe paper --fp4-occ-compensation exact",
     "paper-fwd-occ": "--fp4 --fp4-recipe paper --no-fp4-occ-wgrad-compensation",
+    "paper-inline": "--fp4 --fp4-recipe paper --fp4-occ-compensation inline",
     "paper-no-occ": "--fp4 --fp4-recipe paper --no-fp4-occ",
     "direct": "--fp4 --fp4-recipe direct",
     "nvfp4": "--fp4 --fp4-recipe nvfp4",

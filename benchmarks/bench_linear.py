@@ -37,6 +37,7 @@ VARIANTS = {
     "paper-fp8": lambda: get_recipe("paper", occ=get_recipe("paper").occ.__class__(compensation="fp8")),
     "paper-exact": lambda: get_recipe("paper", occ=get_recipe("paper").occ.__class__(compensation="exact")),
     "paper-fwd-occ": lambda: get_recipe("paper", occ=get_recipe("paper").occ.__class__(compensate_wgrad=False)),
+    "paper-inline": lambda: get_recipe("paper", occ=get_recipe("paper").occ.__class__(compensation="inline")),
     "direct": lambda: get_recipe("direct"),
     "nvfp4": lambda: get_recipe("nvfp4"),
     "mxfp4": lambda: get_recipe("mxfp4"),

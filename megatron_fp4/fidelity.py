@@ -3,6 +3,9 @@
 Metrics between a tensor A and its reconstruction Â: cosine similarity, mean squared error and
 signal-to-noise ratio SNR = 10·log10(‖A‖² / ‖A − Â‖²) dB. ``activation_ablation`` reproduces the
 paper's OCC table: direct cast, clamp only, and clamp + compensation for several α.
+``gemm_output_ablation`` measures what training sees, the linear layer's output Y = A W^T with
+its FP4 weight, for each OCC compensation (the ``inline`` one multiplies the clamped entries by
+Q(W) instead of W, a difference only the output shows).
 """
 
 from __future__ import annotations
@@ -11,10 +14,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .occ import OCCConfig, occ_bounds, occ_clamp, occ_fp8_residual, occ_hot_channel_residual, occ_residual
+from .occ import (
+    OCCConfig, occ_bounds, occ_clamp, occ_fp8_residual, occ_hot_channel_residual, occ_residual, quantize_with_inline_outliers_reference,
+)
 from .quantize import QuantSpec, fake_quantize
 
-__all__ = ["FidelityRow", "fidelity_metrics", "activation_ablation", "synthetic_llm_activation", "format_table"]
+__all__ = ["FidelityRow", "fidelity_metrics", "activation_ablation", "gemm_output_ablation", "synthetic_llm_activation", "format_table"]
 
 
 @dataclass(frozen=True)
@@ -45,8 +50,9 @@ def activation_ablation(
     occ: OCCConfig = OCCConfig(),
 ) -> list[FidelityRow]:
     """Fidelity of direct FP4 cast, clamp-only, clamp + exact compensation, clamp + hot-channel
-    compensation (``occ.hot_channel_fraction`` of the channels) and clamp + FP8 compensation (the
-    residual in E4M3, one scale per token) for each α."""
+    compensation (``occ.hot_channel_fraction`` of the channels), clamp + FP8 compensation (the
+    residual in E4M3, one scale per token) and clamp + inline compensation (the clamped entries as
+    E4M3 in the operand; tensor-scope bounds) for each α."""
     x2d = activation.reshape(-1, activation.shape[-1])
     rows = [FidelityRow("direct cast", None, *fidelity_metrics(x2d, fake_quantize(x2d, spec).float()), 0.0)]
     for alpha in alphas:
@@ -61,6 +67,39 @@ def activation_ablation(
         rows.append(FidelityRow("clamp+hot", alpha, *fidelity_metrics(x2d, clamped_q + hot), fraction))
         fp8 = occ_fp8_residual(x2d, low, high).to_dense()
         rows.append(FidelityRow("clamp+fp8", alpha, *fidelity_metrics(x2d, clamped_q + fp8), fraction))
+        inline = quantize_with_inline_outliers_reference(x2d, low, high).dequantize_2d()
+        rows.append(FidelityRow("clamp+inline", alpha, *fidelity_metrics(x2d, inline), fraction))
+    return rows
+
+
+GEMM_OUTPUT_METHODS = {  # row label -> OCC settings of the `paper` recipe's forward
+    "direct cast": OCCConfig(enabled=False),
+    "clamp": OCCConfig(compensate=False),
+    "clamp+comp": OCCConfig(compensation="exact"),
+    "clamp+fp8": OCCConfig(compensation="fp8"),
+    "clamp+inline": OCCConfig(compensation="inline"),
+}
+
+
+def gemm_output_ablation(activation: torch.Tensor, weight: torch.Tensor, alpha: float = 0.99) -> list[FidelityRow]:
+    """Fidelity of the FP4 linear's output Q-forward(A, W) against A W^T (fp64) for each OCC
+    compensation at ``alpha`` (`paper`'s FP4 weight and activation formats, the exact reference
+    GEMM, so only the compensation differs between rows)."""
+    from .gemm import get_backend
+    from .linear import FP4GemmState
+    from .recipe import FP4Recipe
+
+    x2d = activation.reshape(-1, activation.shape[-1])
+    exact = (x2d.double() @ weight.double().t())
+    rows = []
+    for method, occ in GEMM_OUTPUT_METHODS.items():
+        occ = OCCConfig(enabled=occ.enabled, alpha=alpha, compensate=occ.compensate, compensation=occ.compensation)
+        y = FP4GemmState(FP4Recipe.paper(occ=occ), get_backend("reference")).forward(x2d, weight.to(x2d.dtype))
+        clamped = 0.0
+        if occ.enabled:
+            low, high = occ_bounds(x2d, occ)
+            clamped = float(((x2d > high) | (x2d < low)).float().mean())
+        rows.append(FidelityRow(method, alpha if occ.enabled else None, *fidelity_metrics(exact, y), clamped))
     return rows
 
 

@@ -31,7 +31,7 @@ from .backward import fold_scale, quantize_grad_output
 from .dge import dge_derivative
 from .gemm import GemmBackend, get_backend
 from .kernels import dge_scale_grad_fast, quantize_along_tokens_fast, quantize_fast
-from .occ import FP8Residual, HotChannelResidual, SparseResidual, fp8_rows, occ_bounds, occ_compensation_residual
+from .occ import FP8Residual, HotChannelResidual, SparseResidual, fp8_rows, occ_bounds, occ_compensation_residual, quantize_with_inline_outliers
 from .quantize import QuantizedTensor, QuantSpec, check_finite_enabled, quantize
 from .recipe import FP4Recipe
 
@@ -83,9 +83,12 @@ class FP4GemmState:
         bounds = None
         if recipe.occ.enabled:
             bounds = occ_bounds(x2d, recipe.occ)
-            if recipe.occ.compensate:
+            if recipe.occ.residual_compensation:
                 residual = occ_compensation_residual(x2d, *bounds, recipe.occ)
-        xq = quantize_fast(x2d, recipe.fprop_input, check_finite=self.check, name=f"{self.name} input", clamp=bounds)
+        if recipe.occ.inline:  # the clamped entries as E4M3 inside the operand (fprop and wgrad)
+            xq = quantize_with_inline_outliers(x2d, *bounds, check_finite=self.check, name=f"{self.name} input")
+        else:
+            xq = quantize_fast(x2d, recipe.fprop_input, check_finite=self.check, name=f"{self.name} input", clamp=bounds)
         if health.is_collecting() and recipe.fprop_input.is_quantized:  # `bf16_dge`: nothing to measure in the input
             compensation = residual.to_dense() if residual is not None else 0
             clamped = int(((x2d > bounds[1]) | (x2d < bounds[0])).sum()) if bounds is not None else 0
@@ -115,7 +118,8 @@ class FP4GemmState:
             self.x_saved, residual = quantize(x2d, recipe.wgrad_input), None
         self.residual = residual if recipe.occ.compensate_wgrad else None  # forward-only compensation keeps nothing
         self.w_fprop_scale = _dge_scale(weight, wq, recipe) if recipe.dge.enabled else None
-        # kept for backward: packed codes and scales only (the FP8 containers are rebuilt there)
+        # kept for backward: packed codes and scales only (the FP8 containers are rebuilt there;
+        # an inline OCC operand is its E4M3 elements, 1 B each)
         self.x_saved = dataclasses.replace(self.x_saved, fp8=None)
         self.w_saved = dataclasses.replace(self.w_saved, fp8=None)
         return y

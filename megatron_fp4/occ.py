@@ -21,6 +21,17 @@ Compensate: the residual ΔA = A - clamp(A) is sparse (about 2(1-α) of the entr
   scale per output channel, quantized once per step) on FP8 tensor cores: one FP8 GEMM in the
   forward, one 16-bit GEMM in the weight gradient, instead of the exact path's four 16-bit GEMMs.
   Compensation error: E4M3 rounding (2^-4 relative) of ΔA and of W, on the ~2% clamped term.
+- ``inline`` (``quantize_with_inline_outliers``): every clamped entry, carried inside the GEMM
+  operand itself. On Hopper the FP4 activation already enters its GEMMs as FP8 E4M3 elements
+  (every E2M1 value is exact in E4M3), so the operand holds E2M1(clamp(A) / s) everywhere except
+  at the clamped entries, which hold E4M3(A / s), their true value to 2^-4 relative. Y = diag(s)
+  O Q(W)^T and dW = Q8(diag(s) dY)^T O then compensate the forward and the weight gradient with
+  no extra GEMM, no residual and 1 B per activation element kept for backward. What differs from
+  the paper's ΔA W^T: the clamped entries meet the FP4 weight Q(W) (as every other entry does)
+  instead of W, an extra error ΔA (W - Q(W))^T whose share of the output error is bounded by
+  ΔA's share of A's energy (a few %; ``fidelity.gemm_output_ablation``), and an outlier more
+  than 448/6 ≈ 75x above the clamped row maximum widens that row's scale to amax / 448 rather
+  than saturating. Native FP4 GEMMs (Blackwell) cannot carry E4M3 entries: there it runs on FP8.
 
 Quantiles: exact order statistics (``torch.kthvalue``, a selection, not a sort) up to
 ``exact_max_elements``; beyond that, the same order statistic of a uniform random sample of
@@ -43,6 +54,8 @@ __all__ = [
     "HotChannelResidual",
     "FP8Residual",
     "occ_fp8_residual",
+    "quantize_with_inline_outliers",
+    "quantize_with_inline_outliers_reference",
     "occ_hot_channel_residual",
     "occ_compensation_residual",
     "OCCResult",
@@ -55,7 +68,8 @@ __all__ = [
 ]
 
 SAMPLE_SEED = 0x0CC
-COMPENSATIONS = ("exact", "hot_channels", "fp8")
+COMPENSATIONS = ("exact", "hot_channels", "fp8", "inline")
+E4M3_MAX = 448.0
 
 
 @dataclass(frozen=True)
@@ -68,8 +82,9 @@ class OCCConfig:
     or ``row`` (per token, as the authors' code does).
     symmetric: clamp to ±q_α(|A|) instead of the two-sided signed quantiles.
     compensation: ``fp8`` (the default: every clamped entry, in FP8), ``exact`` (every clamped
-    entry, the paper's high-precision sparse product) or ``hot_channels`` (the channels holding
-    most of the clamped energy); see the module docstring.
+    entry, the paper's high-precision sparse product), ``hot_channels`` (the channels holding
+    most of the clamped energy) or ``inline`` (every clamped entry as E4M3 inside the FP8 GEMM
+    operand: no extra GEMM); see the module docstring.
     hot_channel_fraction: share of the K channels compensated with ``hot_channels`` (at least one).
     compensate_wgrad: also add the residual's term dY^T ΔA to the weight gradient (the exact
     derivative of the compensated forward; the default). False compensates the forward only: the
@@ -98,11 +113,28 @@ class OCCConfig:
             raise ValueError(f"OCCConfig.hot_channel_fraction={self.hot_channel_fraction}; must be in (0, 1]")
         if self.scope not in ("tensor", "row"):
             raise ValueError(f"OCCConfig.scope={self.scope!r}; allowed: ['tensor', 'row']")
+        if self.inline and not self.compensate_wgrad:
+            raise ValueError(
+                "OCCConfig.compensation='inline' carries the clamped entries inside the activation operand that the "
+                "weight gradient reuses, so it always compensates both; compensate_wgrad=False "
+                "(--no-fp4-occ-wgrad-compensation) needs compensation 'fp8', 'exact' or 'hot_channels'"
+            )
         if self.exact_max_elements < 1 or self.sample_size < 1:
             raise ValueError(
                 f"OCCConfig.exact_max_elements={self.exact_max_elements} and sample_size="
                 f"{self.sample_size} must be positive"
             )
+
+
+    @property
+    def inline(self) -> bool:
+        """Whether the clamped entries travel inside the GEMM operand (``inline`` compensation)."""
+        return self.enabled and self.compensate and self.compensation == "inline"
+
+    @property
+    def residual_compensation(self) -> bool:
+        """Whether a separate residual ΔA is formed and multiplied (``exact``, ``hot_channels``, ``fp8``)."""
+        return self.enabled and self.compensate and self.compensation != "inline"
 
 
 def _rank(count: int, quantile: float) -> int:
@@ -423,6 +455,56 @@ def occ_fp8_residual(x2d: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -
     fused = x2d.is_cuda and low.numel() == 1 and high.numel() == 1
     data, scale = (fp8_residual if fused else fp8_residual_reference)(x2d, low, high)
     return FP8Residual(data, scale, tuple(x2d.shape))
+
+
+def inline_outlier_scale(clamped_amax: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
+    """The row scale of the ``inline`` operand: the clamped row's FP4 scale amax(clamp A) / 6,
+    widened to amax(A) / 448 where an outlier would not fit E4M3 (more than ~75x above the clamped
+    row maximum; the row's FP4 grid coarsens instead of the outlier saturating); NaN for a row
+    holding NaN or Inf (it dequantizes to NaN: never a silent finite value)."""
+    from .scaling import absmax_scale
+
+    amax = amax.float()
+    scale = torch.maximum(absmax_scale(clamped_amax, 6.0), amax / E4M3_MAX)
+    return torch.where(torch.isfinite(amax), scale, torch.full_like(scale, float("nan")))
+
+
+def quantize_with_inline_outliers_reference(x2d: torch.Tensor, low: torch.Tensor, high: torch.Tensor):
+    """The ``inline`` OCC operand (PyTorch reference): a ``QuantizedTensor`` whose E4M3 elements
+    [rows, K] are E2M1(clamp(A) / s) inside [low, high] and E4M3(A / s) (saturated at ±448) at the
+    clamped entries, with s = ``inline_outlier_scale`` per row. Bounds: scalars or [rows, 1], in
+    A's dtype as the clamp compares (``occ_bounds``). Encoding multiplies by 1/s, as ``quantize``."""
+    from .formats import E2M1, decode, encode
+    from .quantize import QuantizedTensor, QuantSpec, encode_multiplier
+
+    low, high = low.to(x2d.dtype), high.to(x2d.dtype)
+    clamped = torch.maximum(torch.minimum(x2d, high), low)
+    values = x2d.float()
+    scale = inline_outlier_scale(clamped.float().abs().amax(dim=-1, keepdim=True), values.abs().amax(dim=-1, keepdim=True))
+    multiplier = encode_multiplier(scale)
+    e2m1 = decode(encode(clamped.float() * multiplier, E2M1), E2M1).to(torch.float8_e4m3fn)
+    outlier_e4m3 = (values * multiplier).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    outlier = (x2d > high) | (x2d < low)
+    data = torch.where(outlier, outlier_e4m3.view(torch.uint8), e2m1.view(torch.uint8)).view(torch.float8_e4m3fn)
+    return QuantizedTensor(data, scale, None, QuantSpec("fp4", "row"), x2d.shape, x2d.dtype, fp8=data, outliers_e4m3=True)
+
+
+def quantize_with_inline_outliers(x2d: torch.Tensor, low: torch.Tensor, high: torch.Tensor, *, check_finite: bool = False, name: str = "tensor"):
+    """The ``inline`` OCC operand: the fused row kernel on CUDA for scalar (tensor-scope) bounds
+    (``kernels.quantize_rows.quantize_rows_inline``, bit-exact), else the reference.
+    check_finite: raise ``NonFiniteError`` naming ``name`` on NaN/Inf first."""
+    from .quantize import QuantSpec, quantize
+
+    if check_finite and not torch.isfinite(x2d).all():
+        quantize(x2d, QuantSpec("fp4", "row"), check_finite=True, name=name)  # raises, naming the tensor
+    if x2d.is_cuda and low.numel() == 1 and high.numel() == 1:
+        from .kernels import triton_available
+
+        if triton_available():
+            from .kernels.quantize_rows import quantize_rows_inline
+
+            return quantize_rows_inline(x2d, torch.stack([low.reshape(()), high.reshape(())]))
+    return quantize_with_inline_outliers_reference(x2d, low, high)
 
 
 def occ_compensation_residual(x2d: torch.Tensor, low: torch.Tensor, high: torch.Tensor, config: OCCConfig):

@@ -108,7 +108,10 @@ class QuantizedTensor:
     folded into the other GEMM operand (unit scale, ``without_scale``). global_scale: the fp32
     NVFP4 tensor scale. shape/dtype: the original tensor's. fp8: optionally the same FP4 values
     as FP8 E4M3 elements [rows, K] (every E2M1 value is exact in E4M3), the operand form of FP8
-    tensor cores; the fused kernels write it next to the packed codes.
+    tensor cores; the fused kernels write it next to the packed codes. outliers_e4m3: ``data``
+    holds FP8 E4M3 elements [rows, K] instead of packed codes: the E2M1 values of the clamped
+    activation except at OCC's clamped entries, which hold their true value x / scale rounded to
+    E4M3 (the ``inline`` compensation, ``megatron_fp4.occ.quantize_with_inline_outliers``).
     """
 
     data: torch.Tensor
@@ -118,10 +121,11 @@ class QuantizedTensor:
     shape: torch.Size
     dtype: torch.dtype
     fp8: torch.Tensor | None = None
+    outliers_e4m3: bool = False
 
     def element_values(self) -> torch.Tensor:
         """The unscaled element values as fp32 [rows, K] (FP4 grid or FP8 values)."""
-        if self.spec.dtype == "fp4":
+        if self.spec.dtype == "fp4" and not self.outliers_e4m3:
             return decode(unpack_codes(self.data), self.spec.format)
         return self.data.float()
 

@@ -34,6 +34,8 @@ def _compensation_text(occ: OCCConfig) -> str:
         return f"compensated in the hottest {occ.hot_channel_fraction:.3g} of channels{where}"
     if occ.compensation == "fp8":
         return f"compensated in FP8 (E4M3 residual and weight){where}"
+    if occ.compensation == "inline":
+        return "compensated inline (clamped entries as E4M3 in the FP8 operand)"
     return f"compensated exactly{where}"
 
 FP4_ROW = QuantSpec("fp4", "row")
@@ -104,6 +106,13 @@ class FP4Recipe:
         if self.occ.enabled and not self.fprop_input.is_quantized:
             raise ValueError(
                 f"FP4Recipe.occ.enabled=True needs a quantized fprop_input, got {self.fprop_input.dtype!r}"
+            )
+
+        if self.occ.inline and not (self.fprop_input == FP4_ROW and self.wgrad_input == self.fprop_input):
+            raise ValueError(
+                "FP4Recipe.occ.compensation='inline' (--fp4-occ-compensation inline) needs fprop_input and wgrad_input "
+                f"both {FP4_ROW.describe()} (the E4M3 outliers ride in that operand), got fprop_input="
+                f"{self.fprop_input.describe()} wgrad_input={self.wgrad_input.describe()}"
             )
 
     @property

@@ -27,6 +27,7 @@ GRAPHABLE = {
     "paper-hot-channels": lambda: FP4Recipe.paper(occ=OCCConfig(compensation="hot_channels")),
     "paper-clamp-only": lambda: FP4Recipe.paper(occ=OCCConfig(compensate=False)),
     "paper-fp8-compensation": lambda: FP4Recipe.paper(occ=OCCConfig(compensation="fp8")),
+    "paper-inline-compensation": lambda: FP4Recipe.paper(occ=OCCConfig(compensation="inline")),
 }
 
 

@@ -11,6 +11,7 @@ from megatron_fp4.gemm.hopper import HopperBackend
 from megatron_fp4.kernels import quantize_fast
 from megatron_fp4.linear import fp4_linear
 from megatron_fp4.quantize import QuantSpec, quantize
+from megatron_fp4.occ import OCCConfig
 from megatron_fp4.recipe import get_recipe
 
 ROW = QuantSpec("fp4", "row")
@@ -101,12 +102,12 @@ def test_hopper_dgrad_wgrad_equal_reference(m, k, n):
 
 @requires_cuda
 @hopper_only
-@pytest.mark.parametrize("name", ["paper", "direct", "nvfp4"])
+@pytest.mark.parametrize("name", ["paper", "paper-inline", "direct", "nvfp4"])
 def test_hopper_linear_forward_backward_equals_reference(name):
     """The whole FP4 linear on the fast path (fused quantizers, FP8 GEMMs, DGE kernel) against
     the reference backend on the same GPU: same quantized operands, so only accumulation order
     and fprop's output rounding differ (bf16 where PyTorch cannot write fp32 row-wise: 2^-8)."""
-    recipe = get_recipe(name)
+    recipe = get_recipe("paper", occ=OCCConfig(compensation="inline")) if name == "paper-inline" else get_recipe(name)
     x = torch.randn(2048, 1024, device="cuda", dtype=torch.bfloat16)
     x[:, :4] *= 30
     w = torch.randn(1536, 1024, device="cuda") * 0.02

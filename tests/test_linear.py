@@ -7,7 +7,7 @@ from torch import nn
 from conftest import relative_error
 from megatron_fp4.dge import dge_derivative
 from megatron_fp4.linear import FP4Linear, fp4_linear
-from megatron_fp4.occ import OCCConfig, occ_clamp
+from megatron_fp4.occ import OCCConfig, occ_bounds, occ_clamp, quantize_with_inline_outliers_reference
 from megatron_fp4.quantize import NonFiniteError, QuantSpec, fake_quantize, quantize
 from megatron_fp4.recipe import FP4Recipe
 
@@ -52,6 +52,11 @@ def fake_quant_reference(x, w, b, recipe):
     """
     x2d = x.reshape(-1, x.shape[-1])
     main, residual = x2d, None
+    if recipe.occ.inline:  # the clamped entries as E4M3 in the operand itself; straight through
+        inline = quantize_with_inline_outliers_reference(x2d.detach(), *occ_bounds(x2d.detach(), recipe.occ)).dequantize_2d()
+        x_q = x2d + (inline - x2d).detach()
+        y = _GradQuant.apply(x_q @ _DGEWeight.apply(w, recipe).t(), recipe.dgrad_grad_output) + b
+        return y.reshape(*x.shape[:-1], w.shape[0])
     if recipe.occ.enabled:
         result = occ_clamp(x2d.detach(), recipe.occ)
         main = x2d + (result.clamped - x2d).detach()  # straight-through clamp
@@ -69,6 +74,7 @@ EXACT_OCC = OCCConfig(compensation="exact")  # the formula these tests write out
 RECIPES = {
     "paper": FP4Recipe.paper(occ=EXACT_OCC),
     "paper_row_occ": FP4Recipe.paper(occ=OCCConfig(alpha=0.97, scope="row", compensation="exact")),
+    "paper_inline": FP4Recipe.paper(occ=OCCConfig(compensation="inline")),
     "paper_no_compensation": FP4Recipe.paper(occ=OCCConfig(compensate=False)),
     "paper_pow2": FP4Recipe.paper(
         occ=EXACT_OCC,
@@ -92,7 +98,7 @@ def outlier_activation(*shape):
     return x
 
 
-ROW_SCALED = ["paper", "paper_row_occ", "paper_no_compensation", "paper_pow2", "direct"]
+ROW_SCALED = ["paper", "paper_row_occ", "paper_inline", "paper_no_compensation", "paper_pow2", "direct"]
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -126,12 +132,14 @@ def test_folded_backward_matches_its_formula(name):
     gx, gw = torch.autograd.grad(fp4_linear(x, w, None, recipe), (x, w), grad)
 
     main, residual = x.detach(), torch.zeros(96, 64)
-    if recipe.occ.enabled:
+    if recipe.occ.enabled and not recipe.occ.inline:
         result = occ_clamp(main, recipe.occ)
         main = result.clamped
         if recipe.occ.compensate:
             residual = result.residual.to_dense()
     xq, wq = quantize(main, recipe.fprop_input), quantize(w.detach(), recipe.fprop_weight)
+    if recipe.occ.inline:  # C_X holds the clamped entries as E4M3 values; no separate residual
+        xq = quantize_with_inline_outliers_reference(main, *occ_bounds(main, recipe.occ))
     s_x, s_w = xq.decode_scale(), wq.decode_scale()
     dgrad_operand = fake_quantize(grad * s_w.t(), recipe.dgrad_grad_output)
     wgrad_operand = fake_quantize(s_x * grad, recipe.wgrad_grad_output)
@@ -196,6 +204,20 @@ def test_saved_tensors_are_the_quantized_forms(compensation, share):
     assert weight.data_ptr() == layer.weight.data_ptr()  # the parameter itself, not a copy
     y.sum().backward()
     assert state.x_saved is None  # released after backward
+
+
+def test_inline_compensation_keeps_its_e4m3_operand_only():
+    """Inline OCC keeps the E4M3 activation operand (1 B/element + 4 B/row scale): about 0.5x of
+    a bf16 copy, no residual, no packed codes."""
+    layer = FP4Linear(256, 128, recipe=FP4Recipe.paper(occ=OCCConfig(compensation="inline")))
+    x = outlier_activation(512, 256).requires_grad_()
+    y = layer(x)
+    state = y.grad_fn.state
+    assert state.residual is None and state.x_saved.outliers_e4m3
+    assert state.x_saved.data.dtype == torch.float8_e4m3fn and state.x_saved.data.shape == (512, 256)
+    assert state.x_saved.nbytes < 0.51 * x.numel() * 2
+    y.sum().backward()
+    assert state.x_saved is None
 
 
 def test_dge_scales_only_the_weight_gradient():

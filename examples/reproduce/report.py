@@ -27,7 +27,7 @@ LEARNING_RATE = re.compile(r"\| lr ([\d.]+e[-+]\d+) \|")
 DGE_HEALTH = re.compile(r"fp4 health at iteration (\d+):.*DGE factor mean ([\d.]+), \|g\|-weighted ([\d.]+), update norm x([\d.]+), at clamp ([\d.]+)%")
 STEP_VS_FACTOR = re.compile(r"optimizer step vs DGE factor: corr ([-+\d.naninf]+), \|dW\| f'>=1 / f'<1 x([\d.naninf]+)")
 VALIDATION = re.compile(r"validation loss at iteration (\d+): ([\d.naninf]+)")
-ORDER = ["bf16", "bf16_alone", "paper", "direct", "paper_no_dge", "paper_no_occ", "paper_exact_occ", "paper_fp8_occ", "paper_hot_occ", "paper_fwd_occ", "bf16_dge",
+ORDER = ["bf16", "bf16_alone", "paper", "direct", "paper_no_dge", "paper_no_occ", "paper_exact_occ", "paper_fp8_occ", "paper_inline_occ", "paper_hot_occ", "paper_fwd_occ", "bf16_dge",
          "paper_dge_k3", "paper_dge_k10", "paper_dge_max1", "nvfp4", "mxfp4"]
 LABELS = {
     "bf16": "BF16 (no FP4)",
@@ -38,6 +38,7 @@ LABELS = {
     "paper_no_occ": "FP4 `paper` without OCC",
     "paper_exact_occ": "FP4 `paper`, exact OCC compensation",
     "paper_fp8_occ": "FP4 `paper`, FP8 OCC compensation",
+    "paper_inline_occ": "FP4 `paper`, inline OCC compensation (E4M3 in the operand)",
     "paper_hot_occ": "FP4 `paper`, hot-channel OCC compensation",
     "paper_fwd_occ": "FP4 `paper`, OCC compensating the forward only",
     "bf16_dge": "BF16 with the DGE factor",

@@ -31,6 +31,7 @@ declare -A PRECISION=(
   [paper_exact_occ]="--fp4 --fp4-recipe paper --fp4-occ-compensation exact"
   [paper_hot_occ]="--fp4 --fp4-recipe paper --fp4-occ-compensation hot_channels"
   [paper_fp8_occ]="--fp4 --fp4-recipe paper --fp4-occ-compensation fp8"
+  [paper_inline_occ]="--fp4 --fp4-recipe paper --fp4-occ-compensation inline"
   [bf16_dge]="--fp4 --fp4-recipe bf16_dge"
   [paper_fwd_occ]="--fp4 --fp4-recipe paper --no-fp4-occ-wgrad-compensation"
   [paper_dge_k3]="--fp4 --fp4-recipe paper --fp4-dge-k 3"

@@ -6,7 +6,8 @@ the bare E2M1 elements with every MX block scale equal to 1 (E8M0 byte 127: with
 equal their swizzled layout does not matter) and the row scales are applied afterwards:
 ``Y = (C_X C_W^T) ⊙ (s_X s_W^T)``. The packed codes are already in the hardware layout (low
 nibble first, E2M1 bit patterns). dgrad and wgrad use the FP8 tensor-core path inherited from
-``HopperBackend`` (FP8 GEMMs also run on Blackwell). Only selected where ``is_available`` holds,
+``HopperBackend`` (FP8 GEMMs also run on Blackwell), as does the fprop of an activation whose
+OCC outliers are carried as E4M3 (``inline`` compensation: not expressible in native FP4). Only selected where ``is_available`` holds,
 and never tested by us: check it against ``reference`` (tests/test_cuda.py does) before trusting it.
 """
 
@@ -47,7 +48,7 @@ class BlackwellBackend(HopperBackend):
         )
 
     def fprop(self, x: QuantizedTensor, w: QuantizedTensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        if not (self.supports(x, w) and x.shape[-1] % MX_BLOCK == 0):
+        if not (self.supports(x, w) and x.shape[-1] % MX_BLOCK == 0) or x.outliers_e4m3:  # E4M3 outliers: FP8 GEMM
             return super().fprop(x, w, out_dtype)
         k = x.shape[-1]
         a = x.data.view(torch.float4_e2m1fn_x2)

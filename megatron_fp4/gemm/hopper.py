@@ -39,7 +39,10 @@ def _aligned(*dims: int) -> bool:
 
 
 def _fp8_rows(q: QuantizedTensor) -> torch.Tensor:
-    """The E2M1 elements as E4M3 [rows, K] (the fused quantizer's copy, else rebuilt from codes)."""
+    """The E2M1 elements as E4M3 [rows, K] (the fused quantizer's copy, else rebuilt from codes;
+    an ``inline`` OCC operand is E4M3 already)."""
+    if q.outliers_e4m3:
+        return q.data
     if q.fp8 is not None:
         return q.fp8
     from ..kernels.quantize_rows import fp8_from_codes
@@ -49,9 +52,9 @@ def _fp8_rows(q: QuantizedTensor) -> torch.Tensor:
 
 def _fp8_transposed(q: QuantizedTensor) -> torch.Tensor:
     """The E2M1 elements as E4M3, transposed: [K, rows] contiguous."""
-    from ..kernels.codes_to_fp8 import codes_to_fp8_t
+    from ..kernels.codes_to_fp8 import bytes_t, codes_to_fp8_t
 
-    return codes_to_fp8_t(q.data)
+    return bytes_t(q.data) if q.outliers_e4m3 else codes_to_fp8_t(q.data)
 
 
 _FP32_ROWWISE_OUTPUT = {"supported": True}  # becomes False if this PyTorch refuses fp32 row-wise output

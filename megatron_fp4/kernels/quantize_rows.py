@@ -17,8 +17,9 @@ import triton.language as tl
 
 from ..formats import E2M1, decode, unpack_codes
 from ..quantize import QuantizedTensor, QuantSpec, quantize
+from .fp8_rounding import fp8_byte
 
-__all__ = ["quantize_rows", "quantize_rows_reference", "fp8_from_codes", "supports_spec"]
+__all__ = ["quantize_rows", "quantize_rows_inline", "quantize_rows_reference", "fp8_from_codes", "supports_spec"]
 
 ROW_SPEC = QuantSpec("fp4", "row", "e2m1")
 MAX_WHOLE_ROW = 4096  # longer rows spill registers when held whole (measured on H100: NOTES.md)
@@ -138,6 +139,89 @@ def _quantize_rows_kernel(x_ptr, fp8_ptr, codes_ptr, scale_ptr, bounds_ptr, M, s
             cols = start + tl.arange(0, BLOCK)
             x = _load_block(x_ptr, rows, cols, M, K, stride_x, low, high, HAS_CLAMP)
             _store_block(x, inverse, rows, start, fp8_ptr, codes_ptr, M, K, R, BLOCK, BY_ROUNDING)
+
+
+@triton.jit
+def _clamp_keeping_nan(x, low, high):
+    return tl.maximum(tl.minimum(x, high, propagate_nan=tl.PropagateNan.ALL), low, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _store_inline_block(x, low, high, inverse, rows, start, out_ptr, M, K: tl.constexpr, BLOCK: tl.constexpr, HARDWARE_CAST: tl.constexpr):
+    """The ``inline`` OCC operand of a [R, BLOCK] tile: the E4M3 byte of E2M1(clamp(x) / s) inside
+    [low, high], of x / s (saturated at ±448) outside."""
+    cols = start + tl.arange(0, BLOCK)
+    q = _clamp_keeping_nan(x, low, high) * inverse
+    negative = (q.to(tl.int32, bitcast=True) >> 31) & 1
+    e2m1 = _e4m3_byte(_e2m1_index_by_rounding(tl.abs(q))) | (negative << 7)
+    v = tl.minimum(tl.maximum(x * inverse, -448.0), 448.0)  # NaN only in NaN rows, whose scale is NaN
+    if HARDWARE_CAST:
+        outlier_byte = v.to(tl.float8e4nv).to(tl.uint8, bitcast=True).to(tl.int32)
+    else:
+        outlier_byte = fp8_byte(v, 3, 7, True)
+    byte = tl.where((x > high) | (x < low), outlier_byte, e2m1)
+    tl.store(out_ptr + rows[:, None] * K + cols[None, :], byte.to(tl.uint8), mask=(rows[:, None] < M) & (cols[None, :] < K))
+
+
+@triton.jit
+def _inline_scale(clamped_amax, amax):
+    """``occ.inline_outlier_scale``: max(amax(clamp x) / 6, amax(x) / 448); NaN for NaN/Inf rows."""
+    scale = tl.maximum(_row_scale(clamped_amax), tl.math.div_rn(amax, 448.0), propagate_nan=tl.PropagateNan.ALL)
+    return tl.where((amax != amax) | (amax == float("inf")), float("nan"), scale)
+
+
+@triton.jit
+def _quantize_rows_inline_kernel(x_ptr, out_ptr, scale_ptr, bounds_ptr, M, stride_x, K: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr, HARDWARE_CAST: tl.constexpr):
+    """R rows per program: both row maxima (clamped and raw) in one read, then the operand."""
+    rows = (tl.program_id(0) * R + tl.arange(0, R)).to(tl.int64)
+    low = tl.load(bounds_ptr)
+    high = tl.load(bounds_ptr + 1)
+    if BLOCK >= K:  # whole rows in registers: one read of x
+        cols = tl.arange(0, BLOCK)
+        x = _load_block(x_ptr, rows, cols, M, K, stride_x, low, high, False)
+        scale = _inline_scale(_row_absmax(_clamp_keeping_nan(x, low, high)), _row_absmax(x))
+        tl.store(scale_ptr + rows, scale, mask=rows < M)
+        _store_inline_block(x, low, high, tl.math.div_rn(1.0, scale)[:, None], rows, 0, out_ptr, M, K, BLOCK, HARDWARE_CAST)
+    else:  # long rows: the maxima pass, then the operand pass (re-read mostly from L2)
+        clamped_amax = tl.zeros((R,), dtype=tl.float32)
+        amax = tl.zeros((R,), dtype=tl.float32)
+        for start in range(0, K, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            x = _load_block(x_ptr, rows, cols, M, K, stride_x, low, high, False)
+            clamped_amax = _max_keeping_nan(clamped_amax, _row_absmax(_clamp_keeping_nan(x, low, high)))
+            amax = _max_keeping_nan(amax, _row_absmax(x))
+        scale = _inline_scale(clamped_amax, amax)
+        tl.store(scale_ptr + rows, scale, mask=rows < M)
+        inverse = tl.math.div_rn(1.0, scale)[:, None]
+        for start in range(0, K, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            x = _load_block(x_ptr, rows, cols, M, K, stride_x, low, high, False)
+            _store_inline_block(x, low, high, inverse, rows, start, out_ptr, M, K, BLOCK, HARDWARE_CAST)
+
+
+def quantize_rows_inline(x: torch.Tensor, bounds: torch.Tensor, block: int | None = None, num_warps: int | None = None) -> QuantizedTensor:
+    """OCC's ``inline`` operand of ``x`` [..., K] for scalar ``bounds`` = (low, high) in x's dtype:
+    E4M3 elements (E2M1 values, the clamped entries as E4M3 of x / s) and fp32 row scales, one
+    kernel, bit-identical to ``occ.quantize_with_inline_outliers_reference``. No packed codes:
+    the E4M3 operand itself is what backward keeps (1 B per element)."""
+    import os
+
+    k = x.shape[-1]
+    x2d = x.reshape(-1, k)
+    if x2d.stride(-1) != 1:
+        x2d = x2d.contiguous()
+    rows = x2d.shape[0]
+    out = torch.empty(rows, k, dtype=torch.uint8, device=x.device)
+    scale = torch.empty(rows, 1, dtype=torch.float32, device=x.device)
+    bounds = bounds.reshape(2).to(x.dtype).float().contiguous()  # compare in the input's dtype, as the reference
+    whole_row = max(2, triton.next_power_of_2(k))
+    block = min(block, whole_row) if block else (whole_row if whole_row <= MAX_WHOLE_ROW else 1024)
+    _quantize_rows_inline_kernel[(triton.cdiv(rows, ROWS_PER_PROGRAM),)](
+        x2d, out, scale, bounds, rows, x2d.stride(0), K=k, R=ROWS_PER_PROGRAM, BLOCK=block,
+        HARDWARE_CAST=os.environ.get("TRITON_INTERPRET") != "1", num_warps=num_warps or (8 if block >= 4096 else 4),
+    )
+    data = out.view(torch.float8_e4m3fn)
+    return QuantizedTensor(data, scale, None, ROW_SPEC, x.shape, x.dtype, fp8=data, outliers_e4m3=True)
 
 
 def supports_spec(spec: QuantSpec) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from ..occ import COMPENSATIONS
 from ..recipe import DGEConfig, FP4Recipe, get_recipe
 
 __all__ = ["positive_int", "add_fp4_knob_arguments", "add_bf16_layer_arguments", "fp4_knobs_given", "fp4_knob_conflict", "apply_fp4_knobs", "recipe_with_knobs", "bf16_layers"]
@@ -61,8 +62,9 @@ def add_fp4_knob_arguments(group) -> None:
         help="compensate the forward only: the weight gradient uses the clamped activation and the residual is not kept for backward",
     )
     group.add_argument(
-        "--fp4-occ-compensation", choices=["exact", "hot_channels", "fp8"], default=None,
-        help="how the clamped entries are compensated: all exactly (exact), the hot channels' (hot_channels), or all in FP8 (fp8); see megatron_fp4.occ",
+        "--fp4-occ-compensation", choices=list(COMPENSATIONS), default=None,
+        help="how the clamped entries are compensated: all exactly (exact), the hot channels' (hot_channels), all in FP8 (fp8), "
+        "or all as E4M3 inside the FP8 activation operand, with no extra GEMM (inline); see megatron_fp4.occ",
     )
     group.add_argument("--fp4-occ-hot-channel-fraction", type=_share, default=None, help="share of channels compensated with hot_channels (default 1/32)")
     group.add_argument("--fp4-bf16-layers", type=positive_int, nargs="+", default=[], help="1-based layers kept in BF16")
@@ -125,6 +127,8 @@ def fp4_knob_conflict(args, num_layers: int) -> str | None:
         return "--fp4-occ-compensation / --fp4-occ-hot-channel-fraction need OCC with compensation (drop --no-fp4-occ / --no-fp4-occ-compensation)"
     if args.no_fp4_occ_wgrad_compensation and (args.no_fp4_occ or args.no_fp4_occ_compensation):
         return "--no-fp4-occ-wgrad-compensation needs OCC with compensation (drop --no-fp4-occ / --no-fp4-occ-compensation)"
+    if args.no_fp4_occ_wgrad_compensation and args.fp4_occ_compensation == "inline":
+        return "--no-fp4-occ-wgrad-compensation needs --fp4-occ-compensation fp8, exact or hot_channels (inline always compensates both)"
     if any(layer > num_layers for layer in args.fp4_bf16_layers):
         return f"--fp4-bf16-layers {args.fp4_bf16_layers}: layers are 1..{num_layers} (--num-layers)"
     if getattr(args, "first_last_layers_bf16", False) and args.num_layers_at_start_in_bf16 + args.num_layers_at_end_in_bf16 > num_layers:
