@@ -41,7 +41,7 @@ RECIPE_FLAGS = {
     "paper-hot": "--fp4 --fp4-recipe paper --fp4-occ-compensation hot_channels",
     "paper-fp8": "--fp4 --fp4-recipe paper --fp4-occ-compensation fp8",
     "paper-exact": "--fp4 --fp4-recipe paper --fp4-occ-compensation exact",
-    "paper-fwd-occ": "--fp4 --fp4-recipe paper --no-fp4-occ-wgrad-compensation",
+    "paper-fwd-occ": "--fp4 --fp4-recipe paper --fp4-occ-compensation fp8 --no-fp4-occ-wgrad-compensation",
     "paper-inline": "--fp4 --fp4-recipe paper --fp4-occ-compensation inline",
     "paper-no-occ": "--fp4 --fp4-recipe paper --no-fp4-occ",
     "direct": "--fp4 --fp4-recipe direct",

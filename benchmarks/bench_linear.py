@@ -22,6 +22,7 @@ from triton.testing import do_bench
 
 from megatron_fp4.gemm import get_backend
 from megatron_fp4.linear import FP4GemmState, fp4_linear
+from megatron_fp4.occ import occ_bounds
 from megatron_fp4.recipe import get_recipe
 
 # (model, layer, in_features, out_features) for LLaMA-2 1.3B, 7B and 13B
@@ -36,7 +37,7 @@ VARIANTS = {
     "paper-hot": lambda: get_recipe("paper", occ=get_recipe("paper").occ.__class__(compensation="hot_channels")),
     "paper-fp8": lambda: get_recipe("paper", occ=get_recipe("paper").occ.__class__(compensation="fp8")),
     "paper-exact": lambda: get_recipe("paper", occ=get_recipe("paper").occ.__class__(compensation="exact")),
-    "paper-fwd-occ": lambda: get_recipe("paper", occ=get_recipe("paper").occ.__class__(compensate_wgrad=False)),
+    "paper-fwd-occ": lambda: get_recipe("paper", occ=get_recipe("paper").occ.__class__(compensation="fp8", compensate_wgrad=False)),
     "paper-inline": lambda: get_recipe("paper", occ=get_recipe("paper").occ.__class__(compensation="inline")),
     "direct": lambda: get_recipe("direct"),
     "nvfp4": lambda: get_recipe("nvfp4"),
@@ -79,10 +80,12 @@ def fp8_ceiling_ms(tokens: int, k: int, n: int) -> float:
 
 def saved_bytes_per_element(x: torch.Tensor, w: torch.Tensor) -> tuple[float, float]:
     """(bytes kept for backward per activation element, OCC clamped share) of the `paper` linear."""
-    state = FP4GemmState(get_recipe("paper"), get_backend())
+    recipe = get_recipe("paper")
+    state = FP4GemmState(recipe, get_backend())
     state.forward(x, w)
     residual = state.residual.nbytes if state.residual is not None else 0
-    return (state.x_saved.nbytes + residual) / x.numel(), state.residual.nnz / x.numel()
+    low, high = occ_bounds(x, recipe.occ)
+    return (state.x_saved.nbytes + residual) / x.numel(), float(((x > high) | (x < low)).float().mean())
 
 
 def main() -> None:

@@ -35,8 +35,9 @@ GIB = 1024**3
 def saved_bytes_per_element(recipe) -> float:
     """What an FP4 linear keeps for backward per input element: packed E2M1 codes (0.5 B) and
     their block scales, plus OCC's residual: FP8 (1 B dense), exact (8 B per clamped entry,
-    2(1 - α) of them), hot channels (2 B x the channel share). ``bench_linear`` measures 1.50 B
-    for FP8 OCC and 0.66 B for exact OCC at α = 0.99. No recipe: paper's default."""
+    2(1 - α) of them), hot channels (2 B x the channel share); inline OCC keeps the E4M3 operand
+    instead of the codes (1 B). ``bench_linear`` measures 1.50 B for FP8 OCC and 0.66 B for
+    exact OCC at α = 0.99. No recipe: paper's default."""
     from .recipe import FP4Recipe
 
     recipe = recipe or FP4Recipe.paper()
@@ -46,6 +47,8 @@ def saved_bytes_per_element(recipe) -> float:
     bytes_per_element = 0.5 if spec.dtype == "fp4" else 1.0
     bytes_per_element += {"nvfp4": 1 / 16, "nvfp4_2d": 1 / 256, "mxfp4": 1 / 32}.get(spec.granularity, 0.0)
     occ = recipe.occ
+    if occ.inline:  # the E4M3 operand with its outliers, not packed codes, and no residual
+        return 1.0
     if occ.enabled and occ.compensate and occ.compensate_wgrad:  # forward-only compensation keeps no residual
         if occ.compensation == "fp8":
             bytes_per_element += 1.0

@@ -8,7 +8,8 @@ A linear layer runs three GEMMs:
 The `paper` preset follows Wang et al. 2025 (§3, §4 and Appendix; FP8-LM lineage): FP4 E2M1
 weights (per output channel) and activations (per token) in every GEMM, DGE on the weights
 (k = 5, derivative clamped at 3.0), OCC on the activations (α = 0.99, every clamped entry
-compensated; in FP8 by default, exactly on request: ``megatron_fp4.occ``),
+compensated; by default inline, as E4M3 values inside the FP8 activation operand, or through
+a separate FP8 or exact residual GEMM on request: ``megatron_fp4.occ``),
 and the output gradient in FP8 E5M2 for dgrad and wgrad, which multiply it with the same
 FP4-valued weight and activation as the forward GEMM. Everything outside the linear GEMMs
 (embeddings, LM head, attention math, norms, residual stream, loss, master weights and optimizer)

@@ -218,7 +218,7 @@ def test_fp8_compensation_linear_stays_close_to_exact_compensation():
     g = torch.randn(64, 32)
     paper = FP4Recipe.paper()
     results = {}
-    for name, occ in {"exact": OCCConfig(compensation="exact"), "fp8": OCCConfig(), "clamp": OCCConfig(compensate=False)}.items():
+    for name, occ in {"exact": OCCConfig(compensation="exact"), "fp8": OCCConfig(compensation="fp8"), "clamp": OCCConfig(compensate=False)}.items():
         y = fp4_linear(x, w, None, paper.replace(occ=occ))
         results[name] = (y, *torch.autograd.grad(y, (x, w), g))
     low, high = occ_bounds(x.detach(), OCCConfig())
@@ -286,9 +286,12 @@ def test_forward_only_compensation_flag_and_memory_plan():
 
     llama = ("--num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 32 --max-position-embeddings 32 "
              "--micro-batch-size 2 --global-batch-size 2 --train-iters 1 --lr 1e-3 --mock-data --tokenizer-type NullTokenizer --vocab-size 128")
-    recipe = parse_args(shlex.split(f"{llama} --fp4 --no-fp4-occ-wgrad-compensation")).fp4_quant_recipe
+    recipe = parse_args(shlex.split(f"{llama} --fp4 --fp4-occ-compensation fp8 --no-fp4-occ-wgrad-compensation")).fp4_quant_recipe
     assert recipe.occ.compensate and not recipe.occ.compensate_wgrad
     assert saved_bytes_per_element(recipe) == saved_bytes_per_element(FP4Recipe.paper(occ=OCCConfig(compensate=False)))
-    assert saved_bytes_per_element(recipe) < saved_bytes_per_element(FP4Recipe.paper())
+    assert saved_bytes_per_element(recipe) < saved_bytes_per_element(FP4Recipe.paper(occ=OCCConfig(compensation="fp8")))
+    assert saved_bytes_per_element(FP4Recipe.paper()) == 1.0  # the default, inline: the E4M3 operand
     with pytest.raises(SystemExit):
         parse_args(shlex.split(f"{llama} --fp4 --no-fp4-occ --no-fp4-occ-wgrad-compensation"))
+    with pytest.raises(SystemExit):  # the default compensation (inline) always compensates both
+        parse_args(shlex.split(f"{llama} --fp4 --no-fp4-occ-wgrad-compensation"))

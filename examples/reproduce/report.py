@@ -213,6 +213,17 @@ def fidelity_table(path: str) -> str:
     for row in report["mean"]:
         alpha = "-" if row["alpha"] is None else f"{row['alpha']:g}"
         lines.append(f"| {row['method']} | {alpha} | {row['cosine']:.4f} | {row['mse']:.3e} | {row['snr_db']:.2f} | {row['clamp_fraction']:.2%} |")
+    if "output_mean" in report:  # what training sees: each linear's FP4 output against A W^T
+        lines += [
+            "",
+            "The linear layers' outputs (FP4 weight and activation, each OCC compensation) against A W^T, mean over the layers:",
+            "",
+            "| method | α | cosine similarity | MSE | SNR (dB) |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for row in report["output_mean"]:
+            alpha = "-" if row["alpha"] is None else f"{row['alpha']:g}"
+            lines.append(f"| {row['method']} | {alpha} | {row['cosine']:.4f} | {row['mse']:.3e} | {row['snr_db']:.2f} |")
     return "\n".join(lines)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ..occ import COMPENSATIONS
+from ..occ import COMPENSATIONS, OCCConfig
 from ..recipe import DGEConfig, FP4Recipe, get_recipe
 
 __all__ = ["positive_int", "add_fp4_knob_arguments", "add_bf16_layer_arguments", "fp4_knobs_given", "fp4_knob_conflict", "apply_fp4_knobs", "recipe_with_knobs", "bf16_layers"]
@@ -127,8 +127,9 @@ def fp4_knob_conflict(args, num_layers: int) -> str | None:
         return "--fp4-occ-compensation / --fp4-occ-hot-channel-fraction need OCC with compensation (drop --no-fp4-occ / --no-fp4-occ-compensation)"
     if args.no_fp4_occ_wgrad_compensation and (args.no_fp4_occ or args.no_fp4_occ_compensation):
         return "--no-fp4-occ-wgrad-compensation needs OCC with compensation (drop --no-fp4-occ / --no-fp4-occ-compensation)"
-    if args.no_fp4_occ_wgrad_compensation and args.fp4_occ_compensation == "inline":
-        return "--no-fp4-occ-wgrad-compensation needs --fp4-occ-compensation fp8, exact or hot_channels (inline always compensates both)"
+    if args.no_fp4_occ_wgrad_compensation and (args.fp4_occ_compensation or OCCConfig().compensation) == "inline":
+        return ("--no-fp4-occ-wgrad-compensation needs --fp4-occ-compensation fp8, exact or hot_channels "
+                "(inline, the default, carries the outliers in the operand that the weight gradient reuses: it always compensates both)")
     if any(layer > num_layers for layer in args.fp4_bf16_layers):
         return f"--fp4-bf16-layers {args.fp4_bf16_layers}: layers are 1..{num_layers} (--num-layers)"
     if getattr(args, "first_last_layers_bf16", False) and args.num_layers_at_start_in_bf16 + args.num_layers_at_end_in_bf16 > num_layers:

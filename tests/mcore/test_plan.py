@@ -81,11 +81,13 @@ def test_fp4_saved_bytes_follow_the_recipe():
     from megatron_fp4.occ import OCCConfig
     from megatron_fp4.recipe import FP4Recipe
 
-    assert plan.saved_bytes_per_element(FP4Recipe.paper()) == pytest.approx(1.5)
+    assert plan.saved_bytes_per_element(FP4Recipe.paper()) == pytest.approx(1.0)  # inline OCC: the E4M3 operand
+    assert plan.saved_bytes_per_element(FP4Recipe.paper(occ=OCCConfig(compensation="fp8"))) == pytest.approx(1.5)
     assert plan.saved_bytes_per_element(FP4Recipe.paper(occ=OCCConfig(compensation="exact"))) == pytest.approx(0.66)
     assert plan.saved_bytes_per_element(FP4Recipe.paper(occ=OCCConfig(enabled=False))) == pytest.approx(0.5)
     assert plan.saved_bytes_per_element(FP4Recipe.nvfp4()) == pytest.approx(0.5 + 1 / 16)
     assert plan.saved_bytes_per_element(FP4Recipe.bf16()) == 2.0
     exact = plan.main(["--config", CONFIGS["7b"], "--gpus", "64", "--fp4-occ-compensation", "exact"])["totals"]["FP4 packed"]
-    fp8 = plan.main(["--config", CONFIGS["7b"], "--gpus", "64"])["totals"]["FP4 packed"]
-    assert fp8 > exact
+    fp8 = plan.main(["--config", CONFIGS["7b"], "--gpus", "64", "--fp4-occ-compensation", "fp8"])["totals"]["FP4 packed"]
+    inline = plan.main(["--config", CONFIGS["7b"], "--gpus", "64"])["totals"]["FP4 packed"]
+    assert fp8 > inline > exact

@@ -126,7 +126,7 @@ def test_resume_with_other_fp4_arithmetic_is_refused(patched, tmp_path):
     (checkpoint / "latest_checkpointed_iteration.txt").write_text("10")
     torch.save({"args": argparse.Namespace(megatron_fp4_recipe_record=saved), "iteration": 10}, checkpoint / "iter_0000010" / "common.pt")
     refused = run_job(patched, "parse", "--fp4", "--load", str(checkpoint))
-    assert "recipe.occ.compensation 'exact' (checkpoint) vs 'fp8' (this run)" in refused.get("error", ""), refused
+    assert "recipe.occ.compensation 'exact' (checkpoint) vs 'inline' (this run)" in refused.get("error", ""), refused
     assert "--override-fp4-recipe" in refused["error"]
     assert "error" not in run_job(patched, "parse", "--fp4", "--load", str(checkpoint), "--override-fp4-recipe")
     assert "error" not in run_job(patched, "parse", "--fp4", "--fp4-occ-compensation", "exact", "--load", str(checkpoint))

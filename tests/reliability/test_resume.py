@@ -129,9 +129,9 @@ def test_other_fp4_arithmetic_is_refused_unless_overridden(corpus, trained, caps
     whose default changed between versions (the checkpoint's effective recipe is in args.json),
     FP4 -> BF16. --override-fp4-recipe continues and the log says what changed."""
     record = json.loads((trained / "iter_0000004" / "args.json").read_text())
-    assert record["fp4"]["recipe"]["name"] == "paper" and record["fp4"]["recipe"]["occ"]["compensation"] == "fp8"
+    assert record["fp4"]["recipe"]["name"] == "paper" and record["fp4"]["recipe"]["occ"]["compensation"] == "inline"
     refused_leaving_untouched(
-        corpus, trained, r"other FP4 arithmetic: recipe.occ.compensation 'fp8' \(checkpoint\) vs 'exact' \(this run\).*--override-fp4-recipe",
+        corpus, trained, r"other FP4 arithmetic: recipe.occ.compensation 'inline' \(checkpoint\) vs 'exact' \(this run\).*--override-fp4-recipe",
         f"--train-iters 4 {SHORT} --fp4-occ-compensation exact --load {trained} --save {trained}",
     )
     before = snapshot(trained)
@@ -144,7 +144,7 @@ def test_other_fp4_arithmetic_is_refused_unless_overridden(corpus, trained, caps
         record["fp4"]["recipe"]["occ"]["compensation"] = "exact"
 
     _edit_records(trained, older_default)
-    refused_leaving_untouched(corpus, trained, r"recipe.occ.compensation 'exact' \(checkpoint\) vs 'fp8' \(this run\)", f"--train-iters 4 {SHORT} --load {trained} --save {trained}")
+    refused_leaving_untouched(corpus, trained, r"recipe.occ.compensation 'exact' \(checkpoint\) vs 'inline' \(this run\)", f"--train-iters 4 {SHORT} --load {trained} --save {trained}")
     shutil.copytree(trained, trained.parent / "copy")
     capsys.readouterr()
     resumed = run(corpus, f"--train-iters 6 --override-opt_param-scheduler --override-fp4-recipe {SHORT} --load {trained} --save {trained}")
