@@ -88,6 +88,10 @@ def sweep(rows: int, k: int) -> None:
         for warps in (4, 8):
             fn, nbytes = kernels(rows, k, grad_options={"tile": tile, "num_warps": warps})["grad quantize (both)"]
             print(f"  {rows}x{k} grad quantize tile {tile} warps {warps}: {nbytes / median_ms(fn) / 1e6 / copy_gbs:.2f} of copy")
+    for tile in ((64, 64), (64, 256), (128, 256), (32, 512), (64, 512)):
+        for warps in (4, 8):
+            fn, nbytes = kernels(rows, k, grad_options={"amax_tile": tile, "amax_warps": warps})["grad quantize (both)"]
+            print(f"  {rows}x{k} grad quantize amax tile {tile} warps {warps}: {nbytes / median_ms(fn) / 1e6 / copy_gbs:.2f} of copy")
 
 
 if __name__ == "__main__":

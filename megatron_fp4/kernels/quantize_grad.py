@@ -1,6 +1,6 @@
 """Fused FP8 quantization of the output gradient for both backward GEMMs, reference beside it.
 
-dY [M, N] is read twice (an amax pass, then a quantize pass); one launch of each writes
+dY [M, N] is read twice (an amax pass with its own larger tiles, then a quantize pass); writes
     dgrad operand  Q8(dY · diag(s_W))    FP8 [M, N], row-major    (A of dX = A · C_W)
     wgrad operand  Q8(diag(s_X) · dY)    FP8 [N, M], row-major    (A of dW = A · C_X: already
                                           transposed, as the FP8 GEMM wants it)
@@ -19,13 +19,15 @@ import triton.language as tl
 
 from ..quantize import QuantizedTensor, QuantSpec
 from .fp8_rounding import fp8_byte
+from .quantize_rows import _max_keeping_nan
 
 __all__ = ["FP8_TENSOR_SPECS", "quantize_grad_folded", "supports_grad_specs"]
 
 # recipe dtype -> (mantissa bits, exponent bias, is E4M3FN, torch dtype)
 FP8_LAYOUTS = {"fp8_e5m2": (2, 15, False, torch.float8_e5m2), "fp8_e4m3": (3, 7, True, torch.float8_e4m3fn)}
 FP8_TENSOR_SPECS = tuple(QuantSpec(dtype, "tensor") for dtype in FP8_LAYOUTS)
-BLOCK_M, BLOCK_N, NUM_WARPS = 64, 64, 4
+BLOCK_M, BLOCK_N, NUM_WARPS = 64, 64, 4  # the quantize pass (its transposed store wants square tiles)
+AMAX_BLOCK_M, AMAX_BLOCK_N, AMAX_WARPS = 64, 256, 8  # the amax pass: larger tiles, fewer partial maxima
 HARDWARE_CAST = True  # compiled kernels: the cvt instruction (benchmarks/NOTES.md, session 4)
 
 
@@ -45,18 +47,18 @@ def _tile(g_ptr, column_scale_ptr, row_scale_ptr, M, N, stride_g, BM: tl.constex
 
 
 @triton.jit
-def _not_finite_count(x):
-    return tl.sum(tl.sum(((x != x) | (tl.abs(x) == float("inf"))).to(tl.float32), axis=1), axis=0)
+def _tile_absmax(x):
+    """max |x| over a tile, NaN if it holds a NaN, Inf if an Inf: the maximum carries the
+    non-finite check (no separate count: it cost as much as the rest of the pass)."""
+    return tl.reduce(tl.reduce(tl.abs(x), 1, _max_keeping_nan), 0, _max_keeping_nan)
 
 
 @triton.jit
 def _folded_amax_kernel(g_ptr, column_scale_ptr, row_scale_ptr, partial_ptr, M, N, stride_g, BM: tl.constexpr, BN: tl.constexpr):
     _, _, _, dgrad, wgrad = _tile(g_ptr, column_scale_ptr, row_scale_ptr, M, N, stride_g, BM, BN)
-    out = partial_ptr + (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * 4
-    tl.store(out, tl.max(tl.max(tl.abs(dgrad), axis=1), axis=0))
-    tl.store(out + 1, _not_finite_count(dgrad))
-    tl.store(out + 2, tl.max(tl.max(tl.abs(wgrad), axis=1), axis=0))
-    tl.store(out + 3, _not_finite_count(wgrad))
+    out = partial_ptr + (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * 2
+    tl.store(out, _tile_absmax(dgrad))
+    tl.store(out + 1, _tile_absmax(wgrad))
 
 
 @triton.jit
@@ -76,21 +78,19 @@ def _finalize_scales_kernel(partial_ptr, dgrad_scale_ptr, wgrad_scale_ptr, n_par
     """The two tensor decode scales from the tiles' partial maxima, on the device (no host
     round trip): amax / fp8_max, 1 for an all-zero tensor, NaN if any element was not finite
     (``scaling.absmax_scale``'s rule)."""
-    d_amax = 0.0
-    d_bad = 0.0
-    w_amax = 0.0
-    w_bad = 0.0
+    d_amax = tl.zeros((BLOCK,), dtype=tl.float32)
+    w_amax = tl.zeros((BLOCK,), dtype=tl.float32)
     for start in range(0, n_partial, BLOCK):
         index = start + tl.arange(0, BLOCK)
         valid = index < n_partial
-        d_amax = tl.maximum(d_amax, tl.max(tl.load(partial_ptr + index * 4, mask=valid, other=0.0), axis=0))
-        d_bad += tl.sum(tl.load(partial_ptr + index * 4 + 1, mask=valid, other=0.0), axis=0)
-        w_amax = tl.maximum(w_amax, tl.max(tl.load(partial_ptr + index * 4 + 2, mask=valid, other=0.0), axis=0))
-        w_bad += tl.sum(tl.load(partial_ptr + index * 4 + 3, mask=valid, other=0.0), axis=0)
-    d_scale = tl.where(d_amax > 0, tl.math.div_rn(d_amax, D_MAX), 1.0)
-    w_scale = tl.where(w_amax > 0, tl.math.div_rn(w_amax, W_MAX), 1.0)
-    tl.store(dgrad_scale_ptr, tl.where(d_bad > 0, float("nan"), d_scale))
-    tl.store(wgrad_scale_ptr, tl.where(w_bad > 0, float("nan"), w_scale))
+        d_amax = _max_keeping_nan(d_amax, tl.load(partial_ptr + index * 2, mask=valid, other=0.0))
+        w_amax = _max_keeping_nan(w_amax, tl.load(partial_ptr + index * 2 + 1, mask=valid, other=0.0))
+    d = tl.reduce(d_amax, 0, _max_keeping_nan)
+    w = tl.reduce(w_amax, 0, _max_keeping_nan)
+    d_scale = tl.where(d > 0, tl.math.div_rn(d, D_MAX), 1.0)
+    w_scale = tl.where(w > 0, tl.math.div_rn(w, W_MAX), 1.0)
+    tl.store(dgrad_scale_ptr, tl.where((d != d) | (d == float("inf")), float("nan"), d_scale))
+    tl.store(wgrad_scale_ptr, tl.where((w != w) | (w == float("inf")), float("nan"), w_scale))
 
 
 @triton.jit
@@ -123,11 +123,14 @@ def quantize_grad_folded(
     tile: tuple[int, int] | None = None,
     num_warps: int | None = None,
     hardware_cast: bool | None = None,
+    amax_tile: tuple[int, int] | None = None,
+    amax_warps: int | None = None,
 ) -> tuple[QuantizedTensor, QuantizedTensor]:
     """(Q8(dY·diag(s_W)), Q8(diag(s_X)·dY)) for FP8 `tensor` specs; a scale None is not folded.
 
     The wgrad operand's data is a [M, N] view of its transposed [N, M] storage. tile/num_warps:
-    the programs' [rows, columns] tile (defaults tuned on H100, benchmarks/NOTES.md).
+    the quantize pass's [rows, columns] tile (defaults tuned on H100, benchmarks/NOTES.md);
+    amax_tile/amax_warps: the amax pass's (benchmarks/bench_quant.py --sweep).
     """
     if not supports_grad_specs(dgrad_spec, wgrad_spec):
         raise ValueError(f"quantize_grad_folded: FP8 tensor specs only, got {dgrad_spec.describe()}, {wgrad_spec.describe()}")
@@ -142,8 +145,10 @@ def quantize_grad_folded(
     block_m, block_n = tile or (BLOCK_M, BLOCK_N)
     warps = num_warps or NUM_WARPS
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
-    partial = torch.empty(grid[0] * grid[1], 4, dtype=torch.float32, device=g2d.device)
-    _folded_amax_kernel[grid](g2d, column_scale, row_scale, partial, m, n, g2d.stride(0), BM=block_m, BN=block_n, num_warps=warps)
+    amax_m, amax_n = amax_tile or (AMAX_BLOCK_M, AMAX_BLOCK_N)
+    amax_grid = (triton.cdiv(m, amax_m), triton.cdiv(n, amax_n))
+    partial = torch.empty(amax_grid[0] * amax_grid[1], 2, dtype=torch.float32, device=g2d.device)
+    _folded_amax_kernel[amax_grid](g2d, column_scale, row_scale, partial, m, n, g2d.stride(0), BM=amax_m, BN=amax_n, num_warps=amax_warps or AMAX_WARPS)
     d_mantissa, d_bias, d_e4m3, d_dtype = FP8_LAYOUTS[dgrad_spec.dtype]
     w_mantissa, w_bias, w_e4m3, w_dtype = FP8_LAYOUTS[wgrad_spec.dtype]
     # two allocations, not views of one: cuBLAS refuses a scale pointer that is not 16-byte aligned

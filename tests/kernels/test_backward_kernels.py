@@ -64,11 +64,16 @@ def test_fp8_rounding_edges_match_torch(spec, top, edges):
     assert torch.equal(bits(fast), bits(reference))
 
 
-def test_non_finite_gradient_gives_nan_scale():
-    g = torch.randn(64, 64, device=DEVICE)
-    g[3, 5] = float("inf")
-    dgrad, wgrad = quantize_grad_folded(g, E5M2, E5M2, None, None)
-    assert torch.isnan(dgrad.scale).all() and torch.isnan(wgrad.dequantize_2d()).all()
+@pytest.mark.parametrize("bad", [float("inf"), -float("inf"), float("nan")])
+def test_non_finite_gradient_gives_nan_scale(bad):
+    """One non-finite entry anywhere (here in the last of several amax tiles) makes both tensor
+    scales NaN: the NaN-propagating maximum carries it through the partial maxima."""
+    g = torch.randn(70, 300, device=DEVICE)
+    g[69, 299] = bad
+    dgrad, wgrad = quantize_grad_folded(g, E5M2, E5M2, None, None, amax_tile=(32, 128))
+    assert torch.isnan(dgrad.scale).all() and torch.isnan(wgrad.scale).all() and torch.isnan(wgrad.dequantize_2d()).all()
+    fine = quantize_grad_folded(torch.randn(70, 300, device=DEVICE), E5M2, E5M2, None, None, amax_tile=(32, 128))[0]
+    assert torch.isfinite(fine.scale).all()
 
 
 @pytest.mark.parametrize("shape", [(64, 128), (50, 70), (130, 34)] if DEVICE == "cpu" else [(64, 128), (4096, 4096), (11008, 4096), (1000, 2050)])
