@@ -95,6 +95,10 @@ def test_flags():
     assert args.fp4_quant_recipe.occ.inline
     with pytest.raises(SystemExit):
         parse_args(shlex.split(f"{LLAMA} --fp4 --fp4-recipe paper --fp4-occ-compensation inline --no-fp4-occ-wgrad-compensation"))
+    with pytest.raises(SystemExit):  # a knob that would change nothing is an error, not ignored
+        parse_args(shlex.split(f"{LLAMA} --fp4 --fp4-recipe paper --fp4-occ-hot-channel-fraction 0.1"))
+    hot = parse_args(shlex.split(f"{LLAMA} --fp4 --fp4-occ-compensation hot_channels --fp4-occ-hot-channel-fraction 0.1")).fp4_quant_recipe
+    assert hot.occ.hot_channel_fraction == 0.1
 
 
 def test_fidelity_against_exact_compensation():

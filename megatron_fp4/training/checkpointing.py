@@ -172,7 +172,9 @@ def verify_checkpoint(directory: str) -> None:
     megatron-core would otherwise fail deep inside torch.distributed.checkpoint or pickle with a
     message that names no file (or blame the model flags for a truncated shard)."""
     if not os.path.isdir(directory):
-        raise CheckpointError(f"{directory}: no such checkpoint directory")
+        kept = [path for path in (directory + ".previous", directory + ".tmp") if os.path.isdir(path)]
+        hint = f" (a save of this iteration was interrupted; {' and '.join(kept)} hold the old and the new copy: rename the one to keep to {os.path.basename(directory)})" if kept else ""
+        raise CheckpointError(f"{directory}: no such checkpoint directory{hint}")
     for name in ("metadata.json", "common.pt", ".metadata"):
         if not os.path.isfile(os.path.join(directory, name)):
             raise CheckpointError(f"{directory}: {name} is missing (incomplete or not a torch_dist checkpoint)")
@@ -286,8 +288,14 @@ def _save_state(root: str, iteration: int, state: dict, record: dict) -> str:
     dist.barrier()
     if dist.get_rank() == 0:
         _write_json_atomically(os.path.join(temporary, RUN_ARGS), record)
-        shutil.rmtree(final, ignore_errors=True)
+        # an existing iter_N (a re-save of the same iteration, possibly the latest) is moved aside,
+        # not deleted, until the new one is in place: no moment without a complete iter_N
+        previous = final + ".previous"
+        shutil.rmtree(previous, ignore_errors=True)
+        if os.path.exists(final):
+            os.replace(final, previous)
         os.replace(temporary, final)
+        shutil.rmtree(previous, ignore_errors=True)
         with open(os.path.join(root, TRACKER + ".tmp"), "w") as f:
             f.write(str(iteration))
         os.replace(os.path.join(root, TRACKER + ".tmp"), os.path.join(root, TRACKER))

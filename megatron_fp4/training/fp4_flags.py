@@ -127,6 +127,8 @@ def fp4_knob_conflict(args, num_layers: int) -> str | None:
         return "--fp4-occ-compensation / --fp4-occ-hot-channel-fraction need OCC with compensation (drop --no-fp4-occ / --no-fp4-occ-compensation)"
     if args.no_fp4_occ_wgrad_compensation and (args.no_fp4_occ or args.no_fp4_occ_compensation):
         return "--no-fp4-occ-wgrad-compensation needs OCC with compensation (drop --no-fp4-occ / --no-fp4-occ-compensation)"
+    if args.fp4_occ_hot_channel_fraction is not None and (args.fp4_occ_compensation or OCCConfig().compensation) != "hot_channels":
+        return "--fp4-occ-hot-channel-fraction applies to --fp4-occ-compensation hot_channels only (it would change nothing here)"
     if args.no_fp4_occ_wgrad_compensation and (args.fp4_occ_compensation or OCCConfig().compensation) == "inline":
         return ("--no-fp4-occ-wgrad-compensation needs --fp4-occ-compensation fp8, exact or hot_channels "
                 "(inline, the default, carries the outliers in the operand that the weight gradient reuses: it always compensates both)")

@@ -173,3 +173,38 @@ def test_tools_script_runs_the_preprocessor(tmp_path):
     assert "2 documents" in result.stdout and (tmp_path / "out" / "a_text_document.idx").exists()
     missing = subprocess.run([sys.executable, os.path.join(repo, "tools", "preprocess_data.py"), "--input", "nope.txt", "--output-prefix", str(tmp_path / "x"), "--train-tokenizer"], capture_output=True, text=True)
     assert missing.returncode != 0 and "--input nope.txt: no such file" in missing.stderr
+
+
+def test_resaving_an_iteration_never_leaves_it_missing(tmp_path, monkeypatch):
+    """A save of an iteration that already exists moves the old copy aside until the new one is in
+    place: if the final rename fails, both copies survive and loading names them."""
+    import torch.distributed as dist
+
+    def fake_save(state, directory, *args, **kwargs):
+        with open(os.path.join(directory, "payload"), "w") as f:
+            f.write(state["payload"])
+
+    monkeypatch.setattr(checkpointing.dist_checkpointing, "save", fake_save)
+    dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"file://{tmp_path / 'store'}")
+    try:
+        root = str(tmp_path / "ck")
+        final = checkpointing._save_state(root, 4, {"payload": "old"}, {"run": 1})
+        real_replace = os.replace
+
+        def failing_replace(source, target):
+            if source.endswith(".tmp") and target == final:
+                raise OSError("disk gone")
+            return real_replace(source, target)
+
+        monkeypatch.setattr(checkpointing.os, "replace", failing_replace)
+        with pytest.raises(OSError, match="disk gone"):
+            checkpointing._save_state(root, 4, {"payload": "new"}, {"run": 2})
+        assert open(os.path.join(final + ".previous", "payload")).read() == "old"
+        assert open(os.path.join(final + ".tmp", "payload")).read() == "new"
+        with pytest.raises(checkpointing.CheckpointError, match="interrupted"):
+            checkpointing.verify_checkpoint(final)
+        monkeypatch.setattr(checkpointing.os, "replace", real_replace)
+        checkpointing._save_state(root, 4, {"payload": "newer"}, {"run": 3})  # a later save completes and cleans up
+        assert open(os.path.join(final, "payload")).read() == "newer" and not os.path.exists(final + ".previous")
+    finally:
+        dist.destroy_process_group()
