@@ -17,13 +17,15 @@ import triton.language as tl
 from ..quantize import QuantizedTensor, QuantSpec
 from ..scaling import BLOCK_SIZES, E4M3_MAX
 from .fp8_rounding import fp8_byte
-from .quantize_rows import _e2m1_index
+from .quantize_rows import _e2m1_index_by_rounding, _max_keeping_nan
 from .tensor_scale import tensor_scale_from_partials
 
 __all__ = ["quantize_blocks", "supports_block_spec"]
 
 BLOCK_SPECS = {name: QuantSpec("fp4", name) for name in ("nvfp4", "mxfp4")}  # 1-D blocks along K (16x16 tiles: reference)
-BLOCKS_PER_PROGRAM = 16
+# 2048 elements per program for both formats (was 16 blocks: 256 / 512 elements, a program too
+# small to keep the memory system busy; benchmarks/NOTES.md, session 6)
+BLOCKS_PER_PROGRAM = {"nvfp4": 128, "mxfp4": 64}
 
 
 @triton.jit
@@ -54,8 +56,8 @@ def _quantize_blocks_kernel(
     columns = blocks[:, None] * BLOCK + tl.arange(0, BLOCK)[None, :]
     mask = columns < K
     x = tl.load(x_ptr + row * stride_x + columns, mask=mask, other=0.0).to(tl.float32)
-    bad = tl.sum(((x != x) | (tl.abs(x) == float("inf"))).to(tl.int32), axis=1)
-    amax = tl.where(bad > 0, float("nan"), tl.max(tl.abs(x), axis=1))
+    amax = tl.reduce(tl.abs(x), 1, _max_keeping_nan)  # NaN if the block holds a NaN
+    amax = tl.where(amax == float("inf"), float("nan"), amax)  # a block holding Inf: NaN too
     block_mask = blocks < K // BLOCK
     if NVFP4:
         tensor_scale = tl.load(global_scale_ptr)
@@ -71,7 +73,7 @@ def _quantize_blocks_kernel(
     multiplier = tl.where(scale == 0, 0.0, tl.math.div_rn(1.0, scale))  # ``quantize.encode_multiplier``
     q = x * multiplier[:, None]
     negative = (q.to(tl.int32, bitcast=True) >> 31) & 1
-    codes = (_e2m1_index(tl.abs(q)) | (negative << 3)).to(tl.uint8)
+    codes = (_e2m1_index_by_rounding(tl.abs(q)) | (negative << 3)).to(tl.uint8)
     low, high = tl.split(tl.reshape(codes, (GROUPS, BLOCK // 2, 2)))
     pairs = blocks[:, None] * (BLOCK // 2) + tl.arange(0, BLOCK // 2)[None, :]
     tl.store(codes_ptr + row * (K // 2) + pairs, low | (high << 4), mask=pairs < K // 2)
@@ -83,9 +85,7 @@ def _partial_absmax_kernel(x_ptr, partial_ptr, numel, BLOCK: tl.constexpr):
     the scale rule turns a non-finite amax into a NaN scale, as the reference)."""
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     x = tl.load(x_ptr + offsets, mask=offsets < numel, other=0.0).to(tl.float32)
-    has_nan = tl.sum((x != x).to(tl.int32), axis=0) > 0
-    amax = tl.max(tl.where(x != x, 0.0, tl.abs(x)), axis=0)
-    tl.store(partial_ptr + tl.program_id(0), tl.where(has_nan, float("nan"), amax))
+    tl.store(partial_ptr + tl.program_id(0), tl.reduce(tl.abs(x), 0, _max_keeping_nan))
 
 
 def tensor_absmax(x: torch.Tensor, block: int = 8192) -> torch.Tensor:
@@ -109,8 +109,9 @@ def supports_block_spec(spec: QuantSpec) -> bool:
     return spec in BLOCK_SPECS.values()
 
 
-def quantize_blocks(x: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
-    """NVFP4 or MXFP4 quantization of ``x`` [..., K] (K a multiple of the block size)."""
+def quantize_blocks(x: torch.Tensor, spec: QuantSpec, blocks_per_program: int | None = None) -> QuantizedTensor:
+    """NVFP4 or MXFP4 quantization of ``x`` [..., K] (K a multiple of the block size);
+    blocks_per_program: a power of two, the blocks of one row one program quantizes."""
     if not supports_block_spec(spec):
         raise ValueError(f"quantize_blocks: NVFP4/MXFP4 E2M1 specs only, got {spec.describe()}")
     block = BLOCK_SIZES[spec.granularity]
@@ -126,10 +127,11 @@ def quantize_blocks(x: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
     nvfp4 = spec.granularity == "nvfp4"
     # absmax_scale(tensor_absmax(x2d), ...) in one launch after the partial maxima
     global_scale = tensor_scale_from_partials(_partial_absmax(x2d), spec.format.max_value * E4M3_MAX) if nvfp4 else None
-    grid = (rows, triton.cdiv(k // block, BLOCKS_PER_PROGRAM))
+    groups = min(blocks_per_program or BLOCKS_PER_PROGRAM[spec.granularity], triton.next_power_of_2(k // block))
+    grid = (rows, triton.cdiv(k // block, groups))
     _quantize_blocks_kernel[grid](
         x2d, codes, scale_bytes, global_scale if nvfp4 else codes, k, x2d.stride(0),
-        NVFP4=nvfp4, BLOCK=block, GROUPS=BLOCKS_PER_PROGRAM,
+        NVFP4=nvfp4, BLOCK=block, GROUPS=groups, num_warps=4,
     )
     scale = scale_bytes.view(torch.float8_e4m3fn) if nvfp4 else scale_bytes
     return QuantizedTensor(codes, scale, global_scale, spec, x.shape, x.dtype)

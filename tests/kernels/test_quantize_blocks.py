@@ -22,13 +22,14 @@ SHAPES = [(4, 64), (3, 544), (7, 1056)] if DEVICE == "cpu" else [(4, 64), (1000,
 @pytest.mark.parametrize("granularity", ["nvfp4", "mxfp4"])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_matches_reference_bit_for_bit(granularity, shape, dtype):
+@pytest.mark.parametrize("blocks_per_program", [None, 4])  # the default, and a row spread over several programs
+def test_matches_reference_bit_for_bit(granularity, shape, dtype, blocks_per_program):
     spec = QuantSpec("fp4", granularity)
     # a dynamic range wide enough that NVFP4 block scales underflow E4M3 and MXFP4 ones go tiny
     x = (torch.randn(shape) * torch.logspace(-12, 3, shape[0])[:, None]).to(dtype).to(DEVICE)
     x[0, :32] = 0  # all-zero blocks
     x[-1, :7] = torch.tensor([0.0, -0.0, 0.25, -0.75, 1.25, 5.0, -3.5])
-    fast, reference = quantize_blocks(x, spec), quantize(x, spec)
+    fast, reference = quantize_blocks(x, spec, blocks_per_program), quantize(x, spec)
     assert torch.equal(fast.data, reference.data)
     assert torch.equal(fast.scale.view(torch.uint8), reference.scale.view(torch.uint8))
     if granularity == "nvfp4":
@@ -37,11 +38,21 @@ def test_matches_reference_bit_for_bit(granularity, shape, dtype):
 
 
 @pytest.mark.parametrize("granularity", ["nvfp4", "mxfp4"])
-def test_non_finite_propagates(granularity):
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_propagates(granularity, bad):
+    """A block holding NaN or Inf dequantizes to NaN, as in the reference: for MXFP4 that block
+    only; for NVFP4 the whole tensor, whose fp32 tensor scale is then NaN."""
     x = torch.randn(4, 64, device=DEVICE)
-    x[1, 3] = float("nan")
-    q = quantize_blocks(x, QuantSpec("fp4", granularity))
-    assert torch.isnan(q.dequantize()[1]).any()
+    x[1, 3] = bad
+    spec = QuantSpec("fp4", granularity)
+    q, reference = quantize_blocks(x, spec), quantize(x, spec)
+    values = q.dequantize()
+    assert torch.isnan(values[1, :32]).all()
+    if granularity == "nvfp4":
+        assert torch.isnan(values).all()
+    else:
+        assert torch.isfinite(values[[0, 2, 3]]).all() and torch.isfinite(values[1, 32:]).all()
+    assert torch.equal(q.data, reference.data) and torch.equal(q.scale.view(torch.uint8), reference.scale.view(torch.uint8))
 
 
 def test_bad_shapes_are_named():
