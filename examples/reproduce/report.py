@@ -198,6 +198,17 @@ def seeds_table(logdirs: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _fidelity_rows(rows: list[dict], with_clamped: bool) -> list[str]:
+    """A markdown table of fidelity rows (method, α, cosine, MSE, SNR[, share clamped])."""
+    head = "| method | α | cosine similarity | MSE | SNR (dB) |" + (" entries clamped |" if with_clamped else "")
+    lines = [head, "| --- " * (head.count("|") - 1) + "|"]
+    for row in rows:
+        alpha = "-" if row["alpha"] is None else f"{row['alpha']:g}"
+        clamped = f" {row['clamp_fraction']:.2%} |" if with_clamped else ""
+        lines.append(f"| {row['method']} | {alpha} | {row['cosine']:.4f} | {row['mse']:.3e} | {row['snr_db']:.2f} |{clamped}")
+    return lines
+
+
 def fidelity_table(path: str) -> str:
     if not os.path.exists(path):
         return "(no fidelity.json in the log directory)"
@@ -207,23 +218,15 @@ def fidelity_table(path: str) -> str:
         f"Mean over the {report['layers']} linear-layer inputs of the trained BF16 model (checkpoint iteration "
         f"{report['iteration']}, one validation batch of {report['tokens']} tokens); per-token E2M1.",
         "",
-        "| method | α | cosine similarity | MSE | SNR (dB) | entries clamped |",
-        "| --- | --- | --- | --- | --- | --- |",
+        *_fidelity_rows(report["mean"], with_clamped=True),
     ]
-    for row in report["mean"]:
-        alpha = "-" if row["alpha"] is None else f"{row['alpha']:g}"
-        lines.append(f"| {row['method']} | {alpha} | {row['cosine']:.4f} | {row['mse']:.3e} | {row['snr_db']:.2f} | {row['clamp_fraction']:.2%} |")
     if "output_mean" in report:  # what training sees: each linear's FP4 output against A W^T
         lines += [
             "",
             "The linear layers' outputs (FP4 weight and activation, each OCC compensation) against A W^T, mean over the layers:",
             "",
-            "| method | α | cosine similarity | MSE | SNR (dB) |",
-            "| --- | --- | --- | --- | --- |",
+            *_fidelity_rows(report["output_mean"], with_clamped=False),
         ]
-        for row in report["output_mean"]:
-            alpha = "-" if row["alpha"] is None else f"{row['alpha']:g}"
-            lines.append(f"| {row['method']} | {alpha} | {row['cosine']:.4f} | {row['mse']:.3e} | {row['snr_db']:.2f} |")
     return "\n".join(lines)
 
 
