@@ -10,6 +10,7 @@ Q(W) instead of W, a difference only the output shows).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -93,7 +94,7 @@ def gemm_output_ablation(activation: torch.Tensor, weight: torch.Tensor, alpha: 
     exact = (x2d.double() @ weight.double().t())
     rows = []
     for method, occ in GEMM_OUTPUT_METHODS.items():
-        occ = OCCConfig(enabled=occ.enabled, alpha=alpha, compensate=occ.compensate, compensation=occ.compensation)
+        occ = dataclasses.replace(occ, alpha=alpha)
         y = FP4GemmState(FP4Recipe.paper(occ=occ), get_backend("reference")).forward(x2d, weight.to(x2d.dtype))
         clamped = 0.0
         if occ.enabled:

@@ -89,10 +89,11 @@ class OCCConfig:
     energy); see the module docstring.
     hot_channel_fraction: share of the K channels compensated with ``hot_channels`` (at least one).
     compensate_wgrad: also add the residual's term dY^T ΔA to the weight gradient (the exact
-    derivative of the compensated forward; the default, and the only choice with ``inline``). False compensates the forward only: the
-    weight gradient then sees the clamped, quantized activation, as in the authors' released code
-    (which clamps without compensating), the residual is not kept for backward (0.66 B instead of
-    1.5 B per activation element with ``fp8``) and wgrad's extra 16-bit GEMM disappears.
+    derivative of the compensated forward; the default, and the only choice with ``inline``).
+    False compensates the forward only: the weight gradient then sees the clamped, quantized
+    activation, as in the authors' released code (which clamps without compensating), the
+    residual is not kept for backward (0.66 B instead of 1.5 B per activation element with
+    ``fp8``) and wgrad's extra 16-bit GEMM disappears.
     """
 
     enabled: bool = True
@@ -126,7 +127,6 @@ class OCCConfig:
                 f"OCCConfig.exact_max_elements={self.exact_max_elements} and sample_size="
                 f"{self.sample_size} must be positive"
             )
-
 
     @property
     def inline(self) -> bool:

@@ -7,8 +7,9 @@ equal their swizzled layout does not matter) and the row scales are applied afte
 ``Y = (C_X C_W^T) ⊙ (s_X s_W^T)``. The packed codes are already in the hardware layout (low
 nibble first, E2M1 bit patterns). dgrad and wgrad use the FP8 tensor-core path inherited from
 ``HopperBackend`` (FP8 GEMMs also run on Blackwell), as does the fprop of an activation whose
-OCC outliers are carried as E4M3 (``inline`` compensation: not expressible in native FP4). Only selected where ``is_available`` holds,
-and never tested by us: check it against ``reference`` (tests/test_cuda.py does) before trusting it.
+OCC outliers are carried as E4M3 (``inline`` compensation: not expressible in native FP4).
+Only selected where ``is_available`` holds, and never tested by us: check it against
+``reference`` (tests/test_cuda.py does) before trusting it.
 """
 
 from __future__ import annotations

@@ -8,10 +8,18 @@ to 448 as PyTorch's cast does; NaN stays NaN).
 
 from __future__ import annotations
 
+import os
+
 import triton
 import triton.language as tl
 
-__all__ = ["fp8_byte", "round_to_bf16"]
+__all__ = ["fp8_byte", "fp8_cast", "hardware_fp8_cast", "round_to_bf16"]
+
+
+def hardware_fp8_cast() -> bool:
+    """Whether kernels may use the GPU's FP8 conversion instruction: compiled, yes; in Triton's
+    interpreter (CPU tests) its casts differ, so the kernels build the byte with ``fp8_byte``."""
+    return os.environ.get("TRITON_INTERPRET") != "1"
 
 
 @triton.jit
@@ -41,6 +49,17 @@ def fp8_byte(v, MANTISSA: tl.constexpr, BIAS: tl.constexpr, E4M3FN: tl.constexpr
         byte = tl.where((byte > 0x7C) | (magnitude == float("inf")), 0x7C, byte)
     byte = tl.where(v != v, 0x7F, byte)
     return byte | sign
+
+
+@triton.jit
+def fp8_cast(v, MANTISSA: tl.constexpr, BIAS: tl.constexpr, E4M3FN: tl.constexpr, HARDWARE_CAST: tl.constexpr):
+    """FP8 byte (int32) of v: the GPU's conversion instruction (round to nearest even, saturating:
+    the same bytes as PyTorch's cast for every |v| up to the format's max), or ``fp8_byte``."""
+    if HARDWARE_CAST:
+        if E4M3FN:
+            return v.to(tl.float8e4nv).to(tl.uint8, bitcast=True).to(tl.int32)
+        return v.to(tl.float8e5).to(tl.uint8, bitcast=True).to(tl.int32)
+    return fp8_byte(v, MANTISSA, BIAS, E4M3FN)
 
 
 @triton.jit

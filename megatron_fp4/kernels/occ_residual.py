@@ -11,13 +11,11 @@ GPU's FP8 conversion, the interpreter the integer construction; both round to ne
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from .fp8_rounding import fp8_byte
+from .fp8_rounding import fp8_cast, hardware_fp8_cast
 from .quantize_rows import _max_keeping_nan
 
 __all__ = ["fp8_residual", "fp8_residual_reference", "fp8_rows_fused"]
@@ -39,11 +37,7 @@ def _excess(x_ptr, rows, cols, M, K, stride_x, low, high, CLAMP: tl.constexpr):
 
 @triton.jit
 def _store_fp8(excess, multiplier, rows, cols, out_ptr, M, K, HARDWARE_CAST: tl.constexpr):
-    v = excess * multiplier
-    if HARDWARE_CAST:
-        byte = v.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
-    else:
-        byte = fp8_byte(v, 3, 7, True).to(tl.uint8)
+    byte = fp8_cast(excess * multiplier, 3, 7, True, HARDWARE_CAST).to(tl.uint8)
     tl.store(out_ptr + rows[:, None] * K + cols[None, :], byte, mask=(rows[:, None] < M) & (cols[None, :] < K))
 
 
@@ -105,10 +99,9 @@ def _launch(x2d: torch.Tensor, bounds: torch.Tensor | None) -> tuple[torch.Tenso
     scale = torch.empty(rows, 1, dtype=torch.float32, device=x2d.device)
     whole = triton.next_power_of_2(k) <= MAX_WHOLE_ROW
     block = triton.next_power_of_2(k) if whole else 1024
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     _fp8_residual_kernel[(rows,)](
         x2d, bounds if bounds is not None else scale, out, scale, rows, k, x2d.stride(0),
-        BLOCK=block, WHOLE_ROW=whole, HARDWARE_CAST=not interpreted, CLAMP=bounds is not None, num_warps=8 if block >= 4096 else 4,
+        BLOCK=block, WHOLE_ROW=whole, HARDWARE_CAST=hardware_fp8_cast(), CLAMP=bounds is not None, num_warps=8 if block >= 4096 else 4,
     )
     return out.view(torch.float8_e4m3fn), scale
 

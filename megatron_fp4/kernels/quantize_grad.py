@@ -11,14 +11,12 @@ backward folding of ``megatron_fp4.backward``. The reference is
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from ..quantize import QuantizedTensor, QuantSpec
-from .fp8_rounding import fp8_byte
+from .fp8_rounding import fp8_cast, hardware_fp8_cast
 from .quantize_rows import _max_keeping_nan
 
 __all__ = ["FP8_TENSOR_SPECS", "quantize_grad_folded", "supports_grad_specs"]
@@ -29,10 +27,6 @@ FP8_TENSOR_SPECS = tuple(QuantSpec(dtype, "tensor") for dtype in FP8_LAYOUTS)
 BLOCK_M, BLOCK_N, NUM_WARPS = 64, 64, 4  # the quantize pass (its transposed store wants square tiles)
 AMAX_BLOCK_M, AMAX_BLOCK_N, AMAX_WARPS = 64, 256, 8  # the amax pass: larger tiles, fewer partial maxima
 HARDWARE_CAST = True  # compiled kernels: the cvt instruction (benchmarks/NOTES.md, session 4)
-
-
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
@@ -59,18 +53,6 @@ def _folded_amax_kernel(g_ptr, column_scale_ptr, row_scale_ptr, partial_ptr, M, 
     out = partial_ptr + (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * 2
     tl.store(out, _tile_absmax(dgrad))
     tl.store(out + 1, _tile_absmax(wgrad))
-
-
-@triton.jit
-def _fp8_cast(v, MANTISSA: tl.constexpr, BIAS: tl.constexpr, E4M3FN: tl.constexpr, HARDWARE_CAST: tl.constexpr):
-    """FP8 byte of v: the GPU's conversion instruction (round to nearest even, saturating: the same
-    bytes as PyTorch's cast for every value the tensor scale admits, |v| <= the format's max), or
-    the integer construction of ``fp8_byte`` (the interpreter's casts differ)."""
-    if HARDWARE_CAST:
-        if E4M3FN:
-            return v.to(tl.float8e4nv).to(tl.uint8, bitcast=True).to(tl.int32)
-        return v.to(tl.float8e5).to(tl.uint8, bitcast=True).to(tl.int32)
-    return fp8_byte(v, MANTISSA, BIAS, E4M3FN)
 
 
 @triton.jit
@@ -101,9 +83,9 @@ def _folded_quantize_kernel(
     BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr,
 ):
     rows, cols, mask, dgrad, wgrad = _tile(g_ptr, column_scale_ptr, row_scale_ptr, M, N, stride_g, BM, BN)
-    dgrad_byte = _fp8_cast(dgrad * tl.math.div_rn(1.0, tl.load(dgrad_scale_ptr)), D_MANTISSA, D_BIAS, D_E4M3FN, HARDWARE_CAST)
+    dgrad_byte = fp8_cast(dgrad * tl.math.div_rn(1.0, tl.load(dgrad_scale_ptr)), D_MANTISSA, D_BIAS, D_E4M3FN, HARDWARE_CAST)
     tl.store(dgrad_ptr + rows[:, None].to(tl.int64) * N + cols[None, :], dgrad_byte.to(tl.uint8), mask=mask)
-    wgrad_byte = _fp8_cast(wgrad * tl.math.div_rn(1.0, tl.load(wgrad_scale_ptr)), W_MANTISSA, W_BIAS, W_E4M3FN, HARDWARE_CAST)
+    wgrad_byte = fp8_cast(wgrad * tl.math.div_rn(1.0, tl.load(wgrad_scale_ptr)), W_MANTISSA, W_BIAS, W_E4M3FN, HARDWARE_CAST)
     # store the transposed tile in its own layout (rows contiguous), so the writes coalesce
     transposed = cols[:, None].to(tl.int64) * M + rows[None, :]
     transposed_mask = (cols[:, None] < N) & (rows[None, :] < M)
@@ -161,7 +143,7 @@ def quantize_grad_folded(
         g2d, column_scale, row_scale, dgrad_scale, wgrad_scale, dgrad, wgrad_t, m, n, g2d.stride(0),
         D_MANTISSA=d_mantissa, D_BIAS=d_bias, D_E4M3FN=d_e4m3, W_MANTISSA=w_mantissa, W_BIAS=w_bias, W_E4M3FN=w_e4m3,
         BM=block_m, BN=block_n, num_warps=warps,
-        HARDWARE_CAST=(HARDWARE_CAST and not _interpreted()) if hardware_cast is None else hardware_cast,
+        HARDWARE_CAST=(HARDWARE_CAST and hardware_fp8_cast()) if hardware_cast is None else hardware_cast,
     )
     shape = torch.Size((m, n))
     return (

@@ -17,7 +17,7 @@ import triton.language as tl
 
 from ..formats import E2M1, decode, unpack_codes
 from ..quantize import QuantizedTensor, QuantSpec, quantize
-from .fp8_rounding import fp8_byte
+from .fp8_rounding import fp8_cast, hardware_fp8_cast
 
 __all__ = ["quantize_rows", "quantize_rows_inline", "quantize_rows_reference", "fp8_from_codes", "supports_spec"]
 
@@ -103,11 +103,17 @@ def _row_scale(amax):
 
 
 @triton.jit
+def _clamp_keeping_nan(x, low, high):
+    """torch.maximum(torch.minimum(x, high), low): NaN stays NaN, Inf is clamped."""
+    return tl.maximum(tl.minimum(x, high, propagate_nan=tl.PropagateNan.ALL), low, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
 def _load_block(x_ptr, rows, cols, M, K: tl.constexpr, stride_x, low, high, HAS_CLAMP: tl.constexpr):
     mask = (rows[:, None] < M) & (cols[None, :] < K)
     x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    if HAS_CLAMP:  # NaN stays NaN, Inf is clamped: torch.maximum(torch.minimum(x, high), low)
-        x = tl.maximum(tl.minimum(x, high, propagate_nan=tl.PropagateNan.ALL), low, propagate_nan=tl.PropagateNan.ALL)
+    if HAS_CLAMP:
+        x = _clamp_keeping_nan(x, low, high)
     return x
 
 
@@ -142,11 +148,6 @@ def _quantize_rows_kernel(x_ptr, fp8_ptr, codes_ptr, scale_ptr, bounds_ptr, M, s
 
 
 @triton.jit
-def _clamp_keeping_nan(x, low, high):
-    return tl.maximum(tl.minimum(x, high, propagate_nan=tl.PropagateNan.ALL), low, propagate_nan=tl.PropagateNan.ALL)
-
-
-@triton.jit
 def _store_inline_block(x, low, high, inverse, rows, start, out_ptr, M, K: tl.constexpr, BLOCK: tl.constexpr, HARDWARE_CAST: tl.constexpr):
     """The ``inline`` OCC operand of a [R, BLOCK] tile: the E4M3 byte of E2M1(clamp(x) / s) inside
     [low, high], of x / s (saturated at ±448) outside."""
@@ -155,10 +156,7 @@ def _store_inline_block(x, low, high, inverse, rows, start, out_ptr, M, K: tl.co
     negative = (q.to(tl.int32, bitcast=True) >> 31) & 1
     e2m1 = _e4m3_byte(_e2m1_index_by_rounding(tl.abs(q))) | (negative << 7)
     v = tl.minimum(tl.maximum(x * inverse, -448.0), 448.0)  # NaN only in NaN rows, whose scale is NaN
-    if HARDWARE_CAST:
-        outlier_byte = v.to(tl.float8e4nv).to(tl.uint8, bitcast=True).to(tl.int32)
-    else:
-        outlier_byte = fp8_byte(v, 3, 7, True)
+    outlier_byte = fp8_cast(v, 3, 7, True, HARDWARE_CAST)
     byte = tl.where((x > high) | (x < low), outlier_byte, e2m1)
     tl.store(out_ptr + rows[:, None] * K + cols[None, :], byte.to(tl.uint8), mask=(rows[:, None] < M) & (cols[None, :] < K))
 
@@ -204,8 +202,6 @@ def quantize_rows_inline(x: torch.Tensor, bounds: torch.Tensor, block: int | Non
     E4M3 elements (E2M1 values, the clamped entries as E4M3 of x / s) and fp32 row scales, one
     kernel, bit-identical to ``occ.quantize_with_inline_outliers_reference``. No packed codes:
     the E4M3 operand itself is what backward keeps (1 B per element)."""
-    import os
-
     k = x.shape[-1]
     x2d = x.reshape(-1, k)
     if x2d.stride(-1) != 1:
@@ -218,7 +214,7 @@ def quantize_rows_inline(x: torch.Tensor, bounds: torch.Tensor, block: int | Non
     block = min(block, whole_row) if block else (whole_row if whole_row <= MAX_WHOLE_ROW else 1024)
     _quantize_rows_inline_kernel[(triton.cdiv(rows, ROWS_PER_PROGRAM),)](
         x2d, out, scale, bounds, rows, x2d.stride(0), K=k, R=ROWS_PER_PROGRAM, BLOCK=block,
-        HARDWARE_CAST=os.environ.get("TRITON_INTERPRET") != "1", num_warps=num_warps or (8 if block >= 4096 else 4),
+        HARDWARE_CAST=hardware_fp8_cast(), num_warps=num_warps or (8 if block >= 4096 else 4),
     )
     data = out.view(torch.float8_e4m3fn)
     return QuantizedTensor(data, scale, None, ROW_SPEC, x.shape, x.dtype, fp8=data, outliers_e4m3=True)
