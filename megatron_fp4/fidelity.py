@@ -92,15 +92,13 @@ def gemm_output_ablation(activation: torch.Tensor, weight: torch.Tensor, alpha: 
 
     x2d = activation.reshape(-1, activation.shape[-1])
     exact = (x2d.double() @ weight.double().t())
+    low, high = occ_bounds(x2d, OCCConfig(alpha=alpha))  # the same bounds for every clamping row
+    clamped = float(((x2d > high) | (x2d < low)).float().mean())
     rows = []
     for method, occ in GEMM_OUTPUT_METHODS.items():
         occ = dataclasses.replace(occ, alpha=alpha)
         y = FP4GemmState(FP4Recipe.paper(occ=occ), get_backend("reference")).forward(x2d, weight.to(x2d.dtype))
-        clamped = 0.0
-        if occ.enabled:
-            low, high = occ_bounds(x2d, occ)
-            clamped = float(((x2d > high) | (x2d < low)).float().mean())
-        rows.append(FidelityRow(method, alpha if occ.enabled else None, *fidelity_metrics(exact, y), clamped))
+        rows.append(FidelityRow(method, alpha if occ.enabled else None, *fidelity_metrics(exact, y), clamped if occ.enabled else 0.0))
     return rows
 
 
