@@ -81,18 +81,22 @@ def trainer_flags(shape: str, seq: int, layers: int, micro_batch: int, micro_bat
     ).split()
 
 
-def profile_step(step) -> tuple[float, dict[str, float]]:
-    """(GPU-busy ms, ms per kernel family) of one step."""
+def profile_step(step) -> tuple[float, dict[str, float], dict[str, float]]:
+    """(GPU-busy ms, ms per kernel family, ms per kernel name of the "other" family) of one step."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as profiler:
         step()
         torch.cuda.synchronize()
     totals: dict[str, float] = {}
+    others: dict[str, float] = {}
     for event in profiler.events():
         if event.device_type == torch.autograd.DeviceType.CUDA:
-            totals[family(event.name)] = totals.get(family(event.name), 0.0) + event.device_time / 1000
-    return sum(totals.values()), totals
+            label, ms = family(event.name), event.device_time / 1000
+            totals[label] = totals.get(label, 0.0) + ms
+            if label == "other":
+                others[event.name] = others.get(event.name, 0.0) + ms
+    return sum(totals.values()), totals, others
 
 
 def measure(argv: list[str], warmup: int, steps: int) -> dict:
@@ -124,8 +128,8 @@ def measure(argv: list[str], warmup: int, steps: int) -> dict:
         optimizer.step()
     torch.cuda.synchronize()
     optimizer_ms = (time.perf_counter() - start) * 1000 / steps
-    busy_ms, families = profile_step(step)
-    result = {"wall_ms": wall_ms, "busy_ms": busy_ms, "families": families, "loss": loss, "optimizer_ms": optimizer_ms,
+    busy_ms, families, others = profile_step(step)
+    result = {"wall_ms": wall_ms, "busy_ms": busy_ms, "families": families, "others": others, "loss": loss, "optimizer_ms": optimizer_ms,
               "tokens_per_s": args.global_batch_size * args.seq_length / wall_ms * 1000,
               "memory_gib": torch.cuda.max_memory_allocated() / 2**30}
     del model, optimizer, batches, train_data
@@ -193,6 +197,17 @@ def print_marginal_layer_table(results: list[dict], project_layers: int | None) 
               f"{r['layer_ratio']:.2f}x | {r['depth']} | {r['projected_ratio']:.2f}x |")
 
 
+def print_top_other(results: list[dict], count: int) -> None:
+    """The kernels behind each run's "other" column (elementwise, copies, norms, loss...), largest first."""
+    for r in results:
+        print(f"\n'other' kernels, {r['shape']} {r['layers']} layers seq {r['seq']} {r['attention']} {r['recipe']} "
+              f"({r['families'].get('other', 0.0):.1f} ms of {r['busy_ms']:.1f} GPU-busy):")
+        print("| ms | kernel |")
+        print("| --- | --- |")
+        for name, ms in sorted(r["others"].items(), key=lambda item: -item[1])[:count]:
+            print(f"| {ms:.2f} | {name[:160].replace('|', '/')} |")
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=["1.3B", "7B"])
@@ -209,6 +224,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--vocab-size", type=int, default=32000)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--top-other", type=int, default=0, metavar="N",
+                        help="after the tables, the N kernels with the most GPU time in the 'other' family, per run")
     options = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("bench_e2e needs a CUDA GPU")
@@ -252,6 +269,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         results.append({"shape": shape, "layers": layers, "seq": seq, "attention": attention, "recipe": recipe, **r})
     if len(set(options.layers)) > 1:
         print_marginal_layer_table(results, options.project_layers)
+    if options.top_other:
+        print_top_other(results, options.top_other)
     parallel_state.destroy_model_parallel()
     dist.destroy_process_group()
     return results
