@@ -57,8 +57,8 @@ def kernels(rows: int, k: int, **options) -> dict[str, tuple]:
         "grad quantize (integer cast)": (lambda: quantize_grad_folded(x, E5M2, E5M2, column_scale, row_scale, hardware_cast=False), elements * 4),
         "codes -> fp8^T": (lambda: codes_to_fp8_t(codes), elements * 1.5),
         "DGE on dW": (lambda: dge_scale_grad(grad_w, x, scale, 5.0, 3.0), elements * 10),
-        "NVFP4 blocks": (lambda: quantize_blocks(x, NVFP4), elements * (2 + 0.5 + 1 / 16)),
-        "MXFP4 blocks": (lambda: quantize_blocks(x, MXFP4), elements * (2 + 0.5 + 1 / 32)),
+        "NVFP4 blocks": (lambda: quantize_blocks(x, NVFP4, **options.get("block_options", {})), elements * (2 + 0.5 + 1 / 16)),
+        "MXFP4 blocks": (lambda: quantize_blocks(x, MXFP4, **options.get("block_options", {})), elements * (2 + 0.5 + 1 / 32)),
     }
 
 
@@ -92,6 +92,10 @@ def sweep(rows: int, k: int) -> None:
         for warps in (4, 8):
             fn, nbytes = kernels(rows, k, grad_options={"amax_tile": tile, "amax_warps": warps})["grad quantize (both)"]
             print(f"  {rows}x{k} grad quantize amax tile {tile} warps {warps}: {nbytes / median_ms(fn) / 1e6 / copy_gbs:.2f} of copy")
+    for blocks in (16, 32, 64, 128, 256):
+        for name in ("NVFP4 blocks", "MXFP4 blocks"):
+            fn, nbytes = kernels(rows, k, block_options={"blocks_per_program": blocks})[name]
+            print(f"  {rows}x{k} {name} {blocks} blocks/program: {nbytes / median_ms(fn) / 1e6 / copy_gbs:.2f} of copy")
 
 
 if __name__ == "__main__":
