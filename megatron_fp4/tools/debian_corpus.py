@@ -19,7 +19,13 @@ unpacks them); every source below that is present is read, one document per unit
 Documents are shuffled with ``--seed`` across all sources, then the first ``--heldout-fraction``
 go to ``heldout.jsonl`` (never for tuning or validation: the trainer's ``--split`` carves its
 validation set out of ``train.jsonl``) and the rest to ``train.jsonl``. ``manifest.json`` records
-documents, bytes and licence per source and split: the composition the docs cite.
+documents, bytes and licence per source and split: the composition the docs cite, and with
+``--debs DIR`` each package file's name and sha256.
+
+The package versions are pinned (``PINNED_PACKAGES``, Debian 12 "bookworm" main): one changed
+file in one package reshuffles every document, so a corpus built from the mirror's current
+versions (e.g. a security update of linux-source) would silently differ from the one the results
+were measured on. ``--pins`` prints the ``name=version`` list prepare_large_corpus.sh downloads.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import subprocess
 import tarfile
 from typing import Iterator
 
-__all__ = ["SOURCES", "LICENCES", "collect_documents", "build_corpus", "main"]
+__all__ = ["SOURCES", "LICENCES", "PINNED_PACKAGES", "collect_documents", "build_corpus", "package_records", "main"]
 
 LINUX_SUFFIXES = (".c", ".h", ".S", ".rst", ".txt", ".sh", ".py", ".pl", ".awk", ".lds", ".dts", ".dtsi")
 LINUX_NAMES = ("Kconfig", "Makefile", "Kbuild")
@@ -50,6 +56,36 @@ LICENCES = {
     "kjv": "public domain",
     "fortunes": "BSD-style (fortune-mod)",
 }
+
+
+# the versions of the corpus docs/runs/corpus and docs/runs/norepeat were built from (2026-11-25)
+PINNED_PACKAGES = {
+    "linux-source-6.1": "6.1.176-1",
+    "perl-doc": "5.36.0-7+deb12u3",
+    "postgresql-doc-15": "15.18-0+deb12u1",
+    "python3.11-doc": "3.11.2-6+deb12u8",
+    "golang-1.19-src": "1.19.8-2",
+    "rust-src": "1.63.0+dfsg1-2",
+    "bible-kjv": "4.38",
+    "bible-kjv-text": "4.38",
+    "fortunes": "1:1.99.1-7.3",
+}
+
+
+def package_records(debs_dir: str) -> dict[str, str]:
+    """{.deb file name: sha256} for the package files in ``debs_dir`` (recorded in the manifest)."""
+    import hashlib
+
+    records = {}
+    for path in sorted(glob.glob(os.path.join(debs_dir, "*.deb"))):
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        records[os.path.basename(path)] = digest.hexdigest()
+    if not records:
+        raise SystemExit(f"error: --debs {debs_dir}: no .deb files there")
+    return records
 
 
 def _decode(raw: bytes) -> str | None:
@@ -196,8 +232,9 @@ def collect_documents(root: str) -> list[tuple[str, str]]:
     return [(source, text) for source, reader in SOURCES.items() for text in reader(root)]
 
 
-def build_corpus(root: str, out_dir: str, heldout_fraction: float = 0.005, seed: int = 1234) -> dict:
-    """Shuffle at document level, split off the held-out part, write JSONL and the manifest."""
+def build_corpus(root: str, out_dir: str, heldout_fraction: float = 0.005, seed: int = 1234, debs_dir: str | None = None) -> dict:
+    """Shuffle at document level, split off the held-out part, write JSONL and the manifest
+    (with the package files' hashes when ``debs_dir`` is given)."""
     if not 0 <= heldout_fraction < 1:
         raise SystemExit(f"error: --heldout-fraction {heldout_fraction}: must be in [0, 1)")
     documents = collect_documents(root)
@@ -208,6 +245,8 @@ def build_corpus(root: str, out_dir: str, heldout_fraction: float = 0.005, seed:
     splits = {"heldout": documents[:heldout_count], "train": documents[heldout_count:]}
     os.makedirs(out_dir, exist_ok=True)
     manifest = {"seed": seed, "heldout_fraction": heldout_fraction, "licences": {s: LICENCES[s] for s in SOURCES}, "splits": {}}
+    if debs_dir is not None:
+        manifest["packages"] = package_records(debs_dir)
     for split, items in splits.items():
         path = os.path.join(out_dir, f"{split}.jsonl")
         with open(path + ".partial", "w", encoding="utf-8") as f:
@@ -227,12 +266,19 @@ def build_corpus(root: str, out_dir: str, heldout_fraction: float = 0.005, seed:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m megatron_fp4.tools.debian_corpus", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("root", help="directory the Debian packages are unpacked into")
-    parser.add_argument("out_dir", help="where train.jsonl, heldout.jsonl and manifest.json go")
+    parser.add_argument("root", nargs="?", help="directory the Debian packages are unpacked into")
+    parser.add_argument("out_dir", nargs="?", help="where train.jsonl, heldout.jsonl and manifest.json go")
     parser.add_argument("--heldout-fraction", type=float, default=0.005)
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--debs", metavar="DIR", help="the downloaded .deb files: their names and sha256 go into manifest.json")
+    parser.add_argument("--pins", action="store_true", help="print the pinned package=version list and exit")
     options = parser.parse_args(argv)
-    manifest = build_corpus(options.root, options.out_dir, options.heldout_fraction, options.seed)
+    if options.pins:
+        print(" ".join(f"{name}={version}" for name, version in PINNED_PACKAGES.items()))
+        return {}
+    if options.root is None or options.out_dir is None:
+        parser.error("ROOT and OUT_DIR are required (or --pins)")
+    manifest = build_corpus(options.root, options.out_dir, options.heldout_fraction, options.seed, options.debs)
     for split, counts in manifest["splits"].items():
         total = sum(c["bytes"] for c in counts.values())
         print(f"{split}: {sum(c['documents'] for c in counts.values())} documents, {total / 2**20:.1f} MiB: "

@@ -68,3 +68,17 @@ def test_shuffled_split_is_deterministic_disjoint_and_counted(root, tmp_path):
 def test_nothing_unpacked_is_an_error(tmp_path):
     with pytest.raises(SystemExit, match="none of the sources"):
         debian_corpus.build_corpus(str(tmp_path), str(tmp_path / "out"))
+
+
+def test_manifest_records_the_package_files_and_pins_are_printable(root, tmp_path, capsys):
+    debs = tmp_path / "debs"
+    debs.mkdir()
+    (debs / "fortunes_1.0_all.deb").write_bytes(b"abc")
+    manifest = debian_corpus.build_corpus(str(root), str(tmp_path / "out"), debs_dir=str(debs))
+    # sha256("abc")
+    assert manifest["packages"] == {"fortunes_1.0_all.deb": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}
+    with pytest.raises(SystemExit, match="no .deb files"):
+        debian_corpus.build_corpus(str(root), str(tmp_path / "out2"), debs_dir=str(tmp_path))
+    debian_corpus.main(["--pins"])
+    pins = capsys.readouterr().out.split()
+    assert "linux-source-6.1=6.1.176-1" in pins and len(pins) == len(debian_corpus.PINNED_PACKAGES)
