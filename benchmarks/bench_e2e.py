@@ -50,8 +50,11 @@ RECIPE_FLAGS = {
     "direct-weight-cache": "--fp4 --fp4-recipe direct",
     "paper-no-occ-weight-cache": "--fp4 --fp4-recipe paper --no-fp4-occ",
 }
+# every recipe once more with its step's forward and backward as one CUDA graph (megatron_fp4.training.cuda_graphs)
+GRAPH_FLAGS = "--cuda-graph-impl local --cuda-graph-scope full_iteration --cuda-graph-warmup-steps 1"
+RECIPE_FLAGS.update({f"{name}-graph": f"{flags} {GRAPH_FLAGS}" for name, flags in list(RECIPE_FLAGS.items())})
 # environment per recipe row: the opt-in weight cache on (megatron_fp4.weight_cache) to measure what it saves
-RECIPE_ENV = {"direct-weight-cache": {"MEGATRON_FP4_WEIGHT_CACHE": "1"}, "paper-no-occ-weight-cache": {"MEGATRON_FP4_WEIGHT_CACHE": "1"}}
+RECIPE_ENV = {f"{name}{graph}": {"MEGATRON_FP4_WEIGHT_CACHE": "1"} for name in ("direct-weight-cache", "paper-no-occ-weight-cache") for graph in ("", "-graph")}
 # kernel-name fragments (lower case) per family, checked in this order
 FAMILIES = (
     ("attention", ("flash", "fmha", "attention", "softmax")),
@@ -100,6 +103,9 @@ def profile_step(step) -> tuple[float, dict[str, float], dict[str, float]]:
 
 
 def measure(argv: list[str], warmup: int, steps: int) -> dict:
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+    from megatron_fp4.training import cuda_graphs
     from megatron_fp4.training.arguments import parse_args
     from megatron_fp4.training.data import build_datasets, micro_batches
     from megatron_fp4.training.tokenizer import build_tokenizer
@@ -110,6 +116,8 @@ def measure(argv: list[str], warmup: int, steps: int) -> dict:
     for variable in ("NVTE_FLASH_ATTN", "NVTE_FUSED_ATTN", "NVTE_UNFUSED_ATTN"):
         os.environ.pop(variable, None)  # megatron's GPTModel sets these per attention backend and asserts they agree
     torch.manual_seed(1234)
+    # the trainer's seeding: megatron's RNG tracker graph-safe under a CUDA graph
+    model_parallel_cuda_manual_seed(1234, use_cudagraphable_rng=cuda_graphs.enabled(args), force_reset_rng=True)
     tokenizer = build_tokenizer(args)
     model, optimizer, _scheduler, _config = build_training(args, tokenizer, device)
     train_data, _ = build_datasets(args, tokenizer)
@@ -132,7 +140,8 @@ def measure(argv: list[str], warmup: int, steps: int) -> dict:
     result = {"wall_ms": wall_ms, "busy_ms": busy_ms, "families": families, "others": others, "loss": loss, "optimizer_ms": optimizer_ms,
               "tokens_per_s": args.global_batch_size * args.seq_length / wall_ms * 1000,
               "memory_gib": torch.cuda.max_memory_allocated() / 2**30}
-    del model, optimizer, batches, train_data
+    del model, optimizer, batches, train_data, step
+    cuda_graphs.reset()  # the captured graph and its memory pool
     gc.collect()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
@@ -178,11 +187,13 @@ def marginal_layer_rows(results: list[dict], project_layers: int | None = None) 
     for (shape, seq, attention, recipe), (slope, intercept) in fits.items():
         depth = project_layers or PROJECT_LAYERS[shape]
         base = fits.get((shape, seq, attention, "bf16"))
+        base_graph = fits.get((shape, seq, attention, "bf16-graph"))
         projected = intercept + depth * slope
         rows_out.append({
             "shape": shape, "seq": seq, "attention": attention, "recipe": recipe, "layer_ms": slope, "fixed_ms": intercept,
             "layer_ratio": base[0] / slope if base else float("nan"), "depth": depth,
             "projected_ratio": (base[1] + depth * base[0]) / projected if base else float("nan"),
+            "projected_ratio_graph": (base_graph[1] + depth * base_graph[0]) / projected if base_graph else float("nan"),
         })
     return rows_out
 
@@ -190,11 +201,11 @@ def marginal_layer_rows(results: list[dict], project_layers: int | None = None) 
 def print_marginal_layer_table(results: list[dict], project_layers: int | None) -> None:
     print("\nMarginal cost of one transformer layer (slope of step time over the measured depths) and the "
           "projected full-depth ratio:")
-    print("| shape | seq | attention | recipe | ms per layer | fixed ms | per-layer speed vs BF16 | projected depth | projected vs BF16 |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| shape | seq | attention | recipe | ms per layer | fixed ms | per-layer speed vs BF16 | projected depth | projected vs BF16 | projected vs BF16 graph |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in marginal_layer_rows(results, project_layers):
         print(f"| {r['shape']} | {r['seq']} | {r['attention']} | {r['recipe']} | {r['layer_ms']:.1f} | {r['fixed_ms']:.1f} | "
-              f"{r['layer_ratio']:.2f}x | {r['depth']} | {r['projected_ratio']:.2f}x |")
+              f"{r['layer_ratio']:.2f}x | {r['depth']} | {r['projected_ratio']:.2f}x | {r['projected_ratio_graph']:.2f}x |")
 
 
 def print_top_other(results: list[dict], count: int) -> None:
@@ -244,7 +255,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}; layers {options.layers}, vocabulary {options.vocab_size}, "
           f"{options.micro_batches} micro-batches of {options.tokens_per_step} tokens per step; mean of {options.steps} timed steps "
           f"after {options.warmup}; GPU ms by kernel family from one profiled step")
-    header = ("| shape | layers | seq | attention | recipe | tokens/s | vs BF16 (same attention) | vs BF16 flash | step ms | GPU-busy ms | "
+    header = ("| shape | layers | seq | attention | recipe | tokens/s | vs BF16 (same attention) | vs BF16 flash | vs BF16 graph | step ms | GPU-busy ms | "
               "GEMM | quantize | sort/select | attention | other | optimizer ms | peak GiB |")
     print(header)
     print("| " + " | ".join("---" for _ in range(header.count("|") - 1)) + " |")
@@ -258,12 +269,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     for recipe in options.recipes:
                         flags = trainer_flags(shape, seq, layers, micro_batch, options.micro_batches, recipe, attention, options.vocab_size)
                         r = measure_with_env(flags, recipe, options.warmup, options.steps)
-                        if recipe == "bf16":
-                            baseline[attention] = r["tokens_per_s"]
+                        if recipe in ("bf16", "bf16-graph"):
+                            baseline[attention if recipe == "bf16" else f"{attention}-graph"] = r["tokens_per_s"]
                         same = r["tokens_per_s"] / baseline[attention] if attention in baseline else float("nan")
                         flash = r["tokens_per_s"] / baseline["flash"] if "flash" in baseline else float("nan")
+                        graphed = r["tokens_per_s"] / baseline[f"{attention}-graph"] if f"{attention}-graph" in baseline else float("nan")
                         f = r["families"]
-                        print(f"| {shape} | {layers} | {seq} | {attention} | {recipe} | {r['tokens_per_s']:,.0f} | {same:.2f}x | {flash:.2f}x | "
+                        print(f"| {shape} | {layers} | {seq} | {attention} | {recipe} | {r['tokens_per_s']:,.0f} | {same:.2f}x | {flash:.2f}x | {graphed:.2f}x | "
                               f"{r['wall_ms']:.1f} | {r['busy_ms']:.1f} | " + " | ".join(f"{f.get(k, 0.0):.1f}" for k in ("GEMM", "quantize", "sort/select", "attention", "other"))
                               + f" | {r['optimizer_ms']:.1f} | {r['memory_gib']:.1f} |", flush=True)
                         results.append({"shape": shape, "layers": layers, "seq": seq, "attention": attention, "recipe": recipe, **r})

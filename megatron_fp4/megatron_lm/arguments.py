@@ -143,6 +143,11 @@ def check_resumed_recipe(args: argparse.Namespace) -> None:
     )
 
 
+def _full_iteration_graph(args: argparse.Namespace) -> bool:
+    scopes = getattr(args, "cuda_graph_scope", None) or []
+    return getattr(args, "cuda_graph_impl", "none") == "local" and any(getattr(s, "name", s) == "full_iteration" for s in scopes)
+
+
 def _claim(args: argparse.Namespace) -> argparse.Namespace:
     if args.megatron_fp4_shorthand:
         if args.fp4 not in (None, "e2m1"):
@@ -168,7 +173,14 @@ def _claim(args: argparse.Namespace) -> argparse.Namespace:
     conflict = fp4_knob_conflict(args, args.num_layers)
     if conflict:
         raise ValueError(conflict)
-    recipe_with_knobs(args.fp4_recipe, args)  # builds (and so validates) the recipe now
+    recipe = recipe_with_knobs(args.fp4_recipe, args)  # builds (and so validates) the recipe now
+    if _full_iteration_graph(args):  # upstream's --cuda-graph-impl local --cuda-graph-scope full_iteration
+        from ..training.cuda_graphs import refusal_inside_graph
+
+        refusal = refusal_inside_graph(recipe, args.fp4_health_interval, "--cuda-graph-scope full_iteration")
+        if refusal:
+            raise ValueError(refusal)
+        args.fp4_health_interval = 0  # its default (--log-interval) measures on the host: off under the graph
     args.megatron_fp4_recipe = args.fp4_recipe
     args.megatron_fp4_bf16_layers = list(bf16_layers(args, args.num_layers))
     args.fp4 = None  # upstream's TE FP4 paths stay off; ours run in the layer spec

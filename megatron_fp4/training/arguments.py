@@ -31,6 +31,7 @@ from megatron.core.transformer.enums import AttnBackend
 
 from ..gemm import available_backends
 from ..recipe import RECIPES, FP4Recipe
+from . import cuda_graphs
 from .fp4_flags import positive_int, add_bf16_layer_arguments, add_fp4_knob_arguments, bf16_layers, fp4_knob_conflict, fp4_knobs_given, recipe_with_knobs
 
 __all__ = [
@@ -147,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--check-for-nan-in-loss-and-grad", action=argparse.BooleanOptionalAction, default=True,
         help="stop with an error at the first iteration whose loss or gradient norm is NaN/Inf (default: on, as upstream)",
     )
+    cuda_graphs.add_cuda_graph_arguments(training)
 
     data = parser.add_argument_group("data and tokenizer")
     data.add_argument("--data-path", nargs="+", default=None)
@@ -259,6 +261,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.fp4_quant_recipe = fp4_recipe_from_args(args)
     except ValueError as error:
         parser.error(str(error))
+    graph_error = cuda_graphs.check(args)
+    if graph_error:
+        parser.error(graph_error)
     if args.fp4_gemm_backend not in (None, "auto") and args.fp4_gemm_backend not in available_backends():
         parser.error(f"--fp4-gemm-backend {args.fp4_gemm_backend} is not available on this machine; available: {available_backends()}")
     if args.num_layers % args.pipeline_model_parallel_size:

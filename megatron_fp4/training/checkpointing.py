@@ -217,7 +217,9 @@ def _rng_state() -> dict:
         state["cuda"] = torch.cuda.get_rng_state()
     from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
-    state["tracker"] = get_cuda_rng_tracker().get_states()
+    from .cuda_graphs import portable_rng_states
+
+    state["tracker"] = portable_rng_states(get_cuda_rng_tracker().get_states())  # tensors, with or without CUDA graphs
     return state
 
 
@@ -382,5 +384,8 @@ def load_checkpoint(root: str, model, optimizer, scheduler, iteration: int | Non
             torch.cuda.set_rng_state(rng["cuda"])
         from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
-        get_cuda_rng_tracker().set_states(rng["tracker"])
+        from .cuda_graphs import rng_states_for_tracker
+
+        tracker = get_cuda_rng_tracker()
+        tracker.set_states(rng_states_for_tracker(rng["tracker"], tracker))
     return loaded["iteration"], loaded["consumed_samples"]

@@ -23,6 +23,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
 from .. import dge_probe, health, weight_cache
+from . import cuda_graphs
 from ..gemm import BACKEND_ENV, get_backend
 from ..megatron import build_fp4_gpt_model, enable_cpu_runtime
 from .arguments import transformer_config_from_args
@@ -61,7 +62,8 @@ def initialize_distributed(args) -> torch.device:
     if args.global_batch_size % (args.micro_batch_size * dp):
         raise SystemExit(f"error: --global-batch-size {args.global_batch_size} is not a multiple of --micro-batch-size x data-parallel size ({args.micro_batch_size} x {dp})")
     torch.manual_seed(args.seed)
-    model_parallel_cuda_manual_seed(args.seed)
+    # graph-safe generators under a CUDA graph: each replay then draws fresh dropout masks and SR seeds
+    model_parallel_cuda_manual_seed(args.seed, use_cudagraphable_rng=cuda_graphs.enabled(args))
     return torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
 
 
@@ -103,8 +105,20 @@ def _forward_step(batch_iterator, model):
     return output, loss_func
 
 
+def _forward_backward_func(model, args):
+    """megatron-core's schedule, inside a full-iteration CUDA graph with --cuda-graph-impl local
+    --cuda-graph-scope full_iteration (megatron_fp4.training.cuda_graphs); one per model."""
+    if not cuda_graphs.enabled(args):
+        return get_forward_backward_func()
+    schedule = getattr(model, "_megatron_fp4_graphed_schedule", None)
+    if schedule is None:
+        schedule = cuda_graphs.wrap_forward_backward(get_forward_backward_func(), args.cuda_graph_warmup_steps)
+        model._megatron_fp4_graphed_schedule = schedule
+    return schedule
+
+
 def _run_schedule(model, batches, args, forward_only: bool) -> float | None:
-    losses = get_forward_backward_func()(
+    losses = _forward_backward_func(model, args)(
         forward_step_func=_forward_step,
         data_iterator=iter(batches),
         model=[model],
@@ -242,6 +256,10 @@ def pretrain(args) -> list[dict]:
     window_start, window_iterations, run_start = time.time(), 0, time.time()
     start_iteration = iteration
     health_interval = args.log_interval if args.fp4_health_interval is None else args.fp4_health_interval
+    if cuda_graphs.enabled(args):
+        health_interval = 0  # measured on the host: not inside a graph (an explicit interval was refused)
+        _log(f"CUDA graph: the forward and backward of each step as one graph after {args.cuda_graph_warmup_steps} eager "
+             "steps; FP4 health telemetry off")
     while iteration < args.train_iters:
         batches = micro_batches(train_data, consumed, args.global_batch_size, args.micro_batch_size, dp_rank, dp_size, device)
         collect = bool(config.fp4_quant_recipe.changes_linear and health_interval and (iteration + 1) % health_interval == 0)
@@ -300,4 +318,6 @@ def pretrain(args) -> list[dict]:
         save(iteration)
     if writer is not None:
         writer.close()
+    if cuda_graphs.enabled(args):
+        cuda_graphs.reset()  # the graphs' memory pools go with them
     return records

@@ -72,6 +72,7 @@ def test_another_tag_or_a_modified_tree_is_refused(tmp_path):
         ("--fp4 --num-layers-at-end-in-bf16 2 --first-last-layers-bf16 --fp4-dge-k 3 --no-fp4-occ", {"bf16_layers": [1, 3, 4], "dge_k": 3.0, "occ": False}),
         ("--fp4-format e2m1", {"recipe": "nvfp4", "fp4": None}),  # upstream's default recipe; ours without TE
         ("", {"recipe": None, "fp4": None}),
+        ("--fp4 --cuda-graph-impl local --cuda-graph-scope full_iteration --no-check-for-nan-in-loss-and-grad", {"recipe": "paper", "fp4": None}),
     ],
 )
 def test_patched_parser_accepts_our_recipes(patched, flags, expected):
@@ -87,6 +88,10 @@ def test_patched_parser_accepts_our_recipes(patched, flags, expected):
         ("--fp4-dge-k 3", "FP4 options were given without --fp4-format e2m1 (or --fp4): --fp4-dge-k"),
         ("--fp4 --fp4-param-gather --use-distributed-optimizer", "--fp4-param-gather is not supported with --fp4-recipe paper"),
         ("--fp4 --no-fp4-occ --fp4-occ-alpha 0.9", "--fp4-occ-alpha and --no-fp4-occ contradict each other"),
+        ("--fp4 --cuda-graph-impl local --cuda-graph-scope full_iteration --no-check-for-nan-in-loss-and-grad --fp4-health-interval 5",
+         "--fp4-health-interval 5 cannot run inside a CUDA graph"),
+        ("--fp4 --cuda-graph-impl local --cuda-graph-scope full_iteration --no-check-for-nan-in-loss-and-grad --fp4-occ-compensation exact",
+         "--fp4-occ-compensation exact sizes its outlier residual on the host"),
     ],
 )
 def test_patched_parser_rejects_bad_combinations_naming_the_flag(patched, flags, message):

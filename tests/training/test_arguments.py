@@ -79,3 +79,61 @@ def test_block_recipe_switches(capsys):
         with pytest.raises(SystemExit):
             parse(flags)
         assert message in capsys.readouterr().err
+
+
+GRAPH = "--cuda-graph-impl local --cuda-graph-scope full_iteration"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("--cuda-graph-impl transformer_engine", "--cuda-graph-impl transformer_engine needs Transformer Engine modules"),
+        ("--cuda-graph-impl local", "--cuda-graph-scope \\(none: megatron-core's per-layer graphs\\): this trainer supports --cuda-graph-scope full_iteration only"),
+        ("--cuda-graph-impl local --cuda-graph-scope attn mlp", "--cuda-graph-scope attn mlp: this trainer supports"),
+        ("--cuda-graph-scope full_iteration", "--cuda-graph-scope full_iteration needs --cuda-graph-impl local"),
+        ("--enable-cuda-graph --cuda-graph-impl local --cuda-graph-scope full_iteration", "--enable-cuda-graph is the deprecated spelling"),
+        (f"{GRAPH} --cuda-graph-warmup-steps -1", "--cuda-graph-warmup-steps -1 must not be negative"),
+        (f"{GRAPH} --fp4 --fp4-health-interval 10", "--fp4-health-interval 10 cannot run inside a CUDA graph"),
+        (f"{GRAPH} --fp4 --fp4-occ-compensation exact", "--fp4-occ-compensation exact sizes its outlier residual on the host"),
+    ],
+)
+def test_cuda_graph_flags_we_cannot_run_fail_naming_the_flag(extra, message, capsys):
+    with pytest.raises(SystemExit):
+        parse(extra)
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_cuda_graph_flags_pass_their_checks(monkeypatch, capsys):
+    """What is allowed gets as far as the device check (CI has no GPU); the deprecated spelling
+    becomes --cuda-graph-impl local; the debug switch that syncs on the host is refused."""
+    import torch
+
+    from megatron_fp4.training import cuda_graphs
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    args = parse(f"--enable-cuda-graph --cuda-graph-scope full_iteration --fp4 --fp4-health-interval 0")
+    assert args.cuda_graph_impl == "local" and cuda_graphs.enabled(args) and args.cuda_graph_warmup_steps == 3
+    assert not cuda_graphs.enabled(parse("--fp4"))
+    monkeypatch.setenv("MEGATRON_FP4_CHECK_FINITE", "1")
+    with pytest.raises(SystemExit):
+        parse(f"{GRAPH} --fp4")
+    assert "MEGATRON_FP4_CHECK_FINITE=1" in capsys.readouterr().err
+
+
+def test_rng_states_are_saved_as_tensors_with_or_without_graphs():
+    """A graph-safe tracker holds torch.Generator objects; checkpoints store tensors, so a run
+    saved with CUDA graphs resumes without them and back (the GPU test resumes both ways)."""
+    import torch
+
+    from megatron_fp4.training.cuda_graphs import portable_rng_states, rng_states_for_tracker
+
+    generator = torch.Generator()
+    generator.manual_seed(7)
+    states = portable_rng_states({"model-parallel-rng": generator, "plain": torch.get_rng_state()})
+    assert all(isinstance(state, torch.Tensor) for state in states.values())
+    assert torch.equal(states["model-parallel-rng"], generator.get_state())
+
+    class EagerTracker:
+        use_cudagraphable_rng = False
+
+    assert all(isinstance(s, torch.Tensor) for s in rng_states_for_tracker(states, EagerTracker()).values())
