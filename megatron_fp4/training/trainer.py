@@ -62,8 +62,9 @@ def initialize_distributed(args) -> torch.device:
     if args.global_batch_size % (args.micro_batch_size * dp):
         raise SystemExit(f"error: --global-batch-size {args.global_batch_size} is not a multiple of --micro-batch-size x data-parallel size ({args.micro_batch_size} x {dp})")
     torch.manual_seed(args.seed)
-    # graph-safe generators under a CUDA graph: each replay then draws fresh dropout masks and SR seeds
-    model_parallel_cuda_manual_seed(args.seed, use_cudagraphable_rng=cuda_graphs.enabled(args))
+    # graph-safe generators under a CUDA graph (each replay then draws fresh dropout masks and SR seeds);
+    # a new tracker every time, so a second run in the same process gets the kind it asked for
+    model_parallel_cuda_manual_seed(args.seed, use_cudagraphable_rng=cuda_graphs.enabled(args), force_reset_rng=True)
     return torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
 
 
