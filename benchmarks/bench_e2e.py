@@ -268,7 +268,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 for attention in options.attention:
                     for recipe in options.recipes:
                         flags = trainer_flags(shape, seq, layers, micro_batch, options.micro_batches, recipe, attention, options.vocab_size)
-                        r = measure_with_env(flags, recipe, options.warmup, options.steps)
+                        try:
+                            r = measure_with_env(flags, recipe, options.warmup, options.steps)
+                        except Exception as error:  # one failing row (e.g. a capture error) does not lose the table
+                            print(f"| {shape} | {layers} | {seq} | {attention} | {recipe} | error: {type(error).__name__}: {str(error)[:300]} |", flush=True)
+                            continue
                         if recipe in ("bf16", "bf16-graph"):
                             baseline[attention if recipe == "bf16" else f"{attention}-graph"] = r["tokens_per_s"]
                         same = r["tokens_per_s"] / baseline[attention] if attention in baseline else float("nan")
