@@ -115,6 +115,7 @@ def measure(argv: list[str], warmup: int, steps: int) -> dict:
     device = torch.device("cuda", torch.cuda.current_device())
     for variable in ("NVTE_FLASH_ATTN", "NVTE_FUSED_ATTN", "NVTE_UNFUSED_ATTN"):
         os.environ.pop(variable, None)  # megatron's GPTModel sets these per attention backend and asserts they agree
+    previous_stream = cuda_graphs.use_side_stream() if cuda_graphs.enabled(args) else None  # as the trainer does
     torch.manual_seed(1234)
     # the trainer's seeding: megatron's RNG tracker graph-safe under a CUDA graph
     model_parallel_cuda_manual_seed(1234, use_cudagraphable_rng=cuda_graphs.enabled(args), force_reset_rng=True)
@@ -142,6 +143,9 @@ def measure(argv: list[str], warmup: int, steps: int) -> dict:
               "memory_gib": torch.cuda.max_memory_allocated() / 2**30}
     del model, optimizer, batches, train_data, step
     cuda_graphs.reset()  # the captured graph and its memory pool
+    if previous_stream is not None:
+        torch.cuda.synchronize()
+        torch.cuda.set_stream(previous_stream)
     gc.collect()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()

@@ -36,7 +36,7 @@ import argparse
 
 import torch
 
-__all__ = ["add_cuda_graph_arguments", "check", "refusal_inside_graph", "enabled", "wrap_forward_backward", "reset", "portable_rng_states", "rng_states_for_tracker"]
+__all__ = ["add_cuda_graph_arguments", "check", "refusal_inside_graph", "enabled", "use_side_stream", "wrap_forward_backward", "reset", "portable_rng_states", "rng_states_for_tracker"]
 
 FULL_ITERATION = "full_iteration"
 
@@ -99,6 +99,17 @@ def refusal_inside_graph(recipe, health_interval: int | None, graph_flags: str) 
 
 def enabled(args: argparse.Namespace) -> bool:
     return getattr(args, "cuda_graph_impl", "none") == "local" and FULL_ITERATION in getattr(args, "cuda_graph_scope", [])
+
+
+def use_side_stream() -> "torch.cuda.Stream":
+    """Make a new stream the current one (returns the previous). Capturing the backward needs the
+    warm-up steps, and everything before them, off the legacy default stream: on an H200 the first
+    capture after eager steps on the default stream failed in autograd's backward with "operation
+    would make the legacy stream depend on a capturing blocking stream" (torch's own rule for
+    whole-network capture: warm up on a side stream)."""
+    previous = torch.cuda.current_stream()
+    torch.cuda.set_stream(torch.cuda.Stream())
+    return previous
 
 
 def reset() -> None:

@@ -48,6 +48,8 @@ def initialize_distributed(args) -> torch.device:
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        if cuda_graphs.enabled(args):  # everything, warm-up included, off the legacy default stream
+            cuda_graphs.use_side_stream()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
     enable_cpu_runtime()
