@@ -61,13 +61,14 @@ def test_no_repetition_section_with_the_lr_sweep_is_what_its_logs_give(tmp_path)
     sweep = [os.path.join(REPO, "docs", "runs", "norepeat", "lr_sweep", f"lr_{lr}") for lr in ("5e-4", "1e-3", "2e-3")]
     result = subprocess.run(
         [sys.executable, os.path.join(REPO, "examples", "reproduce", "report.py"), os.path.join(REPO, "docs", "runs", "norepeat", "seed1234"),
-         "--section", "no-repetition", "--lr-sweep", *sweep, "--docs", str(docs)],
+         "--section", "no-repetition", "--seeds", os.path.join(REPO, "docs", "runs", "norepeat", "seed4321"), "--lr-sweep", *sweep, "--docs", str(docs)],
         capture_output=True, text=True, check=False,
     )
     assert result.returncode == 0, result.stderr
     text = (docs / "RESULTS.md").read_text()
     assert text == before  # the committed section is exactly what the logs give
     assert "| 5e-04 | 600/600 | 3.7606 @ 600 |" in text and "| 2e-03 | 600/600 | 3.9566 @ 600 |" in text
+    assert "| BF16 (no FP4) | 3.7691 | 3.8771 | 3.8231 | 2.82% |" in text
     assert "| FP4 `paper` without DGE (`paper_no_dge`) | 600/600 |" in text and "3.8504 @ 500 | -1.59% |" in text
     assert (docs / "results" / "gap_vs_tokens_no-repetition.png").stat().st_size > 10_000
     bad = subprocess.run(
