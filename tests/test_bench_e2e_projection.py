@@ -29,3 +29,18 @@ def test_one_depth_gives_no_row_and_a_missing_baseline_gives_nan():
     assert bench_e2e.marginal_layer_rows([_row("bf16", 2, 100.0, 60.0)]) == []
     rows = bench_e2e.marginal_layer_rows([_row("paper", 2, 100.0, 60.0), _row("paper", 4, 100.0, 60.0)], project_layers=8)
     assert rows[0]["depth"] == 8 and rows[0]["layer_ratio"] != rows[0]["layer_ratio"]  # NaN
+
+
+def test_every_benchmark_row_is_a_command_line_the_trainer_accepts(monkeypatch):
+    """Each recipe row (eager and -graph) parses with the trainer's own checks (the GPU check
+    stubbed: CI has none), so a benchmark never measures a silently different configuration."""
+    import torch
+
+    from megatron_fp4.training import cuda_graphs
+    from megatron_fp4.training.arguments import parse_args
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for recipe in bench_e2e.RECIPE_FLAGS:
+        args = parse_args(bench_e2e.trainer_flags("1.3B", 2048, 2, 4, 4, recipe, "flash", 32000))
+        assert cuda_graphs.enabled(args) == recipe.endswith("-graph"), recipe
+        assert (args.fp4_quant_recipe is not None) == (recipe not in ("bf16", "bf16-graph")), recipe
