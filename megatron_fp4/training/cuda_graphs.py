@@ -22,9 +22,13 @@ captured ones. Weights are read from their parameters' storage, which the optimi
 place.
 
 What cannot run inside a graph, refused by name (``check``): FP4 health telemetry
-(``--fp4-health-interval``: it measures on the host), ``MEGATRON_FP4_CHECK_FINITE=1`` (a host check
-per quantizer). Scopes other than ``full_iteration`` (megatron-core's per-layer graphs) and
+(``--fp4-health-interval``: it measures on the host), exact OCC compensation (its residual is
+sized on the host), ``MEGATRON_FP4_CHECK_FINITE=1`` (a host check per quantizer). Scopes other than ``full_iteration`` (megatron-core's per-layer graphs) and
 ``--cuda-graph-impl transformer_engine`` are not wired and fail naming the flag.
+
+The trainer runs on a side stream when graphs are on (``use_side_stream``): megatron-core's wrapper
+warms up on the current stream, and warm-up on the legacy default stream made the first capture
+fail on an H200.
 
 megatron-core keeps the graphs in class attributes; ``reset`` clears them so a second model in
 the same process (a benchmark, a test) never replays the first model's graph.
