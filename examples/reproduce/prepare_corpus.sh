@@ -6,23 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 out="${1:-data/reproduce}"
 python="${PYTHON:-.venv/bin/python}"
-# Pinned versions: the Debian mirror's security updates change python3.11-doc (deb12u8 -> u9 changed 4
-# of the corpus's 16,083 documents), and an unpinned build would silently train on other text. These
-# are the versions of the runs from session 6 on; sessions 1-5 did not record theirs.
-# LATEST=1 takes the mirror's current versions instead.
-packages="bible-kjv=4.38 bible-kjv-text=4.38 fortunes=1:1.99.1-7.3 python3.11-doc=3.11.2-6+deb12u9"
-[ -n "${LATEST:-}" ] && packages=$(echo "$packages" | sed 's/=[^ ]*//g')
-if [ -e "$out/debs" ] && [ -n "$(ls -A "$out/debs")" ]; then
-  echo "error: $out/debs is not empty; choose another OUT_DIR or remove it yourself" >&2
-  exit 2
-fi
-mkdir -p "$out/debs" "$out/root"
-# shellcheck disable=SC2086
-if ! (cd "$out/debs" && apt-get download $packages); then
-  echo "error: apt-get download $packages failed: a pinned version may have left the mirror (apt-cache madison NAME;" \
-       "run apt-get update first). LATEST=1 builds from the current versions: other text than docs/RESULTS.md's runs" >&2
-  exit 2
-fi
+# Pinned versions (examples/corpus/download_debs.sh): security updates change python3.11-doc (deb12u8 -> u9
+# changed 4 of the corpus's 16,083 documents). These are the versions of the runs from session 6 on;
+# sessions 1-5 did not record theirs.
+bash examples/corpus/download_debs.sh "$out/debs" bible-kjv=4.38 bible-kjv-text=4.38 fortunes=1:1.99.1-7.3 python3.11-doc=3.11.2-6+deb12u9
+mkdir -p "$out/root"
 (cd "$out/debs" && sha256sum ./*.deb > ../packages.sha256)
 for deb in "$out"/debs/*.deb; do dpkg-deb -x "$deb" "$out/root"; done
 "$python" examples/reproduce/build_corpus.py "$out/root" "$out/corpus.jsonl"
