@@ -44,15 +44,13 @@ def _eager(recipe, x, w, g):
     return y.detach(), xe.grad, we.grad
 
 
-@pytest.mark.parametrize("name", list(GRAPHABLE))
-def test_fp4_linear_forward_backward_replays_in_a_cuda_graph(name):
-    recipe = GRAPHABLE[name]()
-    x, w, g = _inputs()
-    expected = _eager(recipe, x, w, g)
+def _capture(recipe, x, w, g):
+    """(graph, static x, static w, static y) of one FP4 linear fwd+bwd captured after two warm-up
+    runs on a side stream (Triton compiles, cuBLAS picks kernels outside capture)."""
     static_x, static_w = x.clone().requires_grad_(), w.clone().requires_grad_()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm up (Triton compiles, cuBLAS picks kernels) outside capture
+    with torch.cuda.stream(side):
         for _ in range(2):
             fp4_linear(static_x, static_w, None, recipe).backward(g)
     torch.cuda.current_stream().wait_stream(side)
@@ -61,6 +59,15 @@ def test_fp4_linear_forward_backward_replays_in_a_cuda_graph(name):
     with torch.cuda.graph(graph):
         static_y = fp4_linear(static_x, static_w, None, recipe)
         static_y.backward(g)
+    return graph, static_x, static_w, static_y
+
+
+@pytest.mark.parametrize("name", list(GRAPHABLE))
+def test_fp4_linear_forward_backward_replays_in_a_cuda_graph(name):
+    recipe = GRAPHABLE[name]()
+    x, w, g = _inputs()
+    expected = _eager(recipe, x, w, g)
+    graph, static_x, static_w, static_y = _capture(recipe, x, w, g)
     graph.replay()
     torch.cuda.synchronize()
     # same kernels on the same inputs: bit-identical
@@ -112,18 +119,7 @@ def test_nvfp4_stochastic_rounding_draws_fresh_numbers_in_every_replay():
     recipe = get_recipe("nvfp4")
     x, w, g = _inputs()
     expected_y, _, expected_dw = _eager(recipe, x, w, g)
-    static_x, static_w = x.clone().requires_grad_(), w.clone().requires_grad_()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            fp4_linear(static_x, static_w, None, recipe).backward(g)
-    torch.cuda.current_stream().wait_stream(side)
-    static_x.grad = static_w.grad = None
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_y = fp4_linear(static_x, static_w, None, recipe)
-        static_y.backward(g)
+    graph, _, static_w, static_y = _capture(recipe, x, w, g)
     grads = []
     for _ in range(2):
         static_w.grad.zero_()

@@ -217,9 +217,9 @@ def _rng_state() -> dict:
         state["cuda"] = torch.cuda.get_rng_state()
     from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
-    from .cuda_graphs import portable_rng_states
+    from .cuda_graphs import rng_states_as
 
-    state["tracker"] = portable_rng_states(get_cuda_rng_tracker().get_states())  # tensors, with or without CUDA graphs
+    state["tracker"] = rng_states_as(get_cuda_rng_tracker().get_states(), graphable=False)  # tensors, with or without CUDA graphs
     return state
 
 
@@ -384,8 +384,8 @@ def load_checkpoint(root: str, model, optimizer, scheduler, iteration: int | Non
             torch.cuda.set_rng_state(rng["cuda"])
         from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
-        from .cuda_graphs import rng_states_for_tracker
+        from .cuda_graphs import rng_states_as
 
         tracker = get_cuda_rng_tracker()
-        tracker.set_states(rng_states_for_tracker(rng["tracker"], tracker))
+        tracker.set_states(rng_states_as(rng["tracker"], graphable=bool(getattr(tracker, "use_cudagraphable_rng", False))))
     return loaded["iteration"], loaded["consumed_samples"]

@@ -40,7 +40,7 @@ import argparse
 
 import torch
 
-__all__ = ["add_cuda_graph_arguments", "check", "refusal_inside_graph", "enabled", "use_side_stream", "wrap_forward_backward", "reset", "portable_rng_states", "rng_states_for_tracker"]
+__all__ = ["add_cuda_graph_arguments", "check", "refusal_inside_graph", "enabled", "use_side_stream", "wrap_forward_backward", "reset", "rng_states_as"]
 
 FULL_ITERATION = "full_iteration"
 
@@ -134,17 +134,10 @@ def wrap_forward_backward(forward_backward_func, warmup_steps: int):
     return FullCudaGraphWrapper(forward_backward_func, cuda_graph_warmup_steps=warmup_steps)
 
 
-def portable_rng_states(states: dict) -> dict:
-    """Tracker states as plain tensors (a graph-safe tracker holds torch.Generator objects): a
-    checkpoint written with or without CUDA graphs resumes either way."""
+def rng_states_as(states: dict, graphable: bool) -> dict:
+    """Tracker states as plain tensors (``graphable=False``: what checkpoints store, so a run saved
+    with or without CUDA graphs resumes either way) or as the torch.Generator objects a graph-safe
+    tracker holds (``graphable=True``)."""
     from megatron.core.tensor_parallel.random import convert_cuda_rng_state
 
-    return {name: convert_cuda_rng_state(state, to_graphable=False) for name, state in states.items()}
-
-
-def rng_states_for_tracker(states: dict, tracker) -> dict:
-    """Saved tracker states in the form ``tracker`` uses (graph-safe generators or tensors)."""
-    from megatron.core.tensor_parallel.random import convert_cuda_rng_state
-
-    graphable = bool(getattr(tracker, "use_cudagraphable_rng", False))
     return {name: convert_cuda_rng_state(state, to_graphable=graphable) for name, state in states.items()}

@@ -125,15 +125,11 @@ def test_rng_states_are_saved_as_tensors_with_or_without_graphs():
     saved with CUDA graphs resumes without them and back (the GPU test resumes both ways)."""
     import torch
 
-    from megatron_fp4.training.cuda_graphs import portable_rng_states, rng_states_for_tracker
+    from megatron_fp4.training.cuda_graphs import rng_states_as
 
     generator = torch.Generator()
     generator.manual_seed(7)
-    states = portable_rng_states({"model-parallel-rng": generator, "plain": torch.get_rng_state()})
+    states = rng_states_as({"model-parallel-rng": generator, "plain": torch.get_rng_state()}, graphable=False)
     assert all(isinstance(state, torch.Tensor) for state in states.values())
     assert torch.equal(states["model-parallel-rng"], generator.get_state())
-
-    class EagerTracker:
-        use_cudagraphable_rng = False
-
-    assert all(isinstance(s, torch.Tensor) for s in rng_states_for_tracker(states, EagerTracker()).values())
+    assert all(isinstance(s, torch.Tensor) for s in rng_states_as(states, graphable=False).values())
