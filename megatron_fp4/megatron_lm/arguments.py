@@ -75,10 +75,16 @@ def claim_fp4_arguments(args: argparse.Namespace) -> argparse.Namespace:
     """Resolve FP4 ownership (see the module docstring), record the effective FP4 arithmetic in
     ``args.megatron_fp4_recipe_record`` (plain values: it travels in every checkpoint upstream
     saves) and refuse a resume from --load with other arithmetic (``check_resumed_recipe``);
-    raises ValueError naming the flags."""
+    raises ValueError naming the flags. Also provides megatron-core's fused RoPE where Transformer
+    Engine does not (``megatron_fp4.megatron.rope``), so upstream's default ``apply_rope_fusion``
+    runs without TE."""
     _claim(args)
     args.megatron_fp4_recipe_record = _effective_record(args)
     check_resumed_recipe(args)
+    if getattr(args, "apply_rope_fusion", False):  # upstream's default; without TE its fused RoPE is ours
+        from ..megatron import rope
+
+        rope.install()
     return args
 
 

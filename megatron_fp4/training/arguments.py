@@ -31,7 +31,7 @@ from megatron.core.transformer.enums import AttnBackend
 
 from ..gemm import available_backends
 from ..recipe import RECIPES, FP4Recipe
-from . import cuda_graphs
+from . import cuda_graphs, fusions
 from .fp4_flags import positive_int, add_bf16_layer_arguments, add_fp4_knob_arguments, bf16_layers, fp4_knob_conflict, fp4_knobs_given, recipe_with_knobs
 
 __all__ = [
@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         "fused (Transformer Engine), auto (TE's where installed, else flash)",
     )
     model.add_argument("--use-flash-attn", action="store_true", help="upstream's older spelling of --attention-backend flash")
+    fusions.add_fusion_arguments(parser.add_argument_group("kernel fusions (Megatron-LM names; megatron_fp4.training.fusions)"))
 
     parallel = parser.add_argument_group("parallelism")
     parallel.add_argument("--tensor-model-parallel-size", type=positive_int, default=1)
@@ -261,9 +262,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.fp4_quant_recipe = fp4_recipe_from_args(args)
     except ValueError as error:
         parser.error(str(error))
-    graph_error = cuda_graphs.check(args)
-    if graph_error:
-        parser.error(graph_error)
+    for error in (cuda_graphs.check(args), fusions.check(args)):
+        if error:
+            parser.error(error)
     if args.fp4_gemm_backend not in (None, "auto") and args.fp4_gemm_backend not in available_backends():
         parser.error(f"--fp4-gemm-backend {args.fp4_gemm_backend} is not available on this machine; available: {available_backends()}")
     if args.num_layers % args.pipeline_model_parallel_size:
@@ -312,6 +313,7 @@ def transformer_config_from_args(args: argparse.Namespace):
         fp4_quant_recipe=recipe,
         fp4_bf16_layers=bf16_layers(args, args.num_layers),
         attention_backend=AttnBackend[args.attention_backend],
+        **fusions.config_fields(args),
     )
 
 

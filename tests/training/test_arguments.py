@@ -133,3 +133,36 @@ def test_rng_states_are_saved_as_tensors_with_or_without_graphs():
     assert all(isinstance(state, torch.Tensor) for state in states.values())
     assert torch.equal(states["model-parallel-rng"], generator.get_state())
     assert all(isinstance(s, torch.Tensor) for s in rng_states_as(states, graphable=False).values())
+
+
+def test_fusion_flags_follow_upstream_defaults(monkeypatch, capsys):
+    """Upstream's spellings: SwiGLU and RoPE fusion on by default where the GPU kernels run (RoPE
+    ours without TE), switched off by --no-*; cross-entropy fusion off unless asked for. On a
+    machine without CUDA everything stays megatron-core's unfused code."""
+    import torch
+    from megatron.core.models.common.embeddings import rope_utils
+
+    monkeypatch.setattr(rope_utils, "fused_apply_rotary_pos_emb", rope_utils.fused_apply_rotary_pos_emb)  # restored afterwards
+    fields = lambda extra="": transformer_config_from_args(parse(extra))  # noqa: E731
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = fields()
+    assert not config.bias_activation_fusion and not config.apply_rope_fusion and not config.cross_entropy_loss_fusion
+    with pytest.raises(SystemExit):
+        parse("--cross-entropy-loss-fusion")
+    assert "--cross-entropy-loss-fusion needs a CUDA device" in capsys.readouterr().err
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    config = fields()
+    assert config.bias_activation_fusion and config.apply_rope_fusion and not config.cross_entropy_loss_fusion
+    assert rope_utils.fused_apply_rotary_pos_emb is not None  # TE's, or ours installed
+    config = fields("--no-bias-swiglu-fusion --no-rope-fusion")
+    assert not config.bias_activation_fusion and not config.apply_rope_fusion
+    config = fields("--cross-entropy-loss-fusion")
+    assert config.cross_entropy_loss_fusion and config.cross_entropy_fusion_impl == "native"
+    assert not transformer_config_from_args(parse_args(shlex.split(LLAMA.replace("rope", "learned_absolute")))).apply_rope_fusion
+    from megatron_fp4.megatron.specs import te_available
+
+    if not te_available():
+        with pytest.raises(SystemExit):
+            parse("--cross-entropy-loss-fusion --cross-entropy-fusion-impl te")
+        assert "--cross-entropy-fusion-impl te needs Transformer Engine" in capsys.readouterr().err
