@@ -58,6 +58,20 @@ def _documents_of(path: str, json_key: str | None, separator: str) -> Iterator[s
                     yield block.strip()
 
 
+DOCUMENTS_PER_BATCH = 256  # enough documents per batch to keep every core busy; few enough to stay small in memory
+
+
+def _batches(texts: Iterator[str], size: int) -> Iterator[list[str]]:
+    batch = []
+    for text in texts:
+        batch.append(text)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", nargs="+", required=True, help="text or JSONL files")
@@ -102,10 +116,11 @@ def main(argv: list[str] | None = None) -> str:
     builder = IndexedDatasetBuilder(get_bin_path(staged), dtype=dtype)
     count = tokens = largest = 0
     try:
-        for text in documents():
-            ids = tokenizer.tokenize(text) + [tokenizer.eod]
-            builder.add_document(torch.tensor(ids), [len(ids)])
-            count, tokens, largest = count + 1, tokens + len(ids), max(largest, max(ids))
+        for batch in _batches(documents(), DOCUMENTS_PER_BATCH):  # tokenized on all cores, written in order
+            for ids in tokenizer.tokenize_batch(batch):
+                ids = ids + [tokenizer.eod]
+                builder.add_document(torch.tensor(ids), [len(ids)])
+                count, tokens, largest = count + 1, tokens + len(ids), max(largest, max(ids))
         if count == 0:
             raise SystemExit(f"error: --input {args.input}: no documents found")
         builder.finalize(get_idx_path(staged))

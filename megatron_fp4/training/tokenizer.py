@@ -45,6 +45,11 @@ class BPETokenizer:
     def tokenize(self, text: str) -> list[int]:
         return self._tokenizer.encode(text).ids
 
+    def tokenize_batch(self, texts: list[str]) -> list[list[int]]:
+        """``tokenize`` of each text, the texts spread over all cores by the tokenizers library
+        (the same ids as one ``tokenize`` per text)."""
+        return [encoding.ids for encoding in self._tokenizer.encode_batch(texts)]
+
     def detokenize(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids)
 

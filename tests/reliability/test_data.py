@@ -124,3 +124,21 @@ def test_a_failed_preprocess_leaves_no_half_dataset(tmp_path):
     with pytest.raises(SystemExit, match=r"docs\.jsonl:3: not a JSON object .*truncated line"):
         preprocess.main(["--input", str(tmp_path / "docs.jsonl"), "--output-prefix", str(tmp_path / "docs"), "--tokenizer-model", str(tmp_path / "tokenizer.json")])
     assert not [name for name in os.listdir(tmp_path) if name.startswith("docs_")]
+
+
+def test_batched_tokenization_writes_the_ids_of_one_document_at_a_time(corpus, tmp_path, monkeypatch):
+    """preprocess tokenizes batches of documents on all cores; the dataset holds exactly the ids
+    that tokenizing each document alone gives, in document order (a batch size that does not
+    divide the document count)."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    from megatron_fp4.training.tokenizer import BPETokenizer
+
+    prefix, tokenizer_path = corpus
+    texts = list(preprocess.read_documents([os.path.join(os.path.dirname(prefix), "corpus.txt")], None, "\n\n"))
+    monkeypatch.setattr(preprocess, "DOCUMENTS_PER_BATCH", 7)
+    again = preprocess.main(["--input", os.path.join(os.path.dirname(prefix), "corpus.txt"), "--output-prefix", str(tmp_path / "again"), "--tokenizer-model", tokenizer_path])
+    tokenizer, dataset = BPETokenizer(tokenizer_path), IndexedDataset(again)
+    assert len(dataset) == len(texts) == 300
+    for index, text in enumerate(texts):
+        assert dataset[index].tolist() == tokenizer.tokenize(text) + [tokenizer.eod]
