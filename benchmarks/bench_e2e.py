@@ -54,6 +54,12 @@ RECIPE_FLAGS = {
 GRAPH_FLAGS = "--cuda-graph-impl local --cuda-graph-scope full_iteration --cuda-graph-warmup-steps 1"
 # (not exact OCC: it sizes its residual on the host, which a graph refuses)
 RECIPE_FLAGS.update({f"{name}-graph": f"{flags} {GRAPH_FLAGS}" for name, flags in list(RECIPE_FLAGS.items()) if name != "paper-exact"})
+# Kernel fusions (megatron_fp4.training.fusions): every row runs the trainer's defaults (fused SwiGLU
+# and RoPE) plus upstream's opt-in fused cross-entropy; "-unfused" rows run megatron-core's unfused
+# code for all three (sessions 1-7's configuration), the before/after of the fusions in one run.
+FUSED_LOSS_FLAGS = "--cross-entropy-loss-fusion"
+UNFUSED_FLAGS = "--no-bias-swiglu-fusion --no-rope-fusion"
+RECIPE_FLAGS.update({f"{name}-unfused": f"{RECIPE_FLAGS[name]} {UNFUSED_FLAGS}" for name in ("bf16", "paper", "direct", "bf16-graph", "paper-graph", "direct-graph")})
 # environment per recipe row: the opt-in weight cache on (megatron_fp4.weight_cache) to measure what it saves
 RECIPE_ENV = {f"{name}{graph}": {"MEGATRON_FP4_WEIGHT_CACHE": "1"} for name in ("direct-weight-cache", "paper-no-occ-weight-cache") for graph in ("", "-graph")}
 # kernel-name fragments (lower case) per family, checked in this order
@@ -81,7 +87,7 @@ def trainer_flags(shape: str, seq: int, layers: int, micro_batch: int, micro_bat
         f"--untie-embeddings-and-output-weights --disable-bias-linear --hidden-dropout 0 --attention-dropout 0 "
         f"--micro-batch-size {micro_batch} --global-batch-size {micro_batch * micro_batches} --train-iters 1000 --lr 1e-4 --bf16 "
         f"--mock-data --tokenizer-type NullTokenizer --vocab-size {vocab} --eval-iters 0 --attention-backend {attention} "
-        f"{RECIPE_FLAGS[recipe]}"
+        f"{RECIPE_FLAGS[recipe]} {'' if recipe.endswith('-unfused') else FUSED_LOSS_FLAGS}"
     ).split()
 
 
