@@ -39,8 +39,15 @@ def test_every_benchmark_row_is_a_command_line_the_trainer_accepts(monkeypatch):
     from megatron_fp4.training import cuda_graphs
     from megatron_fp4.training.arguments import parse_args
 
+    from megatron.core.models.common.embeddings import rope_utils
+
+    monkeypatch.setattr(rope_utils, "fused_apply_rotary_pos_emb", rope_utils.fused_apply_rotary_pos_emb)  # the rows install ours: restored afterwards
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     for recipe in bench_e2e.RECIPE_FLAGS:
         args = parse_args(bench_e2e.trainer_flags("1.3B", 2048, 2, 4, 4, recipe, "flash", 32000))
-        assert cuda_graphs.enabled(args) == recipe.endswith("-graph"), recipe
-        assert (args.fp4_quant_recipe is not None) == (recipe not in ("bf16", "bf16-graph")), recipe
+        unfused = recipe.endswith("-unfused")
+        base = recipe.removesuffix("-unfused")
+        assert cuda_graphs.enabled(args) == base.endswith("-graph"), recipe
+        assert (args.fp4_quant_recipe is not None) == (base not in ("bf16", "bf16-graph")), recipe
+        # fused rows: the trainer's fusions plus the fused loss; "-unfused" rows: none of them
+        assert (args.bias_swiglu_fusion, args.apply_rope_fusion, args.cross_entropy_loss_fusion) == ((False,) * 3 if unfused else (True,) * 3), recipe
