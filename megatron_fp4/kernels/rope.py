@@ -15,8 +15,9 @@ with c = cos(freqs), n = sin(freqs) computed in fp32 and x1, x2 the halves of t:
 in fp32, rounded once to t's dtype. megatron-core's unfused path rounds cos/sin and every partial
 product to bf16 first, so this is the more accurate of the two (tests: each within its rounding
 bound of an fp64 evaluation). ``rope_reference`` is the same fp32 arithmetic in PyTorch (the CPU
-path); the kernel may contract a multiply-add into an FMA, so the two agree to one unit in the
-last place of t's dtype, not always bit for bit.
+path, bit for bit in Triton's interpreter); compiled, the kernel may contract a multiply-add into
+an FMA, so the two agree to one unit in the last place of t's dtype plus ~2^-22 of the terms'
+magnitudes (a sum that cancels), not always bit for bit.
 """
 
 from __future__ import annotations

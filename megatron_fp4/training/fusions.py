@@ -39,13 +39,9 @@ def add_fusion_arguments(group) -> None:
 
 def gpu_fusions_available() -> bool:
     """The fused kernels run here: a CUDA device and Triton (torch.compile's and ours)."""
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import triton  # noqa: F401
-    except Exception:
-        return False
-    return True
+    from ..kernels import triton_available
+
+    return torch.cuda.is_available() and triton_available()
 
 
 def check(args: argparse.Namespace) -> str | None:
@@ -61,7 +57,8 @@ def check(args: argparse.Namespace) -> str | None:
 
 
 def config_fields(args: argparse.Namespace) -> dict:
-    """The TransformerConfig fields these flags set (fusions on only where the GPU kernels run)."""
+    """The TransformerConfig fields these flags set (fusions on only where the GPU kernels run);
+    with RoPE fusion on, also installs our fused RoPE into megatron-core where TE has none."""
     gpu = gpu_fusions_available()
     gated = bool(args.swiglu)
     activation_fusion = gpu and (args.bias_swiglu_fusion if gated else args.bias_gelu_fusion and not args.disable_bias_linear)
