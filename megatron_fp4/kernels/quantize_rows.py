@@ -22,9 +22,15 @@ from .fp8_rounding import fp8_cast, hardware_fp8_cast
 __all__ = ["quantize_rows", "quantize_rows_inline", "quantize_rows_reference", "fp8_from_codes", "supports_spec"]
 
 ROW_SPEC = QuantSpec("fp4", "row", "e2m1")
-MAX_WHOLE_ROW = 4096  # longer rows spill registers when held whole (measured on H100: NOTES.md)
+MAX_WHOLE_ROW = 16384  # rows up to this length are held whole (one read of x; H200 sweep, NOTES.md session 9)
 ROWS_PER_PROGRAM = 1  # see the sweep in benchmarks/NOTES.md
-INDEX_BY_ROUNDING = True  # see benchmarks/NOTES.md (session 4)
+INDEX_BY_ROUNDING = True  # the E2M1 index in integer operations (``_e2m1_round``), not 7 comparisons
+
+
+def row_warps(block: int, inline: bool) -> int:
+    """Warps per row: measured on the H200 (benchmarks/NOTES.md, session 9): the quantizer is
+    fastest with 4 at every LLaMA width; the inline operand with 8 for rows up to 4096, else 4."""
+    return 8 if inline and block <= 4096 else 4
 
 
 @triton.jit
@@ -45,40 +51,53 @@ def _e2m1_grid_value(index):
 
 
 @triton.jit
-def _e2m1_index_by_rounding(a):
-    """The same index as ``_e2m1_index`` in fewer operations: on each binade of the grid the index
-    is an integer rounding (ties to even by the fp32 magic-number addition, exact below 2^22):
-    [0, 2): rne(2a); [2, 4): rne(a) + 2; [4, ...): rne(a / 2) + 4, saturating at 7 (6.0)."""
-    low = a < 2.0
-    middle = a < 4.0
-    scaled = tl.where(low, a * 2.0, tl.where(middle, a, a * 0.5))
-    scaled = tl.minimum(scaled, 4.0)  # saturate before rounding; NaN compares false and stays NaN
-    rounded = ((scaled + 8388608.0) - 8388608.0).to(tl.int32)
-    index = rounded + tl.where(low, 0, tl.where(middle, 2, 4))
-    return tl.where(a != a, 7, tl.minimum(index, 7))
+def _e2m1_round(q):
+    """(value, code) of fp32 ``q`` on the E2M1 grid with the reference's rounding (ties to the even
+    code, saturating at 6, NaN as 6): the value as fp32 with q's sign (exact in FP8 E4M3, so one
+    hardware conversion makes the FP8 operand) and the 4-bit code sign << 3 | index, int32.
+
+    In ~12 integer/fp32 operations instead of comparisons: for |q| >= 1 keep one mantissa bit of
+    the fp32 pattern with the round-half-even carry (the magnitude first capped at 6.0's pattern,
+    which also sends Inf and NaN to 6); the rounded pattern's top 10 bits are 2 (exponent - 126) +
+    mantissa bit = the index. For |q| < 1 the grid 0, 0.5, 1 is |q| rounded to a multiple of 0.5:
+    the fp32 sum 2^22 + |q| (ulp 0.5) does that, ties to even, and holds the index in its low bits."""
+    bits = q.to(tl.int32, bitcast=True)
+    absolute = bits & 0x7FFFFFFF
+    magnitude = tl.minimum(absolute, 0x40C00000)
+    rounded = magnitude + 0x1FFFFF + ((magnitude >> 22) & 1)
+    shifted = absolute.to(tl.float32, bitcast=True) + 4194304.0
+    small = absolute < 0x3F800000
+    # index mod 8: the sum's low bits (2^22's pattern ends in zeros), or the top bits + 4 (= -252 mod 8)
+    index = tl.where(small, shifted.to(tl.int32, bitcast=True), (rounded >> 22) + 4) & 7
+    value_bits = tl.where(small, (shifted - 4194304.0).to(tl.int32, bitcast=True), rounded & -4194304)
+    value = (value_bits | (bits & -2147483648)).to(tl.float32, bitcast=True)
+    return value, index | ((bits >> 28) & 8)
 
 
 @triton.jit
 def _e4m3_byte(index):
     """FP8 E4M3 bit pattern of the E2M1 magnitude with this index: 0, .5, 1, 1.5, 2, 3, 4, 6."""
     # from 1.0 (index 2, 0x38) on, each step adds one to the 3-bit mantissa/exponent field: +4
-    return tl.where(index == 0, 0, tl.where(index == 1, 0x30, 0x38 + (index - 2) * 4))
+    return tl.where(index < 2, index * 0x30, index * 4 + 0x30)
 
 
 @triton.jit
-def _store_block(x, inverse, rows, start, fp8_ptr, codes_ptr, M, K: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr, BY_ROUNDING: tl.constexpr):
+def _store_block(x, inverse, rows, start, fp8_ptr, codes_ptr, M, K: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr, BY_ROUNDING: tl.constexpr, HARDWARE_CAST: tl.constexpr):
     """Quantize a [R, BLOCK] tile with its rows' encode multipliers 1/scale [R, 1]; store FP8
     bytes and packed codes."""
     cols = start + tl.arange(0, BLOCK)
     q = x * inverse
-    negative = (q.to(tl.int32, bitcast=True) >> 31) & 1
     if BY_ROUNDING:
-        index = _e2m1_index_by_rounding(tl.abs(q))
+        value, code = _e2m1_round(q)
+        fp8 = fp8_cast(value, 3, 7, True, HARDWARE_CAST)  # exact: every E2M1 value is an E4M3 value
     else:
+        negative = (q.to(tl.int32, bitcast=True) >> 31) & 1
         index = _e2m1_index(tl.abs(q))
+        fp8 = _e4m3_byte(index) | (negative << 7)
+        code = index | (negative << 3)
     row_mask = rows[:, None] < M
-    tl.store(fp8_ptr + rows[:, None] * K + cols[None, :], (_e4m3_byte(index) | (negative << 7)).to(tl.uint8), mask=row_mask & (cols[None, :] < K))
-    codes = (index | (negative << 3)).to(tl.uint8)
+    tl.store(fp8_ptr + rows[:, None] * K + cols[None, :], fp8.to(tl.uint8), mask=row_mask & (cols[None, :] < K))
+    codes = code.to(tl.uint8)
     low_nibble, high_nibble = tl.split(tl.reshape(codes, (R, BLOCK // 2, 2)))
     half = start // 2 + tl.arange(0, BLOCK // 2)
     tl.store(codes_ptr + rows[:, None] * (K // 2) + half[None, :], low_nibble | (high_nibble << 4), mask=row_mask & (half[None, :] < K // 2))
@@ -118,7 +137,7 @@ def _load_block(x_ptr, rows, cols, M, K: tl.constexpr, stride_x, low, high, HAS_
 
 
 @triton.jit
-def _quantize_rows_kernel(x_ptr, fp8_ptr, codes_ptr, scale_ptr, bounds_ptr, M, stride_x, K: tl.constexpr, HAS_CLAMP: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr, BY_ROUNDING: tl.constexpr):
+def _quantize_rows_kernel(x_ptr, fp8_ptr, codes_ptr, scale_ptr, bounds_ptr, M, stride_x, K: tl.constexpr, HAS_CLAMP: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr, BY_ROUNDING: tl.constexpr, HARDWARE_CAST: tl.constexpr):
     """R rows per program (their reductions overlap each other's loads), BLOCK columns per step."""
     rows = (tl.program_id(0) * R + tl.arange(0, R)).to(tl.int64)
     low = 0.0
@@ -131,7 +150,7 @@ def _quantize_rows_kernel(x_ptr, fp8_ptr, codes_ptr, scale_ptr, bounds_ptr, M, s
         x = _load_block(x_ptr, rows, cols, M, K, stride_x, low, high, HAS_CLAMP)
         scale = _row_scale(_row_absmax(x))
         tl.store(scale_ptr + rows, scale, mask=rows < M)
-        _store_block(x, tl.math.div_rn(1.0, scale)[:, None], rows, 0, fp8_ptr, codes_ptr, M, K, R, BLOCK, BY_ROUNDING)
+        _store_block(x, tl.math.div_rn(1.0, scale)[:, None], rows, 0, fp8_ptr, codes_ptr, M, K, R, BLOCK, BY_ROUNDING, HARDWARE_CAST)
     else:  # long rows: an absmax pass, then a quantize pass (the rows are re-read, mostly from L2)
         amax = tl.zeros((R,), dtype=tl.float32)
         for start in range(0, K, BLOCK):
@@ -144,7 +163,7 @@ def _quantize_rows_kernel(x_ptr, fp8_ptr, codes_ptr, scale_ptr, bounds_ptr, M, s
         for start in range(0, K, BLOCK):
             cols = start + tl.arange(0, BLOCK)
             x = _load_block(x_ptr, rows, cols, M, K, stride_x, low, high, HAS_CLAMP)
-            _store_block(x, inverse, rows, start, fp8_ptr, codes_ptr, M, K, R, BLOCK, BY_ROUNDING)
+            _store_block(x, inverse, rows, start, fp8_ptr, codes_ptr, M, K, R, BLOCK, BY_ROUNDING, HARDWARE_CAST)
 
 
 @triton.jit
@@ -152,12 +171,10 @@ def _store_inline_block(x, low, high, inverse, rows, start, out_ptr, M, K: tl.co
     """The ``inline`` OCC operand of a [R, BLOCK] tile: the E4M3 byte of E2M1(clamp(x) / s) inside
     [low, high], of x / s (saturated at ±448) outside."""
     cols = start + tl.arange(0, BLOCK)
-    q = _clamp_keeping_nan(x, low, high) * inverse
-    negative = (q.to(tl.int32, bitcast=True) >> 31) & 1
-    e2m1 = _e4m3_byte(_e2m1_index_by_rounding(tl.abs(q))) | (negative << 7)
+    e2m1, _ = _e2m1_round(_clamp_keeping_nan(x, low, high) * inverse)
     v = tl.minimum(tl.maximum(x * inverse, -448.0), 448.0)  # NaN only in NaN rows, whose scale is NaN
-    outlier_byte = fp8_cast(v, 3, 7, True, HARDWARE_CAST)
-    byte = tl.where((x > high) | (x < low), outlier_byte, e2m1)
+    # one E4M3 conversion for both: the clamped entries' x / s rounded, the others' E2M1 value (exact)
+    byte = fp8_cast(tl.where((x > high) | (x < low), v, e2m1), 3, 7, True, HARDWARE_CAST)
     tl.store(out_ptr + rows[:, None] * K + cols[None, :], byte.to(tl.uint8), mask=(rows[:, None] < M) & (cols[None, :] < K))
 
 
@@ -197,7 +214,12 @@ def _quantize_rows_inline_kernel(x_ptr, out_ptr, scale_ptr, bounds_ptr, M, strid
             _store_inline_block(x, low, high, inverse, rows, start, out_ptr, M, K, BLOCK, HARDWARE_CAST)
 
 
-def quantize_rows_inline(x: torch.Tensor, bounds: torch.Tensor, block: int | None = None, num_warps: int | None = None) -> QuantizedTensor:
+def quantize_rows_inline(
+    x: torch.Tensor,
+    bounds: torch.Tensor,
+    block: int | None = None,
+    num_warps: int | None = None,
+) -> QuantizedTensor:
     """OCC's ``inline`` operand of ``x`` [..., K] for scalar ``bounds`` = (low, high) in x's dtype:
     E4M3 elements (E2M1 values, the clamped entries as E4M3 of x / s) and fp32 row scales, one
     kernel, bit-identical to ``occ.quantize_with_inline_outliers_reference``. No packed codes:
@@ -214,7 +236,7 @@ def quantize_rows_inline(x: torch.Tensor, bounds: torch.Tensor, block: int | Non
     block = min(block, whole_row) if block else (whole_row if whole_row <= MAX_WHOLE_ROW else 1024)
     _quantize_rows_inline_kernel[(triton.cdiv(rows, ROWS_PER_PROGRAM),)](
         x2d, out, scale, bounds, rows, x2d.stride(0), K=k, R=ROWS_PER_PROGRAM, BLOCK=block,
-        HARDWARE_CAST=hardware_fp8_cast(), num_warps=num_warps or (8 if block >= 4096 else 4),
+        HARDWARE_CAST=hardware_fp8_cast(), num_warps=num_warps or row_warps(block, inline=True),
     )
     data = out.view(torch.float8_e4m3fn)
     return QuantizedTensor(data, scale, None, ROW_SPEC, x.shape, x.dtype, fp8=data, outliers_e4m3=True)
@@ -234,10 +256,11 @@ def quantize_rows(
 ) -> QuantizedTensor:
     """Per-row E2M1 quantization of ``x`` [..., K] (optionally clamped to ``bounds`` = (low, high)).
 
-    block: elements per step along K; by default rows up to 4096 are held whole in registers (x
-    read once), longer ones take two passes of 1024; rows_per_program: rows one program handles
-    together (defaults tuned on H100, see benchmarks/NOTES.md); index_by_rounding: the E2M1 index
-    by rounding per binade instead of seven comparisons (same result; the faster is the default).
+    block: elements per step along K; by default rows up to ``MAX_WHOLE_ROW`` are held whole in
+    registers (x read once), longer ones take two passes of 1024; rows_per_program: rows one
+    program handles together; index_by_rounding: the E2M1 index by integer rounding of the fp32
+    pattern (``_e2m1_round``) instead of seven comparisons (same result; the faster is the
+    default). Every option changes speed only (defaults: benchmarks/NOTES.md).
     """
     k = x.shape[-1]
     if k % 2:
@@ -253,12 +276,12 @@ def quantize_rows(
         bounds = bounds.to(x.dtype).float().contiguous()  # clamp in the input's dtype, as the reference
     whole_row = max(2, triton.next_power_of_2(k))
     block = min(block, whole_row) if block else (whole_row if whole_row <= MAX_WHOLE_ROW else 1024)
-    num_warps = num_warps or (8 if block >= 4096 else 4)
     per_program = rows_per_program or ROWS_PER_PROGRAM
+    by_rounding = INDEX_BY_ROUNDING if index_by_rounding is None else index_by_rounding
+    bounds_or_any = bounds if bounds is not None else scale
     _quantize_rows_kernel[(triton.cdiv(rows, per_program),)](
-        x2d, fp8, codes, scale, bounds if bounds is not None else scale, rows, x2d.stride(0), K=k,
-        HAS_CLAMP=bounds is not None, R=per_program, BLOCK=block, BY_ROUNDING=INDEX_BY_ROUNDING if index_by_rounding is None else index_by_rounding,
-        num_warps=num_warps,
+        x2d, fp8, codes, scale, bounds_or_any, rows, x2d.stride(0), K=k, HAS_CLAMP=bounds is not None, R=per_program,
+        BLOCK=block, BY_ROUNDING=by_rounding, HARDWARE_CAST=hardware_fp8_cast(), num_warps=num_warps or row_warps(block, inline=False),
     )
     return QuantizedTensor(codes, scale, None, ROW_SPEC, x.shape, x.dtype, fp8=fp8.view(torch.float8_e4m3fn))
 

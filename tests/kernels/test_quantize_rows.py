@@ -35,6 +35,8 @@ def test_matches_reference_bit_for_bit(shape, dtype):
     reference = quantize_rows_reference(x)
     assert_identical(quantize_rows(x, block=256), reference)  # two-pass path (rows longer than the block)
     assert_identical(quantize_rows(x), reference)  # whole-row path
+    if DEVICE == "cuda":  # another thread layout of the row (the interpreter has none)
+        assert_identical(quantize_rows(x, num_warps=8), reference)
     for rows_per_program in (2, 4):  # several rows per program, both paths, row count not a multiple
         assert_identical(quantize_rows(x, block=256, rows_per_program=rows_per_program), reference)
         assert_identical(quantize_rows(x, rows_per_program=rows_per_program), reference)

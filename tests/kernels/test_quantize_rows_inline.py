@@ -15,8 +15,11 @@ from megatron_fp4.kernels.quantize_rows import quantize_rows_inline  # noqa: E40
 from megatron_fp4.occ import OCCConfig, occ_bounds, quantize_with_inline_outliers_reference  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-# whole rows in registers, and rows past 4096 (two passes); on a GPU LLaMA-2 7B/13B linear inputs
-SHAPES = [(8, 64), (6, 96), (5, 4100)] if DEVICE == "cpu" else [(8, 64), (8192, 4096), (2048, 11008), (4096, 13824)]
+# whole rows in registers (every shape up to MAX_WHOLE_ROW; OPTIONS also forces the two-pass path);
+# on a GPU LLaMA-2 7B/13B linear inputs and one row past MAX_WHOLE_ROW
+SHAPES = [(8, 64), (6, 96), (5, 4100)] if DEVICE == "cpu" else [(8, 64), (8192, 4096), (2048, 11008), (4096, 13824), (64, 20000)]
+# whole rows (on a GPU also another thread layout: the interpreter has none), two passes of 1024
+OPTIONS = [{}, {"block": 1024}] if DEVICE == "cpu" else [{}, {"num_warps": 4}, {"num_warps": 8}, {"block": 1024}]
 
 
 def _activation(shape, dtype, seed):
@@ -38,11 +41,12 @@ def test_matches_reference_bit_for_bit(shape, dtype):
     for seed in (0, int(torch.randint(1 << 30, ()))):  # a fixed case and a fresh one
         x = _activation(shape, dtype, seed)
         low, high = occ_bounds(x, OCCConfig())
-        fast = quantize_rows_inline(x, torch.stack([low, high]))
         reference = quantize_with_inline_outliers_reference(x, low, high)
-        assert fast.outliers_e4m3 and fast.data.dtype == torch.float8_e4m3fn
-        assert torch.equal(fast.scale, reference.scale), seed
-        assert torch.equal(_bytes(fast), _bytes(reference)), seed
+        for options in OPTIONS:
+            fast = quantize_rows_inline(x, torch.stack([low, high]), **options)
+            assert fast.outliers_e4m3 and fast.data.dtype == torch.float8_e4m3fn
+            assert torch.equal(fast.scale, reference.scale), (seed, options)
+            assert torch.equal(_bytes(fast), _bytes(reference)), (seed, options)
 
 
 def test_non_finite_rows_dequantize_to_nan():
