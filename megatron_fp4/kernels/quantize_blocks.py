@@ -17,7 +17,7 @@ import triton.language as tl
 from ..quantize import QuantizedTensor, QuantSpec
 from ..scaling import BLOCK_SIZES, E4M3_MAX
 from .fp8_rounding import fp8_byte
-from .quantize_rows import _e2m1_index_by_rounding, _max_keeping_nan
+from .quantize_rows import _e2m1_round, _max_keeping_nan
 from .tensor_scale import tensor_scale_from_partials
 
 __all__ = ["quantize_blocks", "supports_block_spec"]
@@ -25,7 +25,21 @@ __all__ = ["quantize_blocks", "supports_block_spec"]
 BLOCK_SPECS = {name: QuantSpec("fp4", name) for name in ("nvfp4", "mxfp4")}  # 1-D blocks along K (16x16 tiles: reference)
 # 2048 elements per program for both formats (was 16 blocks: 256 / 512 elements, a program too
 # small to keep the memory system busy; benchmarks/NOTES.md, session 6)
-BLOCKS_PER_PROGRAM = {"nvfp4": 128, "mxfp4": 64}
+# blocks per work item of the persistent kernel, programs per SM, and the next item's load in
+# flight while the current one is quantized: the H200 sweep of session 9 (benchmarks/NOTES.md)
+BLOCKS_PER_PROGRAM = {"nvfp4": 256, "mxfp4": 128}
+PROGRAMS_PER_SM = 8
+PREFETCH = True
+INTERPRETER_PROGRAMS = 3  # under TRITON_INTERPRET: a few programs, so the tests walk the work loop
+
+
+def persistent_grid(items: int, device: torch.device, programs_per_sm: int | None = None) -> int:
+    """Programs of the persistent kernel over ``items`` work items: ``programs_per_sm`` per
+    multiprocessor (each walks items pid, pid + P, ...), never more than there are items."""
+    if device.type != "cuda":
+        return max(1, min(items, INTERPRETER_PROGRAMS))
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(items, sms * (programs_per_sm or PROGRAMS_PER_SM)))
 
 
 @triton.jit
@@ -46,37 +60,58 @@ def _e4m3_value(byte):
 
 
 @triton.jit
-def _quantize_blocks_kernel(
-    x_ptr, codes_ptr, scale_ptr, global_scale_ptr, K, stride_x,
-    NVFP4: tl.constexpr, BLOCK: tl.constexpr, GROUPS: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)
-    first_block = tl.program_id(1) * GROUPS
-    blocks = first_block + tl.arange(0, GROUPS)
+def _load_tile(x_ptr, item, items, chunks: tl.constexpr, K, stride_x, BLOCK: tl.constexpr, GROUPS: tl.constexpr):
+    """Work item ``item`` (row item // chunks, GROUPS blocks from (item % chunks) GROUPS) in x's
+    dtype; an item past the last (a prefetch beyond the end) loads nothing."""
+    row = tl.cast(item // chunks, tl.int64)
+    blocks = (item % chunks) * GROUPS + tl.arange(0, GROUPS)
     columns = blocks[:, None] * BLOCK + tl.arange(0, BLOCK)[None, :]
-    mask = columns < K
-    x = tl.load(x_ptr + row * stride_x + columns, mask=mask, other=0.0).to(tl.float32)
-    amax = tl.reduce(tl.abs(x), 1, _max_keeping_nan)  # NaN if the block holds a NaN
-    amax = tl.where(amax == float("inf"), float("nan"), amax)  # a block holding Inf: NaN too
-    block_mask = blocks < K // BLOCK
+    limit = tl.where(item < items, K, 0)
+    return tl.load(x_ptr + row * stride_x + columns, mask=columns < limit, other=0.0)
+
+
+@triton.jit
+def _quantize_blocks_kernel(
+    x_ptr, codes_ptr, scale_ptr, global_scale_ptr, K, stride_x, items, chunks: tl.constexpr,
+    NVFP4: tl.constexpr, BLOCK: tl.constexpr, GROUPS: tl.constexpr, PREFETCH: tl.constexpr,
+):
+    """Persistent: program p quantizes work items p, p + P, ... (GROUPS blocks of one row each);
+    with PREFETCH the next item's load is in flight while the current one is quantized."""
+    first = tl.program_id(0)
+    step = tl.num_programs(0)
+    tensor_scale = 1.0
     if NVFP4:
         tensor_scale = tl.load(global_scale_ptr)
-        target = tl.math.div_rn(tl.math.div_rn(amax, 6.0), tensor_scale)
-        byte = fp8_byte(tl.minimum(target, 448.0, propagate_nan=tl.PropagateNan.ALL), 3, 7, True)
-        scale = _e4m3_value(byte) * tensor_scale
-    else:
-        exponent_field = (amax.to(tl.int32, bitcast=True) >> 23) & 0xFF  # floor(log2 amax) + 127 (normals)
-        shared = tl.minimum(tl.maximum(exponent_field - 127 - 2, -127), 127)
-        byte = tl.where((amax != amax) | (amax == float("inf")), 0xFF, shared + 127)
-        scale = tl.where(byte == 0xFF, float("nan"), _power_of_two(byte - 127))
-    tl.store(scale_ptr + row * (K // BLOCK) + blocks, byte.to(tl.uint8), mask=block_mask)
-    multiplier = tl.where(scale == 0, 0.0, tl.math.div_rn(1.0, scale))  # ``quantize.encode_multiplier``
-    q = x * multiplier[:, None]
-    negative = (q.to(tl.int32, bitcast=True) >> 31) & 1
-    codes = (_e2m1_index_by_rounding(tl.abs(q)) | (negative << 3)).to(tl.uint8)
-    low, high = tl.split(tl.reshape(codes, (GROUPS, BLOCK // 2, 2)))
-    pairs = blocks[:, None] * (BLOCK // 2) + tl.arange(0, BLOCK // 2)[None, :]
-    tl.store(codes_ptr + row * (K // 2) + pairs, low | (high << 4), mask=pairs < K // 2)
+    if PREFETCH:
+        upcoming = _load_tile(x_ptr, first, items, chunks, K, stride_x, BLOCK, GROUPS)
+    for item in range(first, items, step):
+        if PREFETCH:
+            raw = upcoming
+            upcoming = _load_tile(x_ptr, item + step, items, chunks, K, stride_x, BLOCK, GROUPS)
+        else:
+            raw = _load_tile(x_ptr, item, items, chunks, K, stride_x, BLOCK, GROUPS)
+        row = tl.cast(item // chunks, tl.int64)
+        blocks = (item % chunks) * GROUPS + tl.arange(0, GROUPS)
+        x = raw.to(tl.float32)
+        amax = tl.reduce(tl.abs(x), 1, _max_keeping_nan)  # NaN if the block holds a NaN
+        amax = tl.where(amax == float("inf"), float("nan"), amax)  # a block holding Inf: NaN too
+        block_mask = blocks < K // BLOCK
+        if NVFP4:
+            target = tl.math.div_rn(tl.math.div_rn(amax, 6.0), tensor_scale)
+            byte = fp8_byte(tl.minimum(target, 448.0, propagate_nan=tl.PropagateNan.ALL), 3, 7, True)
+            scale = _e4m3_value(byte) * tensor_scale
+        else:
+            exponent_field = (amax.to(tl.int32, bitcast=True) >> 23) & 0xFF  # floor(log2 amax) + 127 (normals)
+            shared = tl.minimum(tl.maximum(exponent_field - 127 - 2, -127), 127)
+            byte = tl.where((amax != amax) | (amax == float("inf")), 0xFF, shared + 127)
+            scale = tl.where(byte == 0xFF, float("nan"), _power_of_two(byte - 127))
+        tl.store(scale_ptr + row * (K // BLOCK) + blocks, byte.to(tl.uint8), mask=block_mask)
+        multiplier = tl.where(scale == 0, 0.0, tl.math.div_rn(1.0, scale))  # ``quantize.encode_multiplier``
+        _, code = _e2m1_round(x * multiplier[:, None])
+        codes = code.to(tl.uint8)
+        low, high = tl.split(tl.reshape(codes, (GROUPS, BLOCK // 2, 2)))
+        pairs = blocks[:, None] * (BLOCK // 2) + tl.arange(0, BLOCK // 2)[None, :]
+        tl.store(codes_ptr + row * (K // 2) + pairs, low | (high << 4), mask=pairs < K // 2)
 
 
 @triton.jit
@@ -109,9 +144,16 @@ def supports_block_spec(spec: QuantSpec) -> bool:
     return spec in BLOCK_SPECS.values()
 
 
-def quantize_blocks(x: torch.Tensor, spec: QuantSpec, blocks_per_program: int | None = None) -> QuantizedTensor:
+def quantize_blocks(
+    x: torch.Tensor,
+    spec: QuantSpec,
+    blocks_per_program: int | None = None,
+    prefetch: bool | None = None,
+    programs_per_sm: int | None = None,
+) -> QuantizedTensor:
     """NVFP4 or MXFP4 quantization of ``x`` [..., K] (K a multiple of the block size);
-    blocks_per_program: a power of two, the blocks of one row one program quantizes."""
+    blocks_per_program: a power of two, the blocks of one row in one work item of the persistent
+    kernel; prefetch, programs_per_sm: its pipelining and grid (speed only; NOTES.md)."""
     if not supports_block_spec(spec):
         raise ValueError(f"quantize_blocks: NVFP4/MXFP4 E2M1 specs only, got {spec.describe()}")
     block = BLOCK_SIZES[spec.granularity]
@@ -128,10 +170,11 @@ def quantize_blocks(x: torch.Tensor, spec: QuantSpec, blocks_per_program: int | 
     # absmax_scale(tensor_absmax(x2d), ...) in one launch after the partial maxima
     global_scale = tensor_scale_from_partials(_partial_absmax(x2d), spec.format.max_value * E4M3_MAX) if nvfp4 else None
     groups = min(blocks_per_program or BLOCKS_PER_PROGRAM[spec.granularity], triton.next_power_of_2(k // block))
-    grid = (rows, triton.cdiv(k // block, groups))
-    _quantize_blocks_kernel[grid](
-        x2d, codes, scale_bytes, global_scale if nvfp4 else codes, k, x2d.stride(0),
-        NVFP4=nvfp4, BLOCK=block, GROUPS=groups, num_warps=4,
+    chunks = triton.cdiv(k // block, groups)
+    items = rows * chunks
+    _quantize_blocks_kernel[(persistent_grid(items, x.device, programs_per_sm),)](
+        x2d, codes, scale_bytes, global_scale if nvfp4 else codes, k, x2d.stride(0), items, chunks,
+        NVFP4=nvfp4, BLOCK=block, GROUPS=groups, PREFETCH=PREFETCH if prefetch is None else prefetch, num_warps=4,
     )
     scale = scale_bytes.view(torch.float8_e4m3fn) if nvfp4 else scale_bytes
     return QuantizedTensor(codes, scale, global_scale, spec, x.shape, x.dtype)

@@ -29,12 +29,14 @@ def test_matches_reference_bit_for_bit(granularity, shape, dtype, blocks_per_pro
     x = (torch.randn(shape) * torch.logspace(-12, 3, shape[0])[:, None]).to(dtype).to(DEVICE)
     x[0, :32] = 0  # all-zero blocks
     x[-1, :7] = torch.tensor([0.0, -0.0, 0.25, -0.75, 1.25, 5.0, -3.5])
-    fast, reference = quantize_blocks(x, spec, blocks_per_program), quantize(x, spec)
-    assert torch.equal(fast.data, reference.data)
-    assert torch.equal(fast.scale.view(torch.uint8), reference.scale.view(torch.uint8))
-    if granularity == "nvfp4":
-        assert torch.equal(fast.global_scale, reference.global_scale)
-    assert torch.equal(fast.dequantize(), reference.dequantize())
+    reference = quantize(x, spec)
+    for prefetch in (True, False):  # the persistent kernel with and without its next-item prefetch
+        fast = quantize_blocks(x, spec, blocks_per_program, prefetch=prefetch)
+        assert torch.equal(fast.data, reference.data)
+        assert torch.equal(fast.scale.view(torch.uint8), reference.scale.view(torch.uint8))
+        if granularity == "nvfp4":
+            assert torch.equal(fast.global_scale, reference.global_scale)
+        assert torch.equal(fast.dequantize(), reference.dequantize())
 
 
 @pytest.mark.parametrize("granularity", ["nvfp4", "mxfp4"])
@@ -83,14 +85,18 @@ def test_tiles_are_not_taken_for_blocks():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the along-the-tokens dispatch takes the kernel on CUDA only")
-def test_mxfp4_wgrad_operand_along_the_tokens_equals_the_reference():
-    """MXFP4's weight-gradient operands (blocks along the tokens, no RHT): a transposed copy and
-    the block kernel, against the reference's quantize of the transposed fp32 operand."""
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_mxfp4_wgrad_operand_along_the_tokens_equals_the_reference(stochastic):
+    """MXFP4's weight-gradient operands (blocks along the tokens, no RHT): the dispatch's
+    transposed-load kernel (no transposed copy), round to nearest or stochastic, against the
+    reference's quantize of the transposed fp32 operand with the same seed."""
     from megatron_fp4.kernels import quantize_along_tokens_fast
 
-    spec = QuantSpec("fp4", "mxfp4")
+    spec = QuantSpec("fp4", "mxfp4", stochastic_rounding=stochastic)
     x = (torch.randn(4096, 1024, device="cuda") * torch.logspace(-3, 2, 1024, device="cuda")).to(torch.bfloat16)
+    torch.manual_seed(3)  # the seed the dispatch draws ...
     fast = quantize_along_tokens_fast(x, spec, None, False, check_finite=False, name="x")
+    torch.manual_seed(3)  # ... and the reference draws
     reference = quantize(x.float().t().contiguous(), spec)
     assert fast.shape == reference.shape == (1024, 4096) and fast.dtype == reference.dtype
     assert torch.equal(fast.data, reference.data) and torch.equal(fast.scale, reference.scale)
