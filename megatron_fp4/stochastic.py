@@ -8,8 +8,11 @@ needed: the fused quantizer (``megatron_fp4.kernels.quantize_nvfp4``) derives it
 this module's PyTorch form gives the reference the very same numbers, so both round identically.
 
 The generator is Philox4x32 with 10 rounds (Salmon et al., SC'11; the constants of Random123,
-cuRAND and Triton): counter (i mod 2^32, i div 2^32, 0, 0), key = the two seed words; the first
-output word's top 24 bits make the uniform number in [0, 1) (exact in fp32). The seed is drawn from
+cuRAND and Triton): counter (j mod 2^32, j div 2^32, 0, 0), key = the two seed words. Each of its
+four output words gives one number (its top 24 bits, a uniform number in [0, 1), exact in fp32):
+element i takes word i mod 4 of counter j = i div 4. (Until session 9 only the first word was
+used, one counter per element: four times the integer work, which made the stochastic-rounding
+quantizer compute-bound.) The seed is drawn from
 torch's generator on the tensor's device (``new_seed``): ``torch.manual_seed`` makes a run
 repeatable, and on CUDA the draw happens on the device (no host synchronisation; a CUDA-graph
 replay draws a fresh seed instead of replaying a constant one).
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["new_seed", "philox_uniform", "philox_first_word", "philox4x32", "PHILOX_ROUNDS"]
+__all__ = ["new_seed", "philox_uniform", "philox_first_word", "philox_words", "philox4x32", "PHILOX_ROUNDS", "WORDS_PER_COUNTER"]
 
 PHILOX_ROUNDS = 10
 PHILOX_M0, PHILOX_M1 = 0xD2511F53, 0xCD9E8D57  # round multipliers
@@ -27,6 +30,7 @@ PHILOX_W0, PHILOX_W1 = 0x9E3779B9, 0xBB67AE85  # key increments (Weyl sequence)
 MASK32 = 0xFFFFFFFF
 SEED_LIMIT = 2**31 - 1  # each seed word below 2^31: an int64 on every device, a uint32 in the kernel
 CHUNK = 1 << 22  # elements per step of the PyTorch form (bounds its int64 temporaries to ~0.4 GB)
+WORDS_PER_COUNTER = 4  # numbers per Philox evaluation: all four output words
 
 
 def new_seed(device: torch.device | str, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -63,9 +67,16 @@ def philox_first_word(index: torch.Tensor, seed: torch.Tensor, rounds: int = PHI
     return philox4x32((index & MASK32, (index >> 32) & MASK32, zero, zero), (seed[0], seed[1]), rounds)[0]
 
 
+def philox_words(counter_index: torch.Tensor, seed: torch.Tensor, rounds: int = PHILOX_ROUNDS) -> torch.Tensor:
+    """The four output words (int64 [..., 4]) for counters (j mod 2^32, j div 2^32, 0, 0), key = seed."""
+    zero = torch.zeros_like(counter_index)
+    words = philox4x32((counter_index & MASK32, (counter_index >> 32) & MASK32, zero, zero), (seed[0], seed[1]), rounds)
+    return torch.stack(words, dim=-1)
+
+
 def philox_uniform(seed: torch.Tensor, shape: tuple[int, ...] | torch.Size, device: torch.device | str | None = None) -> torch.Tensor:
-    """fp32 uniform numbers in [0, 1) of ``shape``, element i (row-major) from counter i: the
-    numbers the fused quantizer computes for the same seed and layout."""
+    """fp32 uniform numbers in [0, 1) of ``shape``: element i (row-major) from word i mod 4 of
+    counter i div 4, the numbers the fused quantizer computes for the same seed and layout."""
     if seed.dtype != torch.int64 or seed.numel() != 2:
         raise ValueError(f"philox_uniform: the seed is two int64 words (new_seed), got {seed.dtype} x {seed.numel()}")
     device = device if device is not None else seed.device
@@ -77,7 +88,10 @@ def philox_uniform(seed: torch.Tensor, shape: tuple[int, ...] | torch.Size, devi
     # in chunks: the int64 round arithmetic holds ~10 temporaries of 8 B per element, which for a
     # 7B output gradient at once would be ~15 GB (this path serves the reference and the block
     # recipes' stochastic rounding where no kernel takes it)
-    for start in range(0, count, CHUNK):
-        index = torch.arange(start, min(count, start + CHUNK), dtype=torch.int64, device=device)
-        out[start:start + index.numel()] = (philox_first_word(index, seed) >> 8).to(torch.float32) * 2.0**-24
+    step = max(WORDS_PER_COUNTER, CHUNK - CHUNK % WORDS_PER_COUNTER)  # chunks start on a counter boundary
+    for start in range(0, count, step):
+        stop = min(count, start + step)
+        counters = torch.arange(start // WORDS_PER_COUNTER, -(-stop // WORDS_PER_COUNTER), dtype=torch.int64, device=device)
+        words = philox_words(counters, seed).reshape(-1)[: stop - start]
+        out[start:stop] = (words >> 8).to(torch.float32) * 2.0**-24
     return out.reshape(tuple(shape))

@@ -65,3 +65,15 @@ def test_chunked_evaluation_gives_the_same_numbers(monkeypatch):
     whole = philox_uniform(seed, (37, 101))
     monkeypatch.setattr(stochastic, "CHUNK", 1000)  # 3737 elements: three full chunks and a partial one
     assert torch.equal(philox_uniform(seed, (37, 101)), whole)
+
+
+def test_each_counter_gives_four_consecutive_numbers():
+    """Element i takes word i mod 4 of counter i div 4 (all four words used: a quarter of the
+    integer work of one counter per element)."""
+    from megatron_fp4.stochastic import philox_words
+
+    seed = torch.tensor([77, 31337], dtype=torch.int64)
+    u = philox_uniform(seed, (3, 10)).reshape(-1)  # 30 numbers: counters 0..7, the last partly used
+    words = philox_words(torch.arange(8, dtype=torch.int64), seed)
+    assert torch.equal(u, ((words.reshape(-1)[:30] >> 8).to(torch.float32) * 2.0**-24))
+    assert int(words[2, 1]) == int(philox4x32(_words(2, 0, 0, 0), _words(77, 31337))[1])

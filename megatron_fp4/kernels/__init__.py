@@ -55,14 +55,15 @@ def quantize_fast(
         from .quantize_nvfp4 import quantize_nvfp4, supports_nvfp4_spec
 
         tiles = spec.granularity == "nvfp4_2d" and not spec.stochastic_rounding
-        stochastic_blocks = spec.granularity == "nvfp4" and spec.stochastic_rounding
+        stochastic_blocks = spec.granularity in ("nvfp4", "mxfp4") and spec.stochastic_rounding
         if nvfp4_kernel_enabled() and supports_nvfp4_spec(spec) and (tiles or stochastic_blocks) and x.dim() >= 2:
             x2d = x.reshape(-1, x.shape[-1])
-            if (checking and not torch.isfinite(x).all()) or x2d.shape[-1] % 16 or (tiles and x2d.shape[0] % 16):
+            if (checking and not torch.isfinite(x).all()) or x2d.shape[-1] % spec.block_size or (tiles and x2d.shape[0] % 16):
                 return quantize(x, spec, check_finite=checking, name=name)  # raises, naming the tensor / shape
             from ..stochastic import new_seed
 
-            q = quantize_nvfp4(x2d, tiles=tiles, seed=new_seed(x.device) if stochastic_blocks else None)  # the reference's seed draw
+            seed = new_seed(x.device) if stochastic_blocks else None  # the reference's seed draw
+            q = quantize_nvfp4(x2d, tiles=tiles, seed=seed, block_format="mxfp4" if spec.granularity == "mxfp4" else "nvfp4")
             return dataclasses.replace(q, shape=x.shape, dtype=x.dtype)
         if supports_block_spec(spec):
             if checking and not torch.isfinite(x).all():
@@ -119,22 +120,18 @@ def quantize_along_tokens_fast(tensor2d: torch.Tensor, spec: QuantSpec, rht_seed
     reference (``hadamard.apply_rht`` then ``quantize``), which also names bad shapes."""
     from ..hadamard import RHT_BLOCK, apply_rht, rht_matrix
 
-    fused = tensor2d.is_cuda and triton_available() and spec.granularity == "nvfp4" and nvfp4_kernel_enabled()
+    fused = tensor2d.is_cuda and triton_available() and spec.granularity in ("nvfp4", "mxfp4") and nvfp4_kernel_enabled()
     if fused:
         from .quantize_nvfp4 import quantize_nvfp4, supports_nvfp4_spec
 
-        fused = supports_nvfp4_spec(spec) and tensor2d.shape[0] % RHT_BLOCK == 0 and tensor2d.shape[1] % 2 == 0
+        block = 32 if spec.granularity == "mxfp4" else 16
+        fused = supports_nvfp4_spec(spec) and tensor2d.shape[0] % max(RHT_BLOCK, block) == 0 and tensor2d.shape[1] % 2 == 0
         fused = fused and not ((check_finite or check_finite_enabled()) and not torch.isfinite(tensor2d).all())
     if not fused:
         operand = apply_rht(tensor2d, rht_seed, name) if use_rht else tensor2d
-        if not use_rht and tensor2d.is_cuda and triton_available() and tensor2d.dtype in (torch.bfloat16, torch.float16):
-            from .quantize_blocks import supports_block_spec
-
-            if supports_block_spec(spec) and not spec.stochastic_rounding:  # MXFP4: a transposed copy, then the block kernel
-                q = quantize_fast(tensor2d.t().contiguous(), spec, check_finite=check_finite, name=name)
-                return dataclasses.replace(q, dtype=torch.float32)  # as the reference's fp32 operand
         return quantize(operand.float().t().contiguous(), spec, check_finite=check_finite, name=name)
     from ..stochastic import new_seed
 
     seed = new_seed(tensor2d.device) if spec.stochastic_rounding else None  # drawn where the reference draws it
-    return quantize_nvfp4(tensor2d, along_tokens=True, rht=rht_matrix(rht_seed, device=tensor2d.device) if use_rht else None, seed=seed)
+    rht = rht_matrix(rht_seed, device=tensor2d.device) if use_rht else None
+    return quantize_nvfp4(tensor2d, along_tokens=True, rht=rht, seed=seed, block_format=spec.granularity)

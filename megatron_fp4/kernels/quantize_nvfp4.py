@@ -11,7 +11,8 @@ scales, one fp32 tensor scale amax / (6 * 448)):
 Two launches: partial maxima of |O| (the tensor scale needs the whole tensor; with the RHT the
 maximum is of the transformed values), then the quantization. Stochastic rounding computes its
 uniform number for element i of O (row-major) in registers from ``seed`` and i with Philox4x32-10
-(``megatron_fp4.stochastic``, whose PyTorch form the reference uses), so kernel and reference
+(word i mod 4 of counter i div 4: ``megatron_fp4.stochastic``, whose PyTorch form the reference
+uses), so kernel and reference
 round identically, a seed makes training deterministic, and no draws tensor is written or read
 (it was 4 B per element, twice per backward).
 
@@ -32,35 +33,45 @@ import triton.language as tl
 from ..quantize import QuantizedTensor, QuantSpec
 from ..scaling import E4M3_MAX
 from .fp8_rounding import fp8_byte
-from .quantize_blocks import _e4m3_value
-from .quantize_rows import _e2m1_grid_value, _e2m1_index, _max_keeping_nan
+from .quantize_blocks import _e4m3_value, _power_of_two
+from .quantize_rows import _e2m1_round, _max_keeping_nan
 from .tensor_scale import tensor_scale_from_partials
 
 __all__ = ["quantize_nvfp4", "supports_nvfp4_spec"]
 
 BLOCK = 16
 TILE_R, TILE_C = 64, 64
+TENSOR_CORE_RHT = True  # BF16 inputs: the RHT as a BF16 tensor-core dot (exact products, fp32 sums; NOTES.md, session 9)
 
 
 def supports_nvfp4_spec(spec: QuantSpec) -> bool:
-    return spec.dtype == "fp4" and spec.fp4_format == "e2m1" and spec.granularity in ("nvfp4", "nvfp4_2d") and not spec.power_of_two_scale
+    """NVFP4 (1x16, 16x16) and MXFP4 (1x32) E2M1 specs: the formats this kernel writes."""
+    nvfp4 = spec.granularity in ("nvfp4", "nvfp4_2d") and not spec.power_of_two_scale
+    return spec.dtype == "fp4" and spec.fp4_format == "e2m1" and (nvfp4 or spec.granularity == "mxfp4")
 
 
 @triton.jit
 def _operand_tile(x_ptr, rht_ptr, M, N, stride_x, r0, c0, ALONG_TOKENS: tl.constexpr, RHT: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
-    """O[r0:r0+BR, c0:c0+BC] in fp32 (zeros outside), with its validity mask."""
+    """O[r0:r0+BR, c0:c0+BC] in fp32 (zeros outside), with its validity mask. RHT: 0 none, 1 the
+    16x16 transform in fp32 on the CUDA cores, 2 on BF16 tensor cores (BF16 x only)."""
     rows = r0 + tl.arange(0, BR)
     cols = c0 + tl.arange(0, BC)
     if ALONG_TOKENS:  # O = (R16 x)^T: O rows are x's columns, O columns are tokens
         tokens = cols
         mask_x = (tokens[:, None] < M) & (rows[None, :] < N)
-        x = tl.load(x_ptr + tokens[:, None].to(tl.int64) * stride_x + rows[None, :], mask=mask_x, other=0.0).to(tl.float32)
-        o = tl.trans(x)  # [BR, BC]
-        if RHT:
+        x = tl.load(x_ptr + tokens[:, None].to(tl.int64) * stride_x + rows[None, :], mask=mask_x, other=0.0)
+        if RHT == 2:  # BF16 x on tensor cores: R16's entries are +-1/4 (exact in BF16), products exact, fp32 sums
             k = tl.arange(0, 16)
-            r_t = tl.load(rht_ptr + k[None, :] * 16 + k[:, None])  # R^T: element [j, i] = R[i, j]
-            groups = tl.reshape(o, (BR * BC // 16, 16))
-            o = tl.reshape(tl.dot(groups, r_t, input_precision="ieee"), (BR, BC))
+            r_t = tl.load(rht_ptr + k[None, :] * 16 + k[:, None]).to(tl.bfloat16)  # R^T: element [j, i] = R[i, j]
+            groups = tl.reshape(tl.trans(x), (BR * BC // 16, 16))
+            o = tl.reshape(tl.dot(groups, r_t, out_dtype=tl.float32), (BR, BC))
+        else:
+            o = tl.trans(x.to(tl.float32))  # [BR, BC]
+            if RHT == 1:  # fp32 on the CUDA cores
+                k = tl.arange(0, 16)
+                r_t = tl.load(rht_ptr + k[None, :] * 16 + k[:, None])  # R^T: element [j, i] = R[i, j]
+                groups = tl.reshape(o, (BR * BC // 16, 16))
+                o = tl.reshape(tl.dot(groups, r_t, input_precision="ieee"), (BR, BC))
         mask = (rows[:, None] < N) & (cols[None, :] < M)
     else:
         mask = (rows[:, None] < M) & (cols[None, :] < N)
@@ -76,28 +87,34 @@ def _partial_absmax_kernel(x_ptr, rht_ptr, partial_ptr, M, N, stride_x, ALONG_TO
 
 
 @triton.jit
-def _stochastic_index(magnitude, draw):
-    """``formats.encode_stochastic``: between grid points lo < m < hi, round up with probability
-    (m - lo) / (hi - lo); grid points and m >= 6 stay put / saturate."""
-    upper = (magnitude > 0.0).to(tl.int32) + (magnitude > 0.5).to(tl.int32) + (magnitude > 1.0).to(tl.int32)
-    upper += (magnitude > 1.5).to(tl.int32) + (magnitude > 2.0).to(tl.int32) + (magnitude > 3.0).to(tl.int32)
-    upper += (magnitude > 4.0).to(tl.int32)
-    upper = tl.minimum(upper, 7)
-    lower = tl.maximum(upper - 1, 0)
-    low = _e2m1_grid_value(lower)
-    high = _e2m1_grid_value(upper)
-    gap = high - low
-    fraction = tl.where(gap > 0, (magnitude - low) / tl.where(gap > 0, gap, 1.0), 0.0)
-    index = tl.where((draw < fraction) | (magnitude >= high), upper, lower)
-    return tl.where(magnitude >= 6.0, 7, index)
+def _e2m1_stochastic_code(q, word):
+    """4-bit code of fp32 ``q`` with ``formats.encode_stochastic``'s stochastic rounding for the
+    uniform number (word >> 8) 2^-24 of Philox word ``word``, in integer operations.
+
+    On E2M1 the reference's fraction (|q| - lo) / (hi - lo) is exact (gaps are powers of two), so
+    "draw < fraction" has an exact integer form. |q| >= 1 (one kept mantissa bit; |q| capped at 6,
+    which also saturates Inf/NaN): fraction = d / 2^22 for the 22 dropped bits d, and the draw is
+    below it iff r = word >> 10 < d, i.e. iff d + (2^22 - 1 - r) carries into the kept bit.
+    |q| < 1 (grid 0, 0.5, 1): c = ceil(|q| 2^25) holds floor(2|q|) above bit 24 and
+    ceil(fraction 2^24) below; the draw k = word >> 8 is below the fraction iff k < c mod 2^24,
+    the same carry test with 24 bits."""
+    bits = q.to(tl.int32, bitcast=True)
+    absolute = bits & 0x7FFFFFFF
+    magnitude = tl.minimum(absolute, 0x40C00000)
+    word = word.to(tl.int32, bitcast=True)
+    normal = ((magnitude + (((word >> 10) & 0x3FFFFF) ^ 0x3FFFFF)) >> 22) + 4  # index + 256 (-252 mod 8 = 4)
+    c = tl.math.ceil(absolute.to(tl.float32, bitcast=True) * 33554432.0).to(tl.int32)
+    small = (c + (((word >> 8) & 0xFFFFFF) ^ 0xFFFFFF)) >> 24
+    index = tl.where(absolute < 0x3F800000, small, normal) & 7
+    return index | ((bits >> 28) & 8)
 
 
 @triton.jit
-def _philox_uniform(index, k0, k1):
-    """``stochastic.philox_uniform``'s number for counters ``index`` (int64) and key (k0, k1)
-    (uint32): Philox4x32-10, the first word's top 24 bits as a float in [0, 1)."""
-    c0 = (index & 0xFFFFFFFF).to(tl.uint32)
-    c1 = ((index >> 32) & 0xFFFFFFFF).to(tl.uint32)
+def _philox4(counter, k0, k1):
+    """``stochastic.philox_words``: the four Philox4x32-10 output words (uint32) of counters
+    ``counter`` (int64) with key (k0, k1) (uint32)."""
+    c0 = (counter & 0xFFFFFFFF).to(tl.uint32)
+    c1 = ((counter >> 32) & 0xFFFFFFFF).to(tl.uint32)
     c2 = c0 * 0
     c3 = c0 * 0
     for _ in tl.static_range(10):
@@ -108,28 +125,49 @@ def _philox_uniform(index, k0, k1):
         c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
         k0 = k0 + 0x9E3779B9
         k1 = k1 + 0xBB67AE85
-    return (c0 >> 8).to(tl.float32) * 5.9604644775390625e-08  # 2^-24
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _uniform(word):
+    """``stochastic.philox_uniform``'s number of a Philox word: its top 24 bits times 2^-24."""
+    return (word >> 8).to(tl.float32) * 5.9604644775390625e-08
+
+
+@triton.jit
+def _interleave4(u0, u1, u2, u3, R: tl.constexpr, C: tl.constexpr):
+    """[R, C] from four [R, C / 4] tensors: element (r, 4j + w) is u_w[r, j]."""
+    return tl.reshape(tl.join(tl.join(u0, u2), tl.join(u1, u3)), (R, C))
 
 
 @triton.jit
 def _quantize_kernel(
     x_ptr, rht_ptr, seed_ptr, global_scale_ptr, codes_ptr, scale_ptr, M, N, stride_x,
     ALONG_TOKENS: tl.constexpr, RHT: tl.constexpr, TILES: tl.constexpr, STOCHASTIC: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
+    MX: tl.constexpr,
 ):
     r0 = tl.program_id(0) * BR
     c0 = tl.program_id(1) * BC
     o, mask = _operand_tile(x_ptr, rht_ptr, M, N, stride_x, r0, c0, ALONG_TOKENS, RHT, BR, BC)
     rows_o = N if ALONG_TOKENS else M
     cols_o = M if ALONG_TOKENS else N
-    tensor_scale = tl.load(global_scale_ptr)
+    G: tl.constexpr = 32 if MX else 16  # block length along O's rows
     if TILES:  # 16x16 tiles: amax over each tile, broadcast back
         tiles = tl.reshape(tl.abs(o), (BR // 16, 16, BC // 16, 16))
         amax = tl.reduce(tl.reduce(tiles, 3, _max_keeping_nan), 1, _max_keeping_nan)  # [BR/16, BC/16]
     else:
-        amax = tl.reduce(tl.reshape(tl.abs(o), (BR, BC // 16, 16)), 2, _max_keeping_nan)  # [BR, BC/16]
-    target = tl.math.div_rn(tl.math.div_rn(amax, 6.0), tensor_scale)
-    byte = fp8_byte(tl.minimum(target, 448.0, propagate_nan=tl.PropagateNan.ALL), 3, 7, True)
-    scale = _e4m3_value(byte) * tensor_scale
+        amax = tl.reduce(tl.reshape(tl.abs(o), (BR, BC // G, G)), 2, _max_keeping_nan)  # [BR, BC/G]
+    if MX:  # E8M0: 2^(floor(log2 amax) - 2), 0xFF (NaN) for a block holding NaN/Inf (``quantize_blocks``)
+        amax = tl.where(amax == float("inf"), float("nan"), amax)
+        exponent_field = (amax.to(tl.int32, bitcast=True) >> 23) & 0xFF
+        shared = tl.minimum(tl.maximum(exponent_field - 127 - 2, -127), 127)
+        byte = tl.where(amax != amax, 0xFF, shared + 127)
+        scale = tl.where(byte == 0xFF, float("nan"), _power_of_two(byte - 127))
+    else:
+        tensor_scale = tl.load(global_scale_ptr)
+        target = tl.math.div_rn(tl.math.div_rn(amax, 6.0), tensor_scale)
+        byte = fp8_byte(tl.minimum(target, 448.0, propagate_nan=tl.PropagateNan.ALL), 3, 7, True)
+        scale = _e4m3_value(byte) * tensor_scale
     multiplier = tl.where(scale == 0, 0.0, tl.math.div_rn(1.0, scale))  # ``quantize.encode_multiplier``
     if TILES:
         tile_rows = r0 // 16 + tl.arange(0, BR // 16)
@@ -140,22 +178,22 @@ def _quantize_kernel(
         q = o * tl.reshape(full, (BR, BC))
     else:
         rows = r0 + tl.arange(0, BR)
-        groups = c0 // 16 + tl.arange(0, BC // 16)
-        group_mask = (rows[:, None] < rows_o) & (groups[None, :] < cols_o // 16)
-        tl.store(scale_ptr + rows[:, None].to(tl.int64) * (cols_o // 16) + groups[None, :], byte.to(tl.uint8), mask=group_mask)
-        q = tl.reshape(tl.reshape(o, (BR, BC // 16, 16)) * multiplier[:, :, None], (BR, BC))
+        groups = c0 // G + tl.arange(0, BC // G)
+        group_mask = (rows[:, None] < rows_o) & (groups[None, :] < cols_o // G)
+        tl.store(scale_ptr + rows[:, None].to(tl.int64) * (cols_o // G) + groups[None, :], byte.to(tl.uint8), mask=group_mask)
+        q = tl.reshape(tl.reshape(o, (BR, BC // G, G)) * multiplier[:, :, None], (BR, BC))
     rows = r0 + tl.arange(0, BR)
     cols = c0 + tl.arange(0, BC)
-    negative = (q.to(tl.int32, bitcast=True) >> 31) & 1
-    magnitude = tl.abs(q)
     if STOCHASTIC:
         k0 = tl.load(seed_ptr).to(tl.uint32)
         k1 = tl.load(seed_ptr + 1).to(tl.uint32)
-        draw = _philox_uniform(rows[:, None].to(tl.int64) * cols_o + cols[None, :], k0, k1)
-        index = _stochastic_index(magnitude, draw)
+        # element i = row * cols_o + col takes word i % 4 of counter i // 4 (cols_o and c0 are multiples of 16)
+        counters = rows[:, None].to(tl.int64) * (cols_o // 4) + (c0 // 4 + tl.arange(0, BC // 4))[None, :]
+        w0, w1, w2, w3 = _philox4(counters, k0, k1)
+        codes = _e2m1_stochastic_code(q, _interleave4(w0, w1, w2, w3, BR, BC)).to(tl.uint8)
     else:
-        index = _e2m1_index(magnitude)
-    codes = (index | (negative << 3)).to(tl.uint8)
+        _, code = _e2m1_round(q)
+        codes = code.to(tl.uint8)
     low, high = tl.split(tl.reshape(codes, (BR, BC // 2, 2)))
     half = c0 // 2 + tl.arange(0, BC // 2)
     tl.store(codes_ptr + rows[:, None].to(tl.int64) * (cols_o // 2) + half[None, :], low | (high << 4), mask=(rows[:, None] < rows_o) & (half[None, :] < cols_o // 2))
@@ -168,11 +206,19 @@ def quantize_nvfp4(
     along_tokens: bool = False,
     rht: torch.Tensor | None = None,
     seed: torch.Tensor | None = None,
+    block_format: str = "nvfp4",
 ) -> QuantizedTensor:
     """NVFP4 codes of x2d [M, C] (``along_tokens``: of (R16 x2d)^T [C, M], ``rht`` the 16x16 R16 or
     None), 16x16 ``tiles`` or 1x16 blocks, stochastic rounding with the Philox ``seed``
     (``stochastic.new_seed``: int64 [2] on x2d's device; None: round to nearest). See the module
-    docstring."""
+    docstring. ``block_format="mxfp4"``: OCP MXFP4 instead (1x32 blocks, E8M0 scales, no tensor
+    scale), with the same layouts except the tiles: MXFP4's weight-gradient operands along the
+    tokens without a transposed copy."""
+    if block_format not in ("nvfp4", "mxfp4"):
+        raise ValueError(f"quantize_nvfp4: block_format must be 'nvfp4' or 'mxfp4', got {block_format!r}")
+    mx = block_format == "mxfp4"
+    if tiles and mx:
+        raise ValueError("quantize_nvfp4: 16x16 tiles are NVFP4's weight layout; MXFP4 has 1x32 blocks only")
     if tiles and along_tokens:
         raise ValueError("quantize_nvfp4: 16x16 tiles are for weights, not for the operands along the tokens")
     if rht is not None and not along_tokens:
@@ -180,26 +226,34 @@ def quantize_nvfp4(
     m, n = x2d.shape
     out_rows, out_cols = (n, m) if along_tokens else (m, n)
     what = "the token dimension (--micro-batch-size x --seq-length)" if along_tokens else "the last dimension"
-    if out_cols % BLOCK or (tiles and out_rows % BLOCK):
-        raise ValueError(f"quantize_nvfp4: shape {tuple(x2d.shape)}: {what} must be a multiple of {BLOCK}" + (" (and the rows, for 16x16 tiles)" if tiles else ""))
+    block = 32 if mx else BLOCK
+    if out_cols % block or (tiles and out_rows % BLOCK):
+        raise ValueError(f"quantize_nvfp4: shape {tuple(x2d.shape)}: {what} must be a multiple of {block}" + (" (and the rows, for 16x16 tiles)" if tiles else ""))
     if seed is not None and (seed.dtype != torch.int64 or seed.numel() != 2 or seed.device != x2d.device):
         raise ValueError(f"quantize_nvfp4: seed must be two int64 words on {x2d.device} (stochastic.new_seed), got {seed.dtype} x {seed.numel()} on {seed.device}")
     if x2d.stride(-1) != 1:
         x2d = x2d.contiguous()
     device = x2d.device
     rht_matrix = (rht.float().contiguous().to(device) if rht is not None else torch.empty(16, 16, device=device))
+    # the transform's mode: BF16 inputs on tensor cores where compiled (the interpreter's BF16 dots are not exact)
+    rht_mode = 0 if rht is None else (2 if TENSOR_CORE_RHT and x2d.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") != "1" else 1)
     grid = (triton.cdiv(out_rows, TILE_R), triton.cdiv(out_cols, TILE_C))
-    partial = torch.empty(grid[0] * grid[1], dtype=torch.float32, device=device)
-    _partial_absmax_kernel[grid](x2d, rht_matrix, partial, m, n, x2d.stride(0), ALONG_TOKENS=along_tokens, RHT=rht is not None, BR=TILE_R, BC=TILE_C)
-    global_scale = tensor_scale_from_partials(partial, 6.0 * E4M3_MAX)  # absmax_scale's rule, one launch
+    global_scale = None
+    if not mx:  # NVFP4's tensor scale needs the whole tensor's maximum first
+        partial = torch.empty(grid[0] * grid[1], dtype=torch.float32, device=device)
+        _partial_absmax_kernel[grid](x2d, rht_matrix, partial, m, n, x2d.stride(0), ALONG_TOKENS=along_tokens, RHT=rht_mode, BR=TILE_R, BC=TILE_C)
+        global_scale = tensor_scale_from_partials(partial, 6.0 * E4M3_MAX)  # absmax_scale's rule, one launch
     codes = torch.empty(out_rows, out_cols // 2, dtype=torch.uint8, device=device)
-    scale_shape = (out_rows // BLOCK, out_cols // BLOCK) if tiles else (out_rows, out_cols // BLOCK)
+    scale_shape = (out_rows // BLOCK, out_cols // BLOCK) if tiles else (out_rows, out_cols // block)
     scale_bytes = torch.empty(scale_shape, dtype=torch.uint8, device=device)
     _quantize_kernel[grid](
-        x2d, rht_matrix, seed.contiguous() if seed is not None else partial, global_scale, codes, scale_bytes, m, n, x2d.stride(0),
-        ALONG_TOKENS=along_tokens, RHT=rht is not None, TILES=tiles, STOCHASTIC=seed is not None, BR=TILE_R, BC=TILE_C,
+        x2d, rht_matrix, seed.contiguous() if seed is not None else rht_matrix, global_scale if global_scale is not None else rht_matrix,
+        codes, scale_bytes, m, n, x2d.stride(0),
+        ALONG_TOKENS=along_tokens, RHT=rht_mode, TILES=tiles, STOCHASTIC=seed is not None, BR=TILE_R, BC=TILE_C, MX=mx,
         **({} if os.environ.get("TRITON_INTERPRET") == "1" else {"num_warps": 4}),
     )
-    spec = QuantSpec("fp4", "nvfp4_2d" if tiles else "nvfp4", stochastic_rounding=seed is not None)
     dtype = torch.float32 if along_tokens else x2d.dtype  # the reference quantizes the fp32 transposed operand
+    if mx:
+        return QuantizedTensor(codes, scale_bytes, None, QuantSpec("fp4", "mxfp4", stochastic_rounding=seed is not None), torch.Size((out_rows, out_cols)), dtype)
+    spec = QuantSpec("fp4", "nvfp4_2d" if tiles else "nvfp4", stochastic_rounding=seed is not None)
     return QuantizedTensor(codes, scale_bytes.view(torch.float8_e4m3fn), global_scale, spec, torch.Size((out_rows, out_cols)), dtype)

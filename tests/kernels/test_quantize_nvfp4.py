@@ -17,9 +17,9 @@ from megatron_fp4.formats import unpack_codes  # noqa: E402
 from megatron_fp4.hadamard import apply_rht, rht_matrix  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from megatron_fp4.kernels.quantize_nvfp4 import _philox_uniform, quantize_nvfp4  # noqa: E402
+from megatron_fp4.kernels.quantize_nvfp4 import _interleave4, _philox4, _uniform, quantize_nvfp4  # noqa: E402
 from megatron_fp4.quantize import QuantSpec, quantize  # noqa: E402
-from megatron_fp4.stochastic import new_seed, philox_first_word  # noqa: E402
+from megatron_fp4.stochastic import new_seed, philox_uniform, philox_words  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SHAPES = [(64, 64), (96, 160)] if DEVICE == "cpu" else [(64, 64), (8192, 4096), (4096, 11008)]
@@ -56,22 +56,45 @@ def test_stochastic_rounding_with_the_same_seed_matches_the_reference(shape):
     assert not torch.equal(quantize_nvfp4(x, seed=seed).data, quantize_nvfp4(x, seed=seed + 1).data)
 
 
+def test_stochastic_rounding_at_grid_points_ties_and_tiny_values_matches_the_reference():
+    """Scales of exactly 1 (a block maximum of 6, the tensor maximum 6 x 448), so the kernel rounds
+    the values as given: grid points, midpoints and their fp32 neighbours, values below 0.25 (the
+    ceil(|q| 2^25) path), just below 1 and above 6, both signs; many draws per value."""
+    grid = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+    points = torch.cat([grid, (grid[1:] + grid[:-1]) / 2, torch.tensor([1e-30, 1e-3, 0.1, 0.2499999, 0.25, 0.2500001, 0.99999994, 6.5, 100.0])])
+    special = torch.cat([points, torch.nextafter(points, torch.full_like(points, 1e9)), torch.nextafter(points, torch.full_like(points, -1e9))])
+    special = torch.cat([special, -special, torch.rand(200) * 6.0, torch.rand(100) * 0.25])
+    rows, blocks = 64, 256
+    values = special[torch.randint(special.numel(), (rows, blocks, 15))]
+    x = torch.cat([torch.full((rows, blocks, 1), 6.0), values.clamp(-6.0, 6.0)], dim=2).reshape(rows, blocks * 16)
+    x[0, 0] = 6.0 * 448  # the tensor maximum: tensor scale 1; its own block's scale is 448
+    x = x.to(DEVICE)
+    seed = new_seed(DEVICE, torch.Generator(DEVICE).manual_seed(11))
+    fast, reference = quantize_nvfp4(x, seed=seed), quantize(x, SR, seed=seed)
+    assert float(fast.global_scale) == 1.0
+    assert_identical(fast, reference)
+
+
 @triton.jit
-def _philox_probe(index_ptr, seed_ptr, out_ptr, COUNT: tl.constexpr):
+def _philox_probe(counter_ptr, seed_ptr, out_ptr, COUNT: tl.constexpr):
     offsets = tl.arange(0, COUNT)
     k0 = tl.load(seed_ptr).to(tl.uint32)
     k1 = tl.load(seed_ptr + 1).to(tl.uint32)
-    tl.store(out_ptr + offsets, _philox_uniform(tl.load(index_ptr + offsets), k0, k1))
+    w0, w1, w2, w3 = _philox4(tl.load(counter_ptr + offsets)[None, :], k0, k1)
+    tl.store(out_ptr + tl.arange(0, 4 * COUNT)[None, :], _uniform(_interleave4(w0, w1, w2, w3, 1, 4 * COUNT)))
 
 
 def test_in_kernel_generator_equals_the_reference_numbers():
-    """The kernel's Philox numbers, counters past 2^32 included, equal ``stochastic``'s PyTorch form."""
-    index = torch.tensor([0, 1, 2, 1000, 2**31 + 7, 2**32 - 1, 2**32, 2**32 + 3, 2**40 + 11, 2**33 - 1, 5, 6, 7, 8, 9, 10], dtype=torch.int64, device=DEVICE)
+    """The kernel's Philox numbers (all four words, in element order), counters past 2^32
+    included, equal ``stochastic``'s PyTorch form."""
+    counters = torch.tensor([0, 1, 2, 1000, 2**31 + 7, 2**32 - 1, 2**32, 2**32 + 3, 2**40 + 11, 2**33 - 1, 5, 6, 7, 8, 9, 10], dtype=torch.int64, device=DEVICE)
     seed = torch.tensor([2**31 - 2, 12345], dtype=torch.int64, device=DEVICE)
-    out = torch.empty(16, dtype=torch.float32, device=DEVICE)
-    _philox_probe[(1,)](index, seed, out, COUNT=16)
-    expected = (philox_first_word(index, seed) >> 8).to(torch.float32) * 2.0**-24
+    out = torch.empty(64, dtype=torch.float32, device=DEVICE)
+    _philox_probe[(1,)](counters, seed, out, COUNT=16)
+    expected = (philox_words(counters, seed).reshape(-1) >> 8).to(torch.float32) * 2.0**-24
     assert torch.equal(out, expected)
+    # and philox_uniform's element i is word i % 4 of counter i // 4 (the first three counters are 0, 1, 2)
+    assert torch.equal(philox_uniform(seed, (3, 4)).reshape(-1), expected[:12])
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -82,7 +105,11 @@ def test_along_the_tokens_without_rht_is_the_transposed_quantization(shape):
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("stochastic", [False, True])
-def test_along_the_tokens_with_rht_matches_up_to_summation_order(shape, stochastic):
+@pytest.mark.parametrize("tensor_cores", [True, False] if DEVICE == "cuda" else [True])  # compiled BF16: tensor cores or fp32 FMAs
+def test_along_the_tokens_with_rht_matches_up_to_summation_order(shape, stochastic, tensor_cores, monkeypatch):
+    import megatron_fp4.kernels.quantize_nvfp4 as kernel
+
+    monkeypatch.setattr(kernel, "TENSOR_CORE_RHT", tensor_cores)
     x = activation(shape)
     operand = apply_rht(x, 1234).t().contiguous()
     seed = new_seed(DEVICE, torch.Generator(DEVICE).manual_seed(3)) if stochastic else None
@@ -97,6 +124,37 @@ def test_along_the_tokens_with_rht_matches_up_to_summation_order(shape, stochast
     assert (steps <= grid_step * (1 + 1e-6)).all()
 
 
+MXFP4, MXFP4_SR = QuantSpec("fp4", "mxfp4"), QuantSpec("fp4", "mxfp4", stochastic_rounding=True)
+
+
+def assert_identical_mx(fast, reference):
+    assert torch.equal(fast.data, reference.data) and torch.equal(fast.scale, reference.scale)
+    assert fast.global_scale is None and fast.spec == reference.spec and tuple(fast.shape) == tuple(reference.shape)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_mxfp4_layouts_match_the_reference(shape, stochastic):
+    """block_format="mxfp4": 1x32 E8M0 blocks, along the rows and along the tokens (the weight-
+    gradient operands, read transposed in place), round to nearest or stochastic: bit for bit."""
+    x = activation(shape)
+    x[5, :40] = 0.0  # all-zero blocks
+    seed = new_seed(DEVICE, torch.Generator(DEVICE).manual_seed(5)) if stochastic else None
+    spec = MXFP4_SR if stochastic else MXFP4
+    assert_identical_mx(quantize_nvfp4(x, seed=seed, block_format="mxfp4"), quantize(x, spec, seed=seed))
+    transposed = x.float().t().contiguous()
+    assert_identical_mx(quantize_nvfp4(x, along_tokens=True, seed=seed, block_format="mxfp4"), quantize(transposed, spec, seed=seed))
+
+
+def test_mxfp4_with_rht_matches_up_to_summation_order():
+    x = activation(SHAPES[-1])
+    operand = apply_rht(x, 77).t().contiguous()
+    reference = quantize(operand, MXFP4)
+    fast = quantize_nvfp4(x, along_tokens=True, rht=rht_matrix(77), block_format="mxfp4")
+    differing = unpack_codes(fast.data) != unpack_codes(reference.data)
+    assert differing.float().mean() < 1e-3 and (fast.scale != reference.scale).float().mean() < 1e-3
+
+
 def test_bad_shapes_and_arguments_are_named():
     with pytest.raises(ValueError, match="token dimension"):
         quantize_nvfp4(torch.randn(40, 64).to(DEVICE), along_tokens=True)
@@ -106,6 +164,12 @@ def test_bad_shapes_and_arguments_are_named():
         quantize_nvfp4(torch.randn(64, 64).to(DEVICE), rht=rht_matrix(1))
     with pytest.raises(ValueError, match="seed must be two int64 words"):
         quantize_nvfp4(torch.randn(64, 64).to(DEVICE), seed=torch.tensor([1, 2], dtype=torch.int32, device=DEVICE))
+    with pytest.raises(ValueError, match="block_format"):
+        quantize_nvfp4(torch.randn(64, 64).to(DEVICE), block_format="e8m0")
+    with pytest.raises(ValueError, match="1x32 blocks only"):
+        quantize_nvfp4(torch.randn(64, 64).to(DEVICE), tiles=True, block_format="mxfp4")
+    with pytest.raises(ValueError, match="multiple of 32"):
+        quantize_nvfp4(torch.randn(48, 64).to(DEVICE), along_tokens=True, block_format="mxfp4")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the linear's kernel dispatch runs on CUDA only")
