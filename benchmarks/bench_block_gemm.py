@@ -34,11 +34,15 @@ SWEEP = [
     GemmConfig(128, 128, 64, 8, 8, 3), GemmConfig(128, 256, 64, 8, 8, 3), GemmConfig(256, 128, 64, 8, 8, 3),
     GemmConfig(128, 128, 128, 8, 8, 3), GemmConfig(128, 256, 64, 8, 8, 4), GemmConfig(128, 128, 64, 8, 4, 4),
     GemmConfig(64, 256, 64, 8, 4, 4), GemmConfig(128, 64, 64, 8, 4, 4),
+    # persistent (one program per SM walking the tiles), with and without warp specialization
+    GemmConfig(128, 256, 64, 8, 8, 3, persistent=True), GemmConfig(128, 128, 64, 8, 8, 4, persistent=True),
+    GemmConfig(128, 256, 64, 8, 8, 3, persistent=True, warp_specialize=True), GemmConfig(128, 128, 64, 8, 4, 4, persistent=True),
 ]
 
 
 def describe(config: GemmConfig) -> str:
-    return f"{config.block_m}x{config.block_n}x{config.block_k}/w{config.num_warps}/s{config.num_stages}"
+    kind = ("/persistent" if config.persistent else "") + ("+ws" if config.warp_specialize else "")
+    return f"{config.block_m}x{config.block_n}x{config.block_k}/w{config.num_warps}/s{config.num_stages}{kind}"
 
 
 def bf16_gemm_ms(a16: torch.Tensor, b16: torch.Tensor, config: GemmConfig) -> float:

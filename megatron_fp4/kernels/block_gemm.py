@@ -48,7 +48,7 @@ GRANULARITY_CODES = {"nvfp4": 1, "nvfp4_2d": 2, "mxfp4": 3}
 
 @dataclass(frozen=True)
 class GemmConfig:
-    """Tile shape and pipeline depth of one launch (defaults measured on H100: NOTES.md)."""
+    """Tile shape, pipeline depth and grid of one launch (defaults measured: NOTES.md)."""
 
     block_m: int = 128
     block_n: int = 128
@@ -56,15 +56,28 @@ class GemmConfig:
     group_m: int = 8
     num_warps: int = 8
     num_stages: int = 3
+    persistent: bool = False  # the ``decoded`` GEMM as one program per SM walking the output tiles
+    warp_specialize: bool = False  # persistent only: Triton's producer/consumer warp specialization
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n", "block_k"):
             value = getattr(self, name)
             if value < 32 or value & (value - 1):
                 raise ValueError(f"GemmConfig.{name} must be a power of two >= 32, got {value}")
+        if self.warp_specialize and not self.persistent:
+            raise ValueError("GemmConfig.warp_specialize needs persistent=True")
 
 
-DEFAULT_CONFIG = GemmConfig(128, 256, 64, num_warps=8, num_stages=4)  # H100 sweep (decoded, TMA), benchmarks/NOTES.md
+# persistent TMA GEMM, H200 sweep (session 9, benchmarks/NOTES.md): 1.00-1.02x cuBLAS BF16 on BF16
+# operands (the session-4 default, 128x256x64 / 4 stages, one program per tile: 0.84-0.86x)
+DEFAULT_CONFIG = GemmConfig(128, 256, 64, num_warps=8, num_stages=3, persistent=True)
+# fp32 outputs (the weight gradient): a 128x256 fp32 tile beside three stages exceeds shared memory
+FP32_OUTPUT_CONFIG = GemmConfig(128, 128, 64, num_warps=8, num_stages=4, persistent=True)
+
+
+def default_config(out_dtype: torch.dtype) -> GemmConfig:
+    """The measured default for this output dtype (4-byte outputs need the smaller tile)."""
+    return FP32_OUTPUT_CONFIG if out_dtype.itemsize > 2 else DEFAULT_CONFIG
 DEFAULT_METHOD = "decoded"  # 0.76-0.89x cuBLAS BF16 against 0.17-0.25x fused (H100, NOTES.md)
 METHODS = ("fused", "decoded")
 
@@ -202,6 +215,38 @@ def _bf16_gemm_tma_kernel(
 
 
 @triton.jit
+def _bf16_gemm_persistent_kernel(
+    a_desc, b_desc, c_desc, global_scale, M, N, K,
+    B_KN: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, AS_BF16: tl.constexpr,
+    PROGRAMS: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
+):
+    """``_bf16_gemm_tma_kernel`` as a persistent kernel: PROGRAMS programs (one per SM) walk the
+    output tiles in grouped order, so one tile's epilogue overlaps the next tile's first loads and
+    no launch wave is left part-empty."""
+    tiles_m = tl.cdiv(M, BM)
+    tiles_n = tl.cdiv(N, BN)
+    per_group = GROUP_M * tiles_n
+    scale = tl.load(global_scale)
+    for tile in tl.range(tl.program_id(0), tiles_m * tiles_n, PROGRAMS, flatten=True, warp_specialize=WARP_SPECIALIZE):
+        first_m = (tile // per_group) * GROUP_M
+        group_size = tl.minimum(tiles_m - first_m, GROUP_M)
+        pid_m = first_m + (tile % per_group) % group_size
+        pid_n = (tile % per_group) // group_size
+        accumulator = tl.zeros((BM, BN), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            a = a_desc.load([pid_m * BM, k0])
+            if B_KN:
+                b = b_desc.load([k0, pid_n * BN])
+            else:
+                b = tl.trans(b_desc.load([pid_n * BN, k0]))
+            if AS_BF16:
+                accumulator = tl.dot(a, b, accumulator)
+            else:
+                accumulator = tl.dot(a.to(tl.float32), b.to(tl.float32), accumulator, input_precision="ieee")
+        c_desc.store([pid_m * BM, pid_n * BN], (accumulator * scale).to(c_desc.dtype))
+
+
+@triton.jit
 def _decode_kernel(codes_ptr, scale_ptr, out_ptr, n_rows, K, stride, stride_scale, KIND: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, AS_BF16: tl.constexpr):
     r0 = tl.program_id(0) * BR
     k0 = tl.program_id(1) * BK
@@ -292,7 +337,7 @@ def block_scaled_matmul(
     if method not in METHODS:
         raise ValueError(f"block_scaled_matmul: method {method!r} is not one of {METHODS} (MEGATRON_FP4_BLOCK_GEMM)")
     m, n, k = _check_operands(a, b, b_transposed, method)
-    config = config or DEFAULT_CONFIG
+    config = config or default_config(out_dtype)
     global_scale = torch.ones((), dtype=torch.float32, device=a.data.device)
     for operand in (a, b):
         if operand.global_scale is not None:
@@ -328,7 +373,7 @@ def bf16_matmul(
     b_kn), fp32 accumulation, on tensor-memory-accelerator loads (the ``decoded`` method's GEMM)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    config = config or DEFAULT_CONFIG
+    config = config or default_config(out.dtype)
     m, k = a16.shape
     n = b16.shape[1] if b_kn else b16.shape[0]
     block_m, block_n, block_k = config.block_m, config.block_n, config.block_k
@@ -339,11 +384,27 @@ def bf16_matmul(
     b_desc = TensorDescriptor.from_tensor(b16, [block_k, block_n] if b_kn else [block_n, block_k])
     c_desc = TensorDescriptor.from_tensor(out, [block_m, block_n])
     launch = {} if interpreted else {"num_warps": config.num_warps, "num_stages": config.num_stages}
-    _bf16_gemm_tma_kernel[(triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)](
+    tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
+    if config.persistent:
+        programs = min(tiles, _multiprocessors(out.device))
+        _bf16_gemm_persistent_kernel[(programs,)](
+            a_desc, b_desc, c_desc, global_scale.reshape(1), m, n, k,
+            B_KN=b_kn, BM=block_m, BN=block_n, BK=block_k, GROUP_M=config.group_m, AS_BF16=not interpreted,
+            PROGRAMS=programs, WARP_SPECIALIZE=config.warp_specialize, **launch,
+        )
+        return out
+    _bf16_gemm_tma_kernel[(tiles,)](
         a_desc, b_desc, c_desc, global_scale.reshape(1), m, n, k,
         B_KN=b_kn, BM=block_m, BN=block_n, BK=block_k, GROUP_M=config.group_m, AS_BF16=not interpreted, **launch,
     )
     return out
+
+
+def _multiprocessors(device: torch.device) -> int:
+    """SMs of the device (the persistent GEMM's grid); 3 under the interpreter, so tests walk tiles."""
+    if device.type != "cuda":
+        return 3
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def transpose_2d(q: QuantizedTensor) -> QuantizedTensor:

@@ -4,6 +4,7 @@ in fp32, so the only difference is the order of the sums (bound 1e-5 relative, s
 terms). Both ways of forming the operands (``fused``, ``decoded``), W read transposed in place for
 dgrad. In Triton's interpreter on CPU (small shapes), compiled on a GPU (LLaMA shapes)."""
 
+import dataclasses
 import os
 
 import pytest
@@ -14,6 +15,7 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("Triton kernels need a GPU or TRITON_INTERPRET=1", allow_module_level=True)
 
 from conftest import relative_error  # noqa: E402
+from megatron_fp4.kernels import block_gemm  # noqa: E402
 from megatron_fp4.kernels.block_gemm import GemmConfig, block_scaled_matmul, decode_to_bf16, transpose_2d  # noqa: E402
 from megatron_fp4.quantize import QuantSpec, quantize  # noqa: E402
 
@@ -87,6 +89,31 @@ def test_tile_configurations_agree(config):
     a, b = operands(2048, 3072, 4096, ("nvfp4", "nvfp4_2d"))
     expected = reference(a, b)
     assert relative_error(block_scaled_matmul(a, b, config=config), expected) < 1e-5
+
+
+@pytest.mark.parametrize("warp_specialize", [False, True] if DEVICE == "cuda" else [False])
+@pytest.mark.parametrize("b_transposed", [False, True])
+def test_persistent_decoded_gemm_equals_the_reference(b_transposed, warp_specialize):
+    """The persistent form of the decoded GEMM (programs walk the output tiles; under the
+    interpreter 3 programs over several tiles) gives the same numbers, fprop and dgrad layouts."""
+    m, n, k = (96, 80, 64) if DEVICE == "cpu" else (4096, 11008, 4096)
+    out_dtype = torch.bfloat16 if warp_specialize else torch.float32  # both output widths (their default tiles differ)
+    config = dataclasses.replace(block_gemm.default_config(out_dtype), warp_specialize=warp_specialize)
+    assert config.persistent
+    a, b = operands(m, n, k, ("nvfp4", "nvfp4_2d"))
+    if b_transposed:
+        b = transpose_2d(b)  # [K, N]: read as B^T in place
+        expected = a.dequantize_2d().double() @ b.dequantize_2d().double()
+    else:
+        expected = reference(a, b)
+    result = block_scaled_matmul(a, b, out_dtype, b_transposed=b_transposed, method="decoded", config=config)
+    assert result.dtype == out_dtype
+    assert relative_error(result, expected) < (2**-8 if out_dtype == torch.bfloat16 else 1e-5)  # bf16: the output's rounding
+
+
+def test_persistent_config_is_validated():
+    with pytest.raises(ValueError, match="warp_specialize needs persistent"):
+        GemmConfig(warp_specialize=True)
 
 
 def test_bad_operands_are_refused():
