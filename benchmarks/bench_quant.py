@@ -5,6 +5,7 @@
 Bytes counted are the fewest each job needs (bf16 inputs), so "of copy" is the share of the
 copy's bandwidth reached (the issue's target: 0.85):
   row quantizer        read x (2 B) + FP8 (1 B) + codes (0.5 B) written + a scale per row
+  row inline (OCC)     read x (2 B) + the E4M3 operand (1 B) + a scale per row (`paper`'s default)
   grad quantizer       read dY (2 B) once + two FP8 operands (2 x 1 B); it reads dY twice
                        (amax pass, quantize pass), so 0.67 of copy is its DRAM ceiling unless
                        the second read hits L2
@@ -12,6 +13,9 @@ copy's bandwidth reached (the issue's target: 0.85):
   DGE on dW            read dW (4 B) + W (2 B) + write dW (4 B)
   NVFP4/MXFP4 blocks   read x (2 B) + codes (0.5 B) + a scale byte per 16/32 elements (NVFP4 also
                        reads x once more for the tensor absmax, not counted)
+  NVFP4 recipe         the same bytes, for the recipe kernel's layouts: 16x16 weight tiles; 1x16
+                       blocks with stochastic rounding (dgrad's dY); along the tokens with the RHT
+                       and stochastic rounding (wgrad's dY^T and X^T)
 The copy moves 2 B read + 2 B written per bf16 element. ``--sweep`` times the kernels' tile and
 warp options (used to set the defaults; see NOTES.md).
 """
@@ -21,14 +25,18 @@ from __future__ import annotations
 import argparse
 
 import torch
+import triton
 from triton.testing import do_bench
 
 from megatron_fp4.kernels.codes_to_fp8 import codes_to_fp8_t
 from megatron_fp4.kernels.dge_grad import dge_scale_grad
 from megatron_fp4.kernels.quantize_blocks import quantize_blocks
 from megatron_fp4.kernels.quantize_grad import quantize_grad_folded
-from megatron_fp4.kernels.quantize_rows import quantize_rows
+from megatron_fp4.hadamard import rht_matrix
+from megatron_fp4.kernels.quantize_nvfp4 import quantize_nvfp4
+from megatron_fp4.kernels.quantize_rows import quantize_rows, quantize_rows_inline
 from megatron_fp4.quantize import QuantSpec
+from megatron_fp4.stochastic import new_seed
 
 SHAPES = [(8192, 2048), (8192, 4096), (16384, 5120), (8192, 11008), (16384, 13824)]
 E5M2 = QuantSpec("fp8_e5m2", "tensor")
@@ -49,8 +57,12 @@ def kernels(rows: int, k: int, **options) -> dict[str, tuple]:
     grad_w = torch.randn(rows, k, device="cuda")
     scale = x.float().abs().amax(dim=1, keepdim=True) / 6
     elements = rows * k
+    seed = new_seed(x.device)  # the Philox key of stochastic rounding
+    rht = rht_matrix(1234, device=x.device)  # the 16x16 RHT for sign seed 1234
+    row_options = options.get("row_options", {})
     return {
-        "row quantize": (lambda: quantize_rows(x, **options.get("row_options", {})), elements * 3.5 + rows * 4),
+        "row quantize": (lambda: quantize_rows(x, **row_options), elements * 3.5 + rows * 4),
+        "row inline (OCC)": (lambda: quantize_rows_inline(x, bounds, **row_options), elements * 3 + rows * 4),
         "row quantize (7 compares)": (lambda: quantize_rows(x, index_by_rounding=False, **options.get("row_options", {})), elements * 3.5 + rows * 4),
         "row quantize+clamp": (lambda: quantize_rows(x, bounds, **options.get("row_options", {})), elements * 3.5 + rows * 4),
         "grad quantize (both)": (lambda: quantize_grad_folded(x, E5M2, E5M2, column_scale, row_scale, **options.get("grad_options", {})), elements * 4),
@@ -59,6 +71,9 @@ def kernels(rows: int, k: int, **options) -> dict[str, tuple]:
         "DGE on dW": (lambda: dge_scale_grad(grad_w, x, scale, 5.0, 3.0), elements * 10),
         "NVFP4 blocks": (lambda: quantize_blocks(x, NVFP4, **options.get("block_options", {})), elements * (2 + 0.5 + 1 / 16)),
         "MXFP4 blocks": (lambda: quantize_blocks(x, MXFP4, **options.get("block_options", {})), elements * (2 + 0.5 + 1 / 32)),
+        "NVFP4 16x16 tiles": (lambda: quantize_nvfp4(x, tiles=True), elements * (2 + 0.5 + 1 / 256)),
+        "NVFP4 1x16 SR": (lambda: quantize_nvfp4(x, seed=seed), elements * (2 + 0.5 + 1 / 16)),
+        "NVFP4 tokens RHT SR": (lambda: quantize_nvfp4(x, along_tokens=True, rht=rht, seed=seed), elements * (2 + 0.5 + 1 / 16)),
     }
 
 
@@ -74,35 +89,47 @@ def main() -> None:
         torch.cuda.empty_cache()
 
 
-def sweep(rows: int, k: int) -> None:
-    """Tile/warp options of the row and gradient quantizers on one shape (for tuning)."""
+def sweep(rows: int, k: int, families: tuple[str, ...] = ("rows", "grad", "blocks")) -> None:
+    """Grid, pipelining and tile options of the kernels on one shape (for tuning the defaults)."""
     copy_gbs = rows * k * 4 / median_ms(torch.randn(rows, k, device="cuda", dtype=torch.bfloat16).clone) / 1e6
-    for block in (1024, 2048, 4096, 8192):
-        for per_program in (1, 2, 4):
-            if block * per_program > 16384:
-                continue
+
+    def report(name: str, what: str, **options) -> None:
+        fn, nbytes = kernels(rows, k, **options)[name]
+        print(f"  {rows}x{k} {name} {what}: {nbytes / median_ms(fn) / 1e6 / copy_gbs:.2f} of copy", flush=True)
+
+    whole = triton.next_power_of_2(k)
+    if "rows" in families:
+        for name in ("row quantize", "row inline (OCC)"):
             for warps in (4, 8, 16):
-                fn, nbytes = kernels(rows, k, row_options={"block": block, "rows_per_program": per_program, "num_warps": warps})["row quantize"]
-                print(f"  {rows}x{k} row quantize block {block:>5} rows/program {per_program} warps {warps:>2}: {nbytes / median_ms(fn) / 1e6 / copy_gbs:.2f} of copy")
-    for tile in ((32, 64), (64, 64), (64, 128), (128, 64), (128, 128)):
-        for warps in (4, 8):
-            fn, nbytes = kernels(rows, k, grad_options={"tile": tile, "num_warps": warps})["grad quantize (both)"]
-            print(f"  {rows}x{k} grad quantize tile {tile} warps {warps}: {nbytes / median_ms(fn) / 1e6 / copy_gbs:.2f} of copy")
-    for tile in ((64, 64), (64, 256), (128, 256), (32, 512), (64, 512)):
-        for warps in (4, 8):
-            fn, nbytes = kernels(rows, k, grad_options={"amax_tile": tile, "amax_warps": warps})["grad quantize (both)"]
-            print(f"  {rows}x{k} grad quantize amax tile {tile} warps {warps}: {nbytes / median_ms(fn) / 1e6 / copy_gbs:.2f} of copy")
-    for blocks in (16, 32, 64, 128, 256):
-        for name in ("NVFP4 blocks", "MXFP4 blocks"):
-            fn, nbytes = kernels(rows, k, block_options={"blocks_per_program": blocks})[name]
-            print(f"  {rows}x{k} {name} {blocks} blocks/program: {nbytes / median_ms(fn) / 1e6 / copy_gbs:.2f} of copy")
+                report(name, f"whole row, warps {warps}", row_options={"block": whole, "num_warps": warps})
+            for block in (1024, 2048, 4096):
+                if block < k:
+                    for warps in (4, 8):
+                        report(name, f"two passes of {block}, warps {warps}", row_options={"block": block, "num_warps": warps})
+    if "grad" in families:
+        for tile in ((32, 64), (64, 64), (64, 128), (128, 64), (128, 128)):
+            for warps in (4, 8):
+                report("grad quantize (both)", f"quantize tile {tile} warps {warps}", grad_options={"tile": tile, "num_warps": warps})
+        for tile in ((64, 64), (64, 256), (128, 256), (32, 512), (64, 512)):
+            for warps in (4, 8):
+                report("grad quantize (both)", f"amax tile {tile} warps {warps}", grad_options={"amax_tile": tile, "amax_warps": warps})
+    if "blocks" in families:
+        for blocks in (32, 64, 128, 256):
+            for name in ("NVFP4 blocks", "MXFP4 blocks"):
+                for per_sm in (2, 4, 8):
+                    for prefetch in (True, False):
+                        report(name, f"{blocks} blocks/item {per_sm}/SM prefetch {prefetch}", block_options={"blocks_per_program": blocks, "programs_per_sm": per_sm, "prefetch": prefetch})
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--sweep-shapes", nargs="+", default=["8192x4096", "8192x11008"], help="ROWSxK shapes to sweep")
+    parser.add_argument("--sweep-families", nargs="+", default=["rows", "grad", "blocks"], choices=["rows", "grad", "blocks"])
+    parser.add_argument("--no-table", action="store_true", help="only the sweep")
     args = parser.parse_args()
-    main()
+    if not args.no_table:
+        main()
     if args.sweep:
-        for shape in ((8192, 4096), (8192, 11008)):
-            sweep(*shape)
+        for shape in args.sweep_shapes:
+            sweep(*(int(v) for v in shape.split("x")), families=tuple(args.sweep_families))
