@@ -63,40 +63,58 @@ def test_another_tag_or_a_modified_tree_is_refused(tmp_path):
         checkout.main(["--dir", str(tree), "--tag", "core_v0.99"])
 
 
-@pytest.mark.parametrize(
-    "flags, expected",
-    [
-        ("--fp4-format e2m1 --fp4-recipe paper", {"recipe": "paper", "fp4": None, "bf16_layers": [], "dge_k": 5.0, "occ": True}),
-        ("--fp4", {"recipe": "paper", "fp4": None}),
-        ("--fp4-format e2m1 --fp4-recipe direct --first-last-layers-bf16", {"recipe": "direct", "bf16_layers": [1, 4], "occ": False}),
-        ("--fp4 --num-layers-at-end-in-bf16 2 --first-last-layers-bf16 --fp4-dge-k 3 --no-fp4-occ", {"bf16_layers": [1, 3, 4], "dge_k": 3.0, "occ": False}),
-        ("--fp4-format e2m1", {"recipe": "nvfp4", "fp4": None}),  # upstream's default recipe; ours without TE
-        ("", {"recipe": None, "fp4": None}),
-        ("--fp4 --cuda-graph-impl local --cuda-graph-scope full_iteration --no-check-for-nan-in-loss-and-grad", {"recipe": "paper", "fp4": None}),
-    ],
-)
-def test_patched_parser_accepts_our_recipes(patched, flags, expected):
-    seen = run_job(patched, "parse", *flags.split())
+ACCEPTED = [
+    ("--fp4-format e2m1 --fp4-recipe paper", {"recipe": "paper", "fp4": None, "bf16_layers": [], "dge_k": 5.0, "occ": True}),
+    ("--fp4", {"recipe": "paper", "fp4": None}),
+    ("--fp4-format e2m1 --fp4-recipe direct --first-last-layers-bf16", {"recipe": "direct", "bf16_layers": [1, 4], "occ": False}),
+    ("--fp4 --num-layers-at-end-in-bf16 2 --first-last-layers-bf16 --fp4-dge-k 3 --no-fp4-occ", {"bf16_layers": [1, 3, 4], "dge_k": 3.0, "occ": False}),
+    ("--fp4-format e2m1", {"recipe": "nvfp4", "fp4": None}),  # upstream's default recipe; ours without TE
+    ("", {"recipe": None, "fp4": None}),
+    ("--fp4 --cuda-graph-impl local --cuda-graph-scope full_iteration --no-check-for-nan-in-loss-and-grad", {"recipe": "paper", "fp4": None}),
+]
+REJECTED = [
+    ("--fp4-format e2m1 --fp4-recipe paper --fp8-format hybrid", "--fp4-recipe paper and --fp8-format hybrid exclude each other"),
+    ("--fp4-dge-k 3", "FP4 options were given without --fp4-format e2m1 (or --fp4): --fp4-dge-k"),
+    ("--fp4 --fp4-param-gather --use-distributed-optimizer", "--fp4-param-gather is not supported with --fp4-recipe paper"),
+    ("--fp4 --no-fp4-occ --fp4-occ-alpha 0.9", "--fp4-occ-alpha and --no-fp4-occ contradict each other"),
+    ("--fp4 --cuda-graph-impl local --cuda-graph-scope full_iteration --no-check-for-nan-in-loss-and-grad --fp4-health-interval 5",
+     "--fp4-health-interval 5 cannot run inside a CUDA graph"),
+    ("--fp4 --cuda-graph-impl local --cuda-graph-scope full_iteration --no-check-for-nan-in-loss-and-grad --fp4-occ-compensation exact",
+     "--fp4-occ-compensation exact sizes its outlier residual on the host"),
+]
+
+
+@pytest.fixture(scope="module")
+def parsed(patched, tmp_path_factory) -> dict:
+    """Every command line of ACCEPTED and REJECTED through upstream's parser in one subprocess
+    (importing upstream once, not once per case: ~6 s each); flags -> what the job saw."""
+    flag_sets = [flags for flags, _ in ACCEPTED + REJECTED]
+    cases = tmp_path_factory.mktemp("parse") / "cases.json"
+    cases.write_text(json.dumps([MODEL + flags.split() for flags in flag_sets]))
+    result = subprocess.run([sys.executable, str(JOBS), str(patched), "parse-many", str(cases)], capture_output=True, text=True, timeout=300)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("[")]
+    assert result.returncode == 0 and lines, result.stderr[-3000:]
+    return dict(zip(flag_sets, json.loads(lines[-1])))
+
+
+@pytest.mark.parametrize("flags, expected", ACCEPTED)
+def test_patched_parser_accepts_our_recipes(parsed, flags, expected):
+    seen = parsed[flags]
     assert "error" not in seen, seen
     assert {key: seen[key] for key in expected} == expected
 
 
-@pytest.mark.parametrize(
-    "flags, message",
-    [
-        ("--fp4-format e2m1 --fp4-recipe paper --fp8-format hybrid", "--fp4-recipe paper and --fp8-format hybrid exclude each other"),
-        ("--fp4-dge-k 3", "FP4 options were given without --fp4-format e2m1 (or --fp4): --fp4-dge-k"),
-        ("--fp4 --fp4-param-gather --use-distributed-optimizer", "--fp4-param-gather is not supported with --fp4-recipe paper"),
-        ("--fp4 --no-fp4-occ --fp4-occ-alpha 0.9", "--fp4-occ-alpha and --no-fp4-occ contradict each other"),
-        ("--fp4 --cuda-graph-impl local --cuda-graph-scope full_iteration --no-check-for-nan-in-loss-and-grad --fp4-health-interval 5",
-         "--fp4-health-interval 5 cannot run inside a CUDA graph"),
-        ("--fp4 --cuda-graph-impl local --cuda-graph-scope full_iteration --no-check-for-nan-in-loss-and-grad --fp4-occ-compensation exact",
-         "--fp4-occ-compensation exact sizes its outlier residual on the host"),
-    ],
-)
-def test_patched_parser_rejects_bad_combinations_naming_the_flag(patched, flags, message):
-    seen = run_job(patched, "parse", *flags.split())
+@pytest.mark.parametrize("flags, message", REJECTED)
+def test_patched_parser_rejects_bad_combinations_naming_the_flag(parsed, flags, message):
+    seen = parsed[flags]
     assert message in seen.get("error", ""), seen
+
+
+def test_one_process_parses_like_one_process_per_command_line(patched, parsed):
+    """The batched parse (upstream imported once) sees what a fresh process sees: the state one
+    command line leaves behind does not leak into the next (two cases, rerun alone)."""
+    for flags in (ACCEPTED[2][0], REJECTED[3][0]):
+        assert run_job(patched, "parse", *flags.split()) == parsed[flags]
 
 
 def test_unknown_recipe_fails_naming_the_flag(patched):

@@ -11,30 +11,42 @@ sys.path.insert(0, tree)
 os.environ.setdefault("WORLD_SIZE", "1")
 os.environ.setdefault("RANK", "0")
 os.environ.setdefault("LOCAL_RANK", "0")
-sys.argv = ["pretrain_gpt.py", *flags]
 
-import megatron_fp4.megatron_lm as hooks  # noqa: E402
-from megatron.training.arguments import parse_args, validate_args  # noqa: E402
-
-try:
-    args = parse_args(partial(hooks.add_arguments, chained=None))
-    validate_args(args, {"tokenizer_type": "GPT2BPETokenizer"})
-except (ValueError, AssertionError) as error:
-    print(json.dumps({"error": str(error)}))
-    raise SystemExit(0)
-recipe = hooks.recipe_from_args(args)
-# upstream pickles args into every checkpoint and reads it back with weights_only=True
 import io  # noqa: E402
 
 import torch  # noqa: E402
 
-buffer = io.BytesIO()
-torch.save({"args": args}, buffer)
-buffer.seek(0)
-torch.load(buffer, weights_only=True)
-result = {"recipe": recipe.name if recipe else None, "fp4": args.fp4, "bf16_layers": list(args.megatron_fp4_bf16_layers),
-          "dge_k": recipe.dge.k if recipe else None, "occ": recipe.occ.enabled if recipe else None,
-          "record": args.megatron_fp4_recipe_record}
+import megatron_fp4.megatron_lm as hooks  # noqa: E402
+from megatron.training.arguments import parse_args, validate_args  # noqa: E402
+
+
+def parse(argv: list[str]):
+    """(args, what the hooks made of them) for one command line, or (None, {"error": ...})."""
+    sys.argv = ["pretrain_gpt.py", *argv]
+    try:
+        args = parse_args(partial(hooks.add_arguments, chained=None))
+        validate_args(args, {"tokenizer_type": "GPT2BPETokenizer"})
+    except (ValueError, AssertionError) as error:
+        return None, {"error": str(error)}
+    recipe = hooks.recipe_from_args(args)
+    # upstream pickles args into every checkpoint and reads it back with weights_only=True
+    buffer = io.BytesIO()
+    torch.save({"args": args}, buffer)
+    buffer.seek(0)
+    torch.load(buffer, weights_only=True)
+    return args, {"recipe": recipe.name if recipe else None, "fp4": args.fp4, "bf16_layers": list(args.megatron_fp4_bf16_layers),
+                  "dge_k": recipe.dge.k if recipe else None, "occ": recipe.occ.enabled if recipe else None,
+                  "record": args.megatron_fp4_recipe_record}
+
+
+if job == "parse-many":  # flags: a JSON file holding a list of command lines (upstream's import once, not per case)
+    with open(flags[0]) as cases:
+        print(json.dumps([parse(argv)[1] for argv in json.load(cases)]))
+    raise SystemExit(0)
+args, result = parse(flags)
+if args is None:
+    print(json.dumps(result))
+    raise SystemExit(0)
 if job == "build":
     import torch.distributed as dist
     from megatron.core import parallel_state
