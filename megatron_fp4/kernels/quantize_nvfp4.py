@@ -7,9 +7,11 @@ scales, one fp32 tensor scale amax / (6 * 448)):
   rows             O = x [R, C], one scale per 1x16 block along C
   ``along_tokens`` O = (R16 x)^T [C, M] for x [M, C]: x transposed in registers, blocks of 16
                    tokens, optionally multiplied first by the 16x16 RHT matrix R16 (a ``tl.dot``
-                   per 16-token group, fp32)
+                   per 16-token group: BF16 tensor cores for BF16 x, else fp32)
 Two launches: partial maxima of |O| (the tensor scale needs the whole tensor; with the RHT the
-maximum is of the transformed values), then the quantization. Stochastic rounding computes its
+maximum is of the transformed values), then the quantization. ``block_format="mxfp4"`` writes
+OCP MXFP4 instead (1x32 blocks with E8M0 scales, no tensor scale, so one launch) in the rows and
+along-the-tokens layouts: MXFP4's weight-gradient operands without a transposed copy. Stochastic rounding computes its
 uniform number for element i of O (row-major) in registers from ``seed`` and i with Philox4x32-10
 (word i mod 4 of counter i div 4: ``megatron_fp4.stochastic``, whose PyTorch form the reference
 uses), so kernel and reference
