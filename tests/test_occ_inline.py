@@ -103,15 +103,16 @@ def test_flags():
 
 def test_fidelity_against_exact_compensation():
     """On an LLM-like activation whose clamped entries carry a large share of the energy (clamp
-    alone: ~5 dB): the inline activation is within 0.5 dB of exact compensation (E4M3 rounding of
+    alone: ~5 dB): the inline activation is within 1 dB of exact compensation (E4M3 rounding of
     the whole clamped value, 2^-4, instead of exact); the linear output, where the clamped entries
-    meet Q(W) instead of W, within 4.5 dB, and far above clamping alone. (Over 300 fresh seeds the
-    output gap averaged 1.9 dB, at most 3.5 dB; the former 3 dB bound failed 2 of them, one on the
-    H200 in session 9, seed 303841913: 3.3 dB, the same on CPU.)"""
+    meet Q(W) instead of W, within 4.5 dB, and far above clamping alone. The bounds come from 300
+    fresh seeds each (session 9): activation gap mean 0.30 dB, at most 0.59 (the former 0.5 dB
+    bound failed 2, one in a CI-like run, seed 237588240); output gap mean 1.9 dB, at most 3.5 (the
+    former 3 dB failed 2, one on the H200, seed 303841913: 3.3 dB, the same on CPU)."""
     seed = int(torch.randint(1 << 30, ()))
     x = synthetic_llm_activation(2048, 512, seed=seed)
     activation = {row.method: row.snr_db for row in activation_ablation(x, (0.99,))}
-    assert activation["clamp+inline"] > activation["clamp+comp"] - 0.5, seed
+    assert activation["clamp+inline"] > activation["clamp+comp"] - 1.0, seed
     w = (torch.randn(384, 512, generator=torch.Generator().manual_seed(seed)) * 0.02).to(torch.bfloat16)
     output = {row.method: row.snr_db for row in gemm_output_ablation(x, w)}
     assert output["clamp+inline"] > output["clamp+comp"] - 4.5, (seed, output)
