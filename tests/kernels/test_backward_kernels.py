@@ -39,7 +39,9 @@ def test_folded_grad_quantizer_is_bit_exact(shape, dtype, specs):
     g[0, :4] = torch.tensor([0.0, -0.0, 1e-30, -1e-30])
     weight_scale = torch.rand(n, device=DEVICE) * 0.1 + 1e-3
     input_scale = torch.rand(m, device=DEVICE) * 3
-    for folds in [(weight_scale, input_scale), (None, input_scale), (None, None)]:
+    # every fold for bf16 gradients; fp32 ones (a different load, the same arithmetic) with both scales
+    all_folds = [(weight_scale, input_scale), (None, input_scale), (None, None)]
+    for folds in all_folds if dtype == torch.bfloat16 or DEVICE == "cuda" else all_folds[:1]:
         fast = quantize_grad_folded(g, *specs, *folds)
         reference = quantize_grad_output_reference(g, *specs, *folds)
         for f, r in zip(fast, reference):

@@ -30,7 +30,8 @@ def test_matches_reference_bit_for_bit(granularity, shape, dtype, blocks_per_pro
     x[0, :32] = 0  # all-zero blocks
     x[-1, :7] = torch.tensor([0.0, -0.0, 0.25, -0.75, 1.25, 5.0, -3.5])
     reference = quantize(x, spec)
-    for prefetch in (True, False):  # the persistent kernel with and without its next-item prefetch
+    # the persistent kernel with its next-item prefetch, and (once per format and shape on CPU) without
+    for prefetch in (True, False) if DEVICE == "cuda" or (dtype == torch.bfloat16 and blocks_per_program is None) else (True,):
         fast = quantize_blocks(x, spec, blocks_per_program, prefetch=prefetch)
         assert torch.equal(fast.data, reference.data)
         assert torch.equal(fast.scale.view(torch.uint8), reference.scale.view(torch.uint8))
