@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["new_seed", "philox_uniform", "philox_first_word", "philox_words", "philox4x32", "PHILOX_ROUNDS", "WORDS_PER_COUNTER"]
+__all__ = ["new_seed", "philox_uniform", "philox_words", "philox4x32", "PHILOX_ROUNDS", "WORDS_PER_COUNTER"]
 
 PHILOX_ROUNDS = 10
 PHILOX_M0, PHILOX_M1 = 0xD2511F53, 0xCD9E8D57  # round multipliers
@@ -59,12 +59,6 @@ def philox4x32(counter: tuple[torch.Tensor, ...], key: tuple[torch.Tensor, torch
         c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
         k0, k1 = (k0 + PHILOX_W0) & MASK32, (k1 + PHILOX_W1) & MASK32
     return c0, c1, c2, c3
-
-
-def philox_first_word(index: torch.Tensor, seed: torch.Tensor, rounds: int = PHILOX_ROUNDS) -> torch.Tensor:
-    """First output word (in int64) for counters (index mod 2^32, index div 2^32, 0, 0), key = seed."""
-    zero = torch.zeros_like(index)
-    return philox4x32((index & MASK32, (index >> 32) & MASK32, zero, zero), (seed[0], seed[1]), rounds)[0]
 
 
 def philox_words(counter_index: torch.Tensor, seed: torch.Tensor, rounds: int = PHILOX_ROUNDS) -> torch.Tensor:

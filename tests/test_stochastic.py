@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from megatron_fp4.stochastic import new_seed, philox4x32, philox_first_word, philox_uniform
+from megatron_fp4.stochastic import new_seed, philox4x32, philox_uniform, philox_words
 
 
 def _words(*values):
@@ -26,10 +26,10 @@ def test_philox_matches_the_known_answer_vectors(counter, key, expected):
 
 
 def test_first_word_counts_past_two_to_the_32():
-    """Element i's counter is (i mod 2^32, i div 2^32, 0, 0): tensors past 4G elements get fresh numbers."""
+    """Counter j is (j mod 2^32, j div 2^32, 0, 0): tensors past 4G counters get fresh numbers."""
     seed = torch.tensor([12345, 678], dtype=torch.int64)
     index = torch.tensor([5, 2**32 + 5, 2**33 + 5], dtype=torch.int64)
-    words = philox_first_word(index, seed)
+    words = philox_words(index, seed)[:, 0]
     assert len(set(words.tolist())) == 3
     assert int(words[1]) == int(philox4x32(_words(5, 1, 0, 0), _words(12345, 678))[0])
 
@@ -70,8 +70,6 @@ def test_chunked_evaluation_gives_the_same_numbers(monkeypatch):
 def test_each_counter_gives_four_consecutive_numbers():
     """Element i takes word i mod 4 of counter i div 4 (all four words used: a quarter of the
     integer work of one counter per element)."""
-    from megatron_fp4.stochastic import philox_words
-
     seed = torch.tensor([77, 31337], dtype=torch.int64)
     u = philox_uniform(seed, (3, 10)).reshape(-1)  # 30 numbers: counters 0..7, the last partly used
     words = philox_words(torch.arange(8, dtype=torch.int64), seed)

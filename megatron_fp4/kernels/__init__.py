@@ -125,8 +125,7 @@ def quantize_along_tokens_fast(tensor2d: torch.Tensor, spec: QuantSpec, rht_seed
     if fused:
         from .quantize_nvfp4 import quantize_nvfp4, supports_nvfp4_spec
 
-        block = 32 if spec.granularity == "mxfp4" else 16
-        fused = supports_nvfp4_spec(spec) and tensor2d.shape[0] % max(RHT_BLOCK, block) == 0 and tensor2d.shape[1] % 2 == 0
+        fused = supports_nvfp4_spec(spec) and tensor2d.shape[0] % max(RHT_BLOCK, spec.block_size) == 0 and tensor2d.shape[1] % 2 == 0
         fused = fused and not ((check_finite or check_finite_enabled()) and not torch.isfinite(tensor2d).all())
     if not fused:
         operand = apply_rht(tensor2d, rht_seed, name) if use_rht else tensor2d

@@ -191,14 +191,9 @@ def _block_gemm_kernel(
 
 
 @triton.jit
-def _bf16_gemm_tma_kernel(
-    a_desc, b_desc, c_desc, global_scale, M, N, K,
-    B_KN: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, AS_BF16: tl.constexpr,
-):
-    """The ``decoded`` method's GEMM: BF16 operands through tensor-memory-accelerator descriptors
-    (A [M, K]; B [N, K], or [K, N] when B_KN: dgrad's W read in place), tensor scales in the
-    epilogue."""
-    pid_m, pid_n = _grouped_tile(M, N, BM, BN, GROUP_M)
+def _descriptor_product(a_desc, b_desc, pid_m, pid_n, K, B_KN: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, AS_BF16: tl.constexpr):
+    """The fp32 [BM, BN] product of A's row tile pid_m and B's column tile pid_n over K, operands
+    through tensor-memory-accelerator descriptors (B [N, K], or [K, N] when B_KN)."""
     accumulator = tl.zeros((BM, BN), dtype=tl.float32)
     for k0 in range(0, K, BK):
         a = a_desc.load([pid_m * BM, k0])
@@ -210,6 +205,19 @@ def _bf16_gemm_tma_kernel(
             accumulator = tl.dot(a, b, accumulator)
         else:
             accumulator = tl.dot(a.to(tl.float32), b.to(tl.float32), accumulator, input_precision="ieee")
+    return accumulator
+
+
+@triton.jit
+def _bf16_gemm_tma_kernel(
+    a_desc, b_desc, c_desc, global_scale, M, N, K,
+    B_KN: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, AS_BF16: tl.constexpr,
+):
+    """The ``decoded`` method's GEMM: BF16 operands through tensor-memory-accelerator descriptors
+    (A [M, K]; B [N, K], or [K, N] when B_KN: dgrad's W read in place), tensor scales in the
+    epilogue."""
+    pid_m, pid_n = _grouped_tile(M, N, BM, BN, GROUP_M)
+    accumulator = _descriptor_product(a_desc, b_desc, pid_m, pid_n, K, B_KN, BM, BN, BK, AS_BF16)
     accumulator = accumulator * tl.load(global_scale)
     c_desc.store([pid_m * BM, pid_n * BN], accumulator.to(c_desc.dtype))
 
@@ -232,17 +240,7 @@ def _bf16_gemm_persistent_kernel(
         group_size = tl.minimum(tiles_m - first_m, GROUP_M)
         pid_m = first_m + (tile % per_group) % group_size
         pid_n = (tile % per_group) // group_size
-        accumulator = tl.zeros((BM, BN), dtype=tl.float32)
-        for k0 in range(0, K, BK):
-            a = a_desc.load([pid_m * BM, k0])
-            if B_KN:
-                b = b_desc.load([k0, pid_n * BN])
-            else:
-                b = tl.trans(b_desc.load([pid_n * BN, k0]))
-            if AS_BF16:
-                accumulator = tl.dot(a, b, accumulator)
-            else:
-                accumulator = tl.dot(a.to(tl.float32), b.to(tl.float32), accumulator, input_precision="ieee")
+        accumulator = _descriptor_product(a_desc, b_desc, pid_m, pid_n, K, B_KN, BM, BN, BK, AS_BF16)
         c_desc.store([pid_m * BM, pid_n * BN], (accumulator * scale).to(c_desc.dtype))
 
 

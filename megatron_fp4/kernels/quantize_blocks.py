@@ -61,6 +61,25 @@ def _e4m3_value(byte):
 
 
 @triton.jit
+def _nvfp4_scale(amax, tensor_scale):
+    """NVFP4's block scale for block maxima ``amax``: (the E4M3 byte of amax / 6 / s_tensor,
+    saturating at 448; its value times the fp32 tensor scale s_tensor)."""
+    target = tl.math.div_rn(tl.math.div_rn(amax, 6.0), tensor_scale)
+    byte = fp8_byte(tl.minimum(target, 448.0, propagate_nan=tl.PropagateNan.ALL), 3, 7, True)
+    return byte, _e4m3_value(byte) * tensor_scale
+
+
+@triton.jit
+def _mxfp4_scale(amax):
+    """MXFP4's E8M0 block scale for block maxima ``amax`` (Inf already mapped to NaN): (the byte
+    of 2^(floor(log2 amax) - 2), 0xFF for a NaN block; its value, NaN for 0xFF)."""
+    exponent_field = (amax.to(tl.int32, bitcast=True) >> 23) & 0xFF  # floor(log2 amax) + 127 (normals)
+    shared = tl.minimum(tl.maximum(exponent_field - 127 - 2, -127), 127)
+    byte = tl.where(amax != amax, 0xFF, shared + 127)
+    return byte, tl.where(byte == 0xFF, float("nan"), _power_of_two(byte - 127))
+
+
+@triton.jit
 def _load_tile(x_ptr, item, items, chunks: tl.constexpr, K, stride_x, BLOCK: tl.constexpr, GROUPS: tl.constexpr):
     """Work item ``item`` (row item // chunks, GROUPS blocks from (item % chunks) GROUPS) in x's
     dtype; an item past the last (a prefetch beyond the end) loads nothing."""
@@ -98,14 +117,9 @@ def _quantize_blocks_kernel(
         amax = tl.where(amax == float("inf"), float("nan"), amax)  # a block holding Inf: NaN too
         block_mask = blocks < K // BLOCK
         if NVFP4:
-            target = tl.math.div_rn(tl.math.div_rn(amax, 6.0), tensor_scale)
-            byte = fp8_byte(tl.minimum(target, 448.0, propagate_nan=tl.PropagateNan.ALL), 3, 7, True)
-            scale = _e4m3_value(byte) * tensor_scale
+            byte, scale = _nvfp4_scale(amax, tensor_scale)
         else:
-            exponent_field = (amax.to(tl.int32, bitcast=True) >> 23) & 0xFF  # floor(log2 amax) + 127 (normals)
-            shared = tl.minimum(tl.maximum(exponent_field - 127 - 2, -127), 127)
-            byte = tl.where((amax != amax) | (amax == float("inf")), 0xFF, shared + 127)
-            scale = tl.where(byte == 0xFF, float("nan"), _power_of_two(byte - 127))
+            byte, scale = _mxfp4_scale(amax)
         tl.store(scale_ptr + row * (K // BLOCK) + blocks, byte.to(tl.uint8), mask=block_mask)
         multiplier = tl.where(scale == 0, 0.0, tl.math.div_rn(1.0, scale))  # ``quantize.encode_multiplier``
         _, code = _e2m1_round(x * multiplier[:, None])

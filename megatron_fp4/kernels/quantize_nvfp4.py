@@ -34,8 +34,7 @@ import triton.language as tl
 
 from ..quantize import QuantizedTensor, QuantSpec
 from ..scaling import E4M3_MAX
-from .fp8_rounding import fp8_byte
-from .quantize_blocks import _e4m3_value, _power_of_two
+from .quantize_blocks import _mxfp4_scale, _nvfp4_scale
 from .quantize_rows import _e2m1_round, _max_keeping_nan
 from .tensor_scale import tensor_scale_from_partials
 
@@ -159,17 +158,10 @@ def _quantize_kernel(
         amax = tl.reduce(tl.reduce(tiles, 3, _max_keeping_nan), 1, _max_keeping_nan)  # [BR/16, BC/16]
     else:
         amax = tl.reduce(tl.reshape(tl.abs(o), (BR, BC // G, G)), 2, _max_keeping_nan)  # [BR, BC/G]
-    if MX:  # E8M0: 2^(floor(log2 amax) - 2), 0xFF (NaN) for a block holding NaN/Inf (``quantize_blocks``)
-        amax = tl.where(amax == float("inf"), float("nan"), amax)
-        exponent_field = (amax.to(tl.int32, bitcast=True) >> 23) & 0xFF
-        shared = tl.minimum(tl.maximum(exponent_field - 127 - 2, -127), 127)
-        byte = tl.where(amax != amax, 0xFF, shared + 127)
-        scale = tl.where(byte == 0xFF, float("nan"), _power_of_two(byte - 127))
+    if MX:  # E8M0, 0xFF (NaN) for a block holding NaN/Inf
+        byte, scale = _mxfp4_scale(tl.where(amax == float("inf"), float("nan"), amax))
     else:
-        tensor_scale = tl.load(global_scale_ptr)
-        target = tl.math.div_rn(tl.math.div_rn(amax, 6.0), tensor_scale)
-        byte = fp8_byte(tl.minimum(target, 448.0, propagate_nan=tl.PropagateNan.ALL), 3, 7, True)
-        scale = _e4m3_value(byte) * tensor_scale
+        byte, scale = _nvfp4_scale(amax, tl.load(global_scale_ptr))
     multiplier = tl.where(scale == 0, 0.0, tl.math.div_rn(1.0, scale))  # ``quantize.encode_multiplier``
     if TILES:
         tile_rows = r0 // 16 + tl.arange(0, BR // 16)
