@@ -60,6 +60,9 @@ RECIPE_FLAGS.update({f"{name}-graph": f"{flags} {GRAPH_FLAGS}" for name, flags i
 FUSED_LOSS_FLAGS = "--cross-entropy-loss-fusion"
 UNFUSED_FLAGS = "--no-bias-swiglu-fusion --no-rope-fusion"
 RECIPE_FLAGS.update({f"{name}-unfused": f"{RECIPE_FLAGS[name]} {UNFUSED_FLAGS}" for name in ("bf16", "paper", "direct", "bf16-graph", "paper-graph", "direct-graph")})
+# "-nofq" rows: the SwiGLU written out and read again by fc2's FP4 quantizer (--no-fp4-quantize-fusion),
+# the before/after of issue 14 item 6's fused fc2 input in one run
+RECIPE_FLAGS.update({f"{name}-nofq": f"{RECIPE_FLAGS[name]} --no-fp4-quantize-fusion" for name in ("paper", "direct", "paper-graph", "direct-graph")})
 # environment per recipe row: the opt-in weight cache on (megatron_fp4.weight_cache) to measure what it saves
 RECIPE_ENV = {f"{name}{graph}": {"MEGATRON_FP4_WEIGHT_CACHE": "1"} for name in ("direct-weight-cache", "paper-no-occ-weight-cache") for graph in ("", "-graph")}
 # kernel-name fragments (lower case) per family, checked in this order

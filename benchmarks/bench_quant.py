@@ -16,7 +16,8 @@ copy's bandwidth reached (the issue's target: 0.85):
   NVFP4 recipe         the same bytes, for the recipe kernel's layouts: 16x16 weight tiles; 1x16
                        blocks with stochastic rounding (dgrad's dY); along the tokens with the RHT
                        and stochastic rounding (wgrad's dY^T and X^T)
-The copy moves 2 B read + 2 B written per bf16 element. ``--sweep`` times the kernels' tile and
+The copy moves 2 B read + 2 B written per bf16 element. A second table times fc2's operand made
+from the SwiGLU pre-activation, fused against megatron-core's SwiGLU then the quantizer. ``--sweep`` times the kernels' tile and
 warp options (used to set the defaults; see NOTES.md).
 """
 
@@ -86,6 +87,33 @@ def kernels(rows: int, k: int, **options) -> dict[str, tuple]:
     }
 
 
+SWIGLU_SHAPES = [(8192, 5504), (8192, 11008), (8192, 13824)]  # fc2 inputs of LLaMA-2 1.3B / 7B / 13B
+
+
+def swiglu_table() -> None:
+    """fc2's operand from the SwiGLU pre-activation [tokens, 2 FFN]: fused (``swiglu=True``: the
+    activation computed in the quantizer) vs megatron-core's compiled SwiGLU then the quantizer,
+    same run. Fused bytes: read 4 B, write 1.5 B (rows) / 1 B (inline) per FFN element."""
+    from megatron.core.fusions.fused_bias_swiglu import bias_swiglu_impl
+
+    print("\n| fc2 input (tokens x FFN) | operand | unfused us | fused us | speed-up | fused share of copy |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for rows, ffn in SWIGLU_SHAPES:
+        pre = torch.randn(rows, 2 * ffn, device="cuda", dtype=torch.bfloat16)
+        bounds = torch.tensor([-3.0, 3.0], device="cuda", dtype=torch.bfloat16)
+        copy_gbs = pre.numel() * 4 / median_ms(pre.clone) / 1e6
+        pairs = {
+            "rows": (lambda: quantize_rows(bias_swiglu_impl(pre, None)), lambda: quantize_rows(pre, swiglu=True), 5.5),
+            "inline (OCC)": (lambda: quantize_rows_inline(bias_swiglu_impl(pre, None), bounds), lambda: quantize_rows_inline(pre, bounds, swiglu=True), 5.0),
+        }
+        for name, (unfused, fused, bytes_per_element) in pairs.items():
+            unfused_ms, fused_ms = median_ms(unfused), median_ms(fused)
+            share = rows * ffn * bytes_per_element / fused_ms / 1e6 / copy_gbs
+            print(f"| {rows}x{ffn} | {name} | {unfused_ms * 1e3:.0f} | {fused_ms * 1e3:.0f} | {unfused_ms / fused_ms:.2f}x | {share:.2f} |", flush=True)
+        del pre
+        torch.cuda.empty_cache()
+
+
 def main() -> None:
     names = list(kernels(16, 64))
     print(f"# {torch.cuda.get_device_name()}; share of device-copy bandwidth, same run")
@@ -115,6 +143,14 @@ def sweep(rows: int, k: int, families: tuple[str, ...] = ("rows", "grad", "block
                 if block < k:
                     for warps in (4, 8):
                         report(name, f"two passes of {block}, warps {warps}", row_options={"block": block, "num_warps": warps})
+    if "swiglu" in families:  # the fc2 operand from the pre-activation [rows, 2k] (fused SwiGLU)
+        pre = torch.randn(rows, 2 * k, device="cuda", dtype=torch.bfloat16)
+        bounds = torch.tensor([-3.0, 3.0], device="cuda", dtype=torch.bfloat16)
+        for name, fn, bytes_per_element in (("rows", quantize_rows, 5.5), ("inline", lambda p, **o: quantize_rows_inline(p, bounds, **o), 5.0)):
+            for warps in (4, 8, 16):
+                ms = median_ms(lambda: fn(pre, swiglu=True, num_warps=warps))
+                print(f"  {rows}x{k} SwiGLU -> {name} whole row, warps {warps}: {rows * k * bytes_per_element / ms / 1e6 / copy_gbs:.2f} of copy", flush=True)
+        del pre
     if "grad" in families:
         for tile in ((32, 64), (64, 64), (64, 128), (128, 64), (128, 128)):
             for warps in (4, 8):
@@ -134,11 +170,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--sweep-shapes", nargs="+", default=["8192x4096", "8192x11008"], help="ROWSxK shapes to sweep")
-    parser.add_argument("--sweep-families", nargs="+", default=["rows", "grad", "blocks"], choices=["rows", "grad", "blocks"])
+    parser.add_argument("--sweep-families", nargs="+", default=["rows", "grad", "blocks"], choices=["rows", "swiglu", "grad", "blocks"])
     parser.add_argument("--no-table", action="store_true", help="only the sweep")
     args = parser.parse_args()
     if not args.no_table:
         main()
+        swiglu_table()
     if args.sweep:
         for shape in args.sweep_shapes:
             sweep(*(int(v) for v in shape.split("x")), families=tuple(args.sweep_families))

@@ -30,7 +30,8 @@ from . import health, weight_cache
 from .backward import fold_scale, quantize_grad_output
 from .dge import dge_derivative
 from .gemm import GemmBackend, get_backend
-from .kernels import dge_scale_grad_fast, quantize_along_tokens_fast, quantize_fast
+from .fused_inputs import quantize_swiglu_input, swiglu_fusable, swiglu_reference
+from .kernels import dge_scale_grad_fast, quantize_along_tokens_fast, quantize_fast, triton_available
 from .occ import FP8Residual, HotChannelResidual, SparseResidual, fp8_rows, occ_bounds, occ_compensation_residual, quantize_with_inline_outliers
 from .quantize import QuantizedTensor, QuantSpec, check_finite_enabled, quantize
 from .recipe import FP4Recipe
@@ -71,24 +72,33 @@ class FP4GemmState:
         self.residual: SparseResidual | HotChannelResidual | FP8Residual | None = None
         self.folded = (False, False)  # whether dgrad's weight / wgrad's input scales moved into dY
 
-    def forward(self, x2d: torch.Tensor, weight: torch.Tensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def forward(self, x2d: torch.Tensor, weight: torch.Tensor, out_dtype: torch.dtype = torch.float32, swiglu: bool = False) -> torch.Tensor:
         """``Q(clamp X) Q(W)^T + ΔX W^T`` (accumulated in fp32, returned in ``out_dtype``) for x2d
-        [M, K], weight [N, K]; keeps the saved forms."""
+        [M, K], weight [N, K]; keeps the saved forms. swiglu: x2d is the pre-activation [M, 2K]
+        and X = swiglu(x2d), quantized where it is computed (``megatron_fp4.fused_inputs``)."""
         recipe = self.recipe
-        if x2d.shape[-1] != weight.shape[1]:
+        if swiglu and not (x2d.is_cuda and triton_available() and swiglu_fusable(recipe)):
+            x2d, swiglu = swiglu_reference(x2d), False  # the same activation, written out
+        k = x2d.shape[-1] // 2 if swiglu else x2d.shape[-1]
+        if k != weight.shape[1]:
             raise ValueError(
-                f"FP4 linear: input shape {tuple(x2d.shape)} does not match weight shape {tuple(weight.shape)}"
+                f"FP4 linear: input shape {tuple(x2d.shape)}{' (SwiGLU pre-activation)' if swiglu else ''} does not match weight shape {tuple(weight.shape)}"
             )
         residual: SparseResidual | HotChannelResidual | FP8Residual | None = None
         bounds = None
-        if recipe.occ.enabled:
-            bounds = occ_bounds(x2d, recipe.occ)
-            if recipe.occ.residual_compensation:
-                residual = occ_compensation_residual(x2d, *bounds, recipe.occ)
-        if recipe.occ.inline:  # the clamped entries as E4M3 inside the operand (fprop and wgrad)
-            xq = quantize_with_inline_outliers(x2d, *bounds, check_finite=self.check, name=f"{self.name} input")
+        if swiglu:
+            xq, bounds, x2d = quantize_swiglu_input(
+                x2d, recipe.occ, check_finite=self.check, name=f"{self.name} input", keep_activation=health.is_collecting()
+            )
         else:
-            xq = quantize_fast(x2d, recipe.fprop_input, check_finite=self.check, name=f"{self.name} input", clamp=bounds)
+            if recipe.occ.enabled:
+                bounds = occ_bounds(x2d, recipe.occ)
+                if recipe.occ.residual_compensation:
+                    residual = occ_compensation_residual(x2d, *bounds, recipe.occ)
+            if recipe.occ.inline:  # the clamped entries as E4M3 inside the operand (fprop and wgrad)
+                xq = quantize_with_inline_outliers(x2d, *bounds, check_finite=self.check, name=f"{self.name} input")
+            else:
+                xq = quantize_fast(x2d, recipe.fprop_input, check_finite=self.check, name=f"{self.name} input", clamp=bounds)
         if health.is_collecting() and recipe.fprop_input.is_quantized:  # `bf16_dge`: nothing to measure in the input
             compensation = residual.to_dense() if residual is not None else 0
             clamped = int(((x2d > bounds[1]) | (x2d < bounds[0])).sum()) if bounds is not None else 0

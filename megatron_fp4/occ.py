@@ -50,6 +50,8 @@ import torch
 
 __all__ = [
     "OCCConfig",
+    "occ_sample_positions",
+    "occ_bounds_of_sample",
     "SparseResidual",
     "HotChannelResidual",
     "FP8Residual",
@@ -153,12 +155,17 @@ def _sample_index(count: int, sample_size: int, device: torch.device) -> torch.T
     return torch.randint(0, count, (sample_size,), generator=generator, device=device)
 
 
+def occ_sample_positions(count: int, config: OCCConfig, device: torch.device) -> torch.Tensor | None:
+    """The flat positions tensor-scope quantiles are taken at for a tensor of ``count`` elements:
+    the fixed-seed sample, or None (all elements) up to ``exact_max_elements``."""
+    return _sample_index(count, config.sample_size, device) if count > config.exact_max_elements else None
+
+
 def _quantile_source(values: torch.Tensor, config: OCCConfig) -> torch.Tensor:
     """The values the order statistics are taken over: all of them, or the fixed-seed sample."""
     flat = values.reshape(-1)
-    if flat.numel() > config.exact_max_elements:
-        flat = flat[_sample_index(flat.numel(), config.sample_size, flat.device)]
-    return flat.float()
+    positions = occ_sample_positions(flat.numel(), config, flat.device)
+    return (flat if positions is None else flat[positions]).float()
 
 
 def _order_statistics(source: torch.Tensor, quantiles: tuple[float, ...]) -> list[torch.Tensor]:
@@ -186,11 +193,24 @@ def occ_thresholds(x2d: torch.Tensor, config: OCCConfig) -> tuple[torch.Tensor, 
         high = source.kthvalue(_rank(k, alpha), dim=-1, keepdim=True).values
         low = -high if config.symmetric else source.kthvalue(_rank(k, 1 - alpha), dim=-1, keepdim=True).values
         return low, high
+    return _tensor_thresholds(_quantile_source(x2d, config), config)
+
+
+def _tensor_thresholds(source: torch.Tensor, config: OCCConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tensor-scope (low, high) from the flat fp32 values they are taken over."""
+    alpha = config.alpha
     if config.symmetric:  # |x| of the sample only (abs commutes with the gather): no pass over A
-        high = _order_statistics(_quantile_source(x2d, config).abs(), (alpha,))[0]
+        high = _order_statistics(source.abs(), (alpha,))[0]
         return -high, high
-    low, high = _order_statistics(_quantile_source(x2d, config), (1 - alpha, alpha))  # one sample, one sort
+    low, high = _order_statistics(source, (1 - alpha, alpha))  # one sample, one sort
     return low, high
+
+
+def occ_bounds_of_sample(sample: torch.Tensor, config: OCCConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tensor-scope clamp bounds in the sample's dtype from the values at ``occ_sample_positions``
+    (or all values): what ``occ_bounds`` returns for the tensor they were taken from."""
+    low, high = _tensor_thresholds(sample.reshape(-1).float(), config)
+    return low.to(sample.dtype), high.to(sample.dtype)
 
 
 def _matmul_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

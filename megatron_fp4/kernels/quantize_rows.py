@@ -17,7 +17,7 @@ import triton.language as tl
 
 from ..formats import E2M1, decode, unpack_codes
 from ..quantize import QuantizedTensor, QuantSpec, quantize
-from .fp8_rounding import fp8_cast, hardware_fp8_cast
+from .fp8_rounding import fp8_cast, hardware_fp8_cast, round_to_bf16
 
 __all__ = ["quantize_rows", "quantize_rows_inline", "quantize_rows_reference", "fp8_from_codes", "supports_spec"]
 
@@ -128,17 +128,53 @@ def _clamp_keeping_nan(x, low, high):
 
 
 @triton.jit
-def _load_block(x_ptr, rows, cols, M, K: tl.constexpr, stride_x, low, high, HAS_CLAMP: tl.constexpr):
+def _swiglu(gate, up, dtype: tl.constexpr, HARDWARE_CAST: tl.constexpr):
+    """silu(gate) * up in fp32, rounded once to the activation dtype: ``fused_inputs.swiglu_reference``
+    (and megatron-core's compiled SwiGLU), up to the fp32 exponential's last bits. (The
+    interpreter's bf16 cast truncates: there the rounding is done in integer operations.)"""
+    value = gate / (1.0 + tl.exp(-gate)) * up  # approximate division: no worse than the exponential
+    if dtype == tl.bfloat16 and not HARDWARE_CAST:
+        return round_to_bf16(value)
+    return value.to(dtype).to(tl.float32)
+
+
+@triton.jit
+def _load_block(
+    x_ptr, rows, cols, M, K: tl.constexpr, stride_x, low, high, HAS_CLAMP: tl.constexpr, SWIGLU: tl.constexpr, HARDWARE_CAST: tl.constexpr,
+    act_ptr, STORE_ACTIVATION: tl.constexpr,
+):
+    """A [R, BLOCK] tile of the operand in fp32: x itself, or with SWIGLU the activation of the
+    pre-activation rows [gate | up] (2K wide) it is computed from (stored to act_ptr, before any
+    clamp, with STORE_ACTIVATION); clamped if HAS_CLAMP."""
     mask = (rows[:, None] < M) & (cols[None, :] < K)
-    x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    pointers = x_ptr + rows[:, None] * stride_x + cols[None, :]
+    if SWIGLU:
+        gate = tl.load(pointers, mask=mask, other=0.0).to(tl.float32)
+        up = tl.load(pointers + K, mask=mask, other=0.0).to(tl.float32)
+        x = _swiglu(gate, up, x_ptr.dtype.element_ty, HARDWARE_CAST)
+        _store_activation(x, rows, cols, act_ptr, M, K, STORE_ACTIVATION)
+    else:
+        x = tl.load(pointers, mask=mask, other=0.0).to(tl.float32)
     if HAS_CLAMP:
         x = _clamp_keeping_nan(x, low, high)
     return x
 
 
 @triton.jit
-def _quantize_rows_kernel(x_ptr, fp8_ptr, codes_ptr, scale_ptr, bounds_ptr, M, stride_x, K: tl.constexpr, HAS_CLAMP: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr, BY_ROUNDING: tl.constexpr, HARDWARE_CAST: tl.constexpr):
-    """R rows per program (their reductions overlap each other's loads), BLOCK columns per step."""
+def _store_activation(x, rows, cols, act_ptr, M, K: tl.constexpr, STORE_ACTIVATION: tl.constexpr):
+    """With STORE_ACTIVATION, the fused producer's output (the activation a separate kernel would
+    have written) for telemetry and tests."""
+    if STORE_ACTIVATION:
+        tl.store(act_ptr + rows[:, None] * K + cols[None, :], x.to(act_ptr.dtype.element_ty), mask=(rows[:, None] < M) & (cols[None, :] < K))
+
+
+@triton.jit
+def _quantize_rows_kernel(
+    x_ptr, fp8_ptr, codes_ptr, scale_ptr, bounds_ptr, act_ptr, M, stride_x, K: tl.constexpr, HAS_CLAMP: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr,
+    BY_ROUNDING: tl.constexpr, HARDWARE_CAST: tl.constexpr, SWIGLU: tl.constexpr, STORE_ACTIVATION: tl.constexpr,
+):
+    """R rows per program (their reductions overlap each other's loads), BLOCK columns per step;
+    with SWIGLU the rows are computed from the pre-activation (``_load_block``)."""
     rows = (tl.program_id(0) * R + tl.arange(0, R)).to(tl.int64)
     low = 0.0
     high = 0.0
@@ -147,7 +183,7 @@ def _quantize_rows_kernel(x_ptr, fp8_ptr, codes_ptr, scale_ptr, bounds_ptr, M, s
         high = tl.load(bounds_ptr + 1)
     if BLOCK >= K:  # whole rows in registers: one read of x
         cols = tl.arange(0, BLOCK)
-        x = _load_block(x_ptr, rows, cols, M, K, stride_x, low, high, HAS_CLAMP)
+        x = _load_block(x_ptr, rows, cols, M, K, stride_x, low, high, HAS_CLAMP, SWIGLU, HARDWARE_CAST, act_ptr, STORE_ACTIVATION)
         scale = _row_scale(_row_absmax(x))
         tl.store(scale_ptr + rows, scale, mask=rows < M)
         _store_block(x, tl.math.div_rn(1.0, scale)[:, None], rows, 0, fp8_ptr, codes_ptr, M, K, R, BLOCK, BY_ROUNDING, HARDWARE_CAST)
@@ -155,14 +191,14 @@ def _quantize_rows_kernel(x_ptr, fp8_ptr, codes_ptr, scale_ptr, bounds_ptr, M, s
         amax = tl.zeros((R,), dtype=tl.float32)
         for start in range(0, K, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            x = _load_block(x_ptr, rows, cols, M, K, stride_x, low, high, HAS_CLAMP)
+            x = _load_block(x_ptr, rows, cols, M, K, stride_x, low, high, HAS_CLAMP, SWIGLU, HARDWARE_CAST, act_ptr, STORE_ACTIVATION)
             amax = _max_keeping_nan(amax, _row_absmax(x))
         scale = _row_scale(amax)
         tl.store(scale_ptr + rows, scale, mask=rows < M)
         inverse = tl.math.div_rn(1.0, scale)[:, None]
         for start in range(0, K, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            x = _load_block(x_ptr, rows, cols, M, K, stride_x, low, high, HAS_CLAMP)
+            x = _load_block(x_ptr, rows, cols, M, K, stride_x, low, high, HAS_CLAMP, SWIGLU, HARDWARE_CAST, act_ptr, False)
             _store_block(x, inverse, rows, start, fp8_ptr, codes_ptr, M, K, R, BLOCK, BY_ROUNDING, HARDWARE_CAST)
 
 
@@ -186,14 +222,18 @@ def _inline_scale(clamped_amax, amax):
 
 
 @triton.jit
-def _quantize_rows_inline_kernel(x_ptr, out_ptr, scale_ptr, bounds_ptr, M, stride_x, K: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr, HARDWARE_CAST: tl.constexpr):
-    """R rows per program: both row maxima (clamped and raw) in one read, then the operand."""
+def _quantize_rows_inline_kernel(
+    x_ptr, out_ptr, scale_ptr, bounds_ptr, act_ptr, M, stride_x, K: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr, HARDWARE_CAST: tl.constexpr,
+    SWIGLU: tl.constexpr, STORE_ACTIVATION: tl.constexpr,
+):
+    """R rows per program: both row maxima (clamped and raw) in one read, then the operand; with
+    SWIGLU the rows are computed from the pre-activation (``_load_block``)."""
     rows = (tl.program_id(0) * R + tl.arange(0, R)).to(tl.int64)
     low = tl.load(bounds_ptr)
     high = tl.load(bounds_ptr + 1)
     if BLOCK >= K:  # whole rows in registers: one read of x
         cols = tl.arange(0, BLOCK)
-        x = _load_block(x_ptr, rows, cols, M, K, stride_x, low, high, False)
+        x = _load_block(x_ptr, rows, cols, M, K, stride_x, low, high, False, SWIGLU, HARDWARE_CAST, act_ptr, STORE_ACTIVATION)
         scale = _inline_scale(_row_absmax(_clamp_keeping_nan(x, low, high)), _row_absmax(x))
         tl.store(scale_ptr + rows, scale, mask=rows < M)
         _store_inline_block(x, low, high, tl.math.div_rn(1.0, scale)[:, None], rows, 0, out_ptr, M, K, BLOCK, HARDWARE_CAST)
@@ -202,7 +242,7 @@ def _quantize_rows_inline_kernel(x_ptr, out_ptr, scale_ptr, bounds_ptr, M, strid
         amax = tl.zeros((R,), dtype=tl.float32)
         for start in range(0, K, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            x = _load_block(x_ptr, rows, cols, M, K, stride_x, low, high, False)
+            x = _load_block(x_ptr, rows, cols, M, K, stride_x, low, high, False, SWIGLU, HARDWARE_CAST, act_ptr, STORE_ACTIVATION)
             clamped_amax = _max_keeping_nan(clamped_amax, _row_absmax(_clamp_keeping_nan(x, low, high)))
             amax = _max_keeping_nan(amax, _row_absmax(x))
         scale = _inline_scale(clamped_amax, amax)
@@ -210,8 +250,24 @@ def _quantize_rows_inline_kernel(x_ptr, out_ptr, scale_ptr, bounds_ptr, M, strid
         inverse = tl.math.div_rn(1.0, scale)[:, None]
         for start in range(0, K, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            x = _load_block(x_ptr, rows, cols, M, K, stride_x, low, high, False)
+            x = _load_block(x_ptr, rows, cols, M, K, stride_x, low, high, False, SWIGLU, HARDWARE_CAST, act_ptr, False)
             _store_inline_block(x, low, high, inverse, rows, start, out_ptr, M, K, BLOCK, HARDWARE_CAST)
+
+
+def _operand_rows(x: torch.Tensor, swiglu: bool, activation_out: torch.Tensor | None, what: str):
+    """(x as [rows, width] with unit column stride, the operand's K, the operand's shape); with
+    ``swiglu`` x is the pre-activation [..., 2K] ([gate | up], megatron-core's layout)."""
+    width = x.shape[-1]
+    if swiglu and width % 2:
+        raise ValueError(f"{what}: the SwiGLU pre-activation {tuple(x.shape)} needs an even last dim ([gate | up])")
+    k = width // 2 if swiglu else width
+    x2d = x.reshape(-1, width)
+    if x2d.stride(-1) != 1:
+        x2d = x2d.contiguous()
+    shape = torch.Size((*x.shape[:-1], k))
+    if activation_out is not None and (not swiglu or activation_out.shape != shape or not activation_out.is_contiguous()):
+        raise ValueError(f"{what}: activation_out must be a contiguous {tuple(shape)} tensor, and only with swiglu=True")
+    return x2d, k, shape
 
 
 def quantize_rows_inline(
@@ -219,15 +275,17 @@ def quantize_rows_inline(
     bounds: torch.Tensor,
     block: int | None = None,
     num_warps: int | None = None,
+    swiglu: bool = False,
+    activation_out: torch.Tensor | None = None,
 ) -> QuantizedTensor:
     """OCC's ``inline`` operand of ``x`` [..., K] for scalar ``bounds`` = (low, high) in x's dtype:
     E4M3 elements (E2M1 values, the clamped entries as E4M3 of x / s) and fp32 row scales, one
     kernel, bit-identical to ``occ.quantize_with_inline_outliers_reference``. No packed codes:
-    the E4M3 operand itself is what backward keeps (1 B per element)."""
-    k = x.shape[-1]
-    x2d = x.reshape(-1, k)
-    if x2d.stride(-1) != 1:
-        x2d = x2d.contiguous()
+    the E4M3 operand itself is what backward keeps (1 B per element).
+
+    swiglu: x is the pre-activation [..., 2K] and the operand is that of swiglu(x) [..., K],
+    computed in the same pass (``fused_inputs.swiglu_reference``: never written unless ``activation_out``)."""
+    x2d, k, shape = _operand_rows(x, swiglu, activation_out, "quantize_rows_inline")
     rows = x2d.shape[0]
     out = torch.empty(rows, k, dtype=torch.uint8, device=x.device)
     scale = torch.empty(rows, 1, dtype=torch.float32, device=x.device)
@@ -235,11 +293,12 @@ def quantize_rows_inline(
     whole_row = max(2, triton.next_power_of_2(k))
     block = min(block, whole_row) if block else (whole_row if whole_row <= MAX_WHOLE_ROW else 1024)
     _quantize_rows_inline_kernel[(triton.cdiv(rows, ROWS_PER_PROGRAM),)](
-        x2d, out, scale, bounds, rows, x2d.stride(0), K=k, R=ROWS_PER_PROGRAM, BLOCK=block,
-        HARDWARE_CAST=hardware_fp8_cast(), num_warps=num_warps or row_warps(block, inline=True),
+        x2d, out, scale, bounds, activation_out if activation_out is not None else x2d, rows, x2d.stride(0), K=k, R=ROWS_PER_PROGRAM, BLOCK=block,
+        HARDWARE_CAST=hardware_fp8_cast(), SWIGLU=swiglu, STORE_ACTIVATION=activation_out is not None,
+        num_warps=num_warps or row_warps(block, inline=True),
     )
     data = out.view(torch.float8_e4m3fn)
-    return QuantizedTensor(data, scale, None, ROW_SPEC, x.shape, x.dtype, fp8=data, outliers_e4m3=True)
+    return QuantizedTensor(data, scale, None, ROW_SPEC, shape, x.dtype, fp8=data, outliers_e4m3=True)
 
 
 def supports_spec(spec: QuantSpec) -> bool:
@@ -253,8 +312,14 @@ def quantize_rows(
     num_warps: int | None = None,
     rows_per_program: int | None = None,
     index_by_rounding: bool | None = None,
+    swiglu: bool = False,
+    activation_out: torch.Tensor | None = None,
 ) -> QuantizedTensor:
     """Per-row E2M1 quantization of ``x`` [..., K] (optionally clamped to ``bounds`` = (low, high)).
+
+    swiglu: x is the pre-activation [..., 2K] ([gate | up]) and the operand is that of swiglu(x)
+    [..., K], computed in the same pass (``fused_inputs.swiglu_reference``, rounded to x's dtype, as the
+    compiled SwiGLU rounds it); it is written to ``activation_out`` only if one is given.
 
     block: elements per step along K; by default rows up to ``MAX_WHOLE_ROW`` are held whole in
     registers (x read once), longer ones take two passes of 1024; rows_per_program: rows one
@@ -262,12 +327,9 @@ def quantize_rows(
     pattern (``_e2m1_round``) instead of seven comparisons (same result; the faster is the
     default). Every option changes speed only (defaults: benchmarks/NOTES.md).
     """
-    k = x.shape[-1]
+    x2d, k, shape = _operand_rows(x, swiglu, activation_out, "quantize_rows")
     if k % 2:
-        raise ValueError(f"quantize_rows: shape {tuple(x.shape)} needs an even last dim to pack two FP4 codes per byte")
-    x2d = x.reshape(-1, k)
-    if x2d.stride(-1) != 1:
-        x2d = x2d.contiguous()
+        raise ValueError(f"quantize_rows: operand shape {tuple(shape)} needs an even last dim to pack two FP4 codes per byte")
     rows = x2d.shape[0]
     fp8 = torch.empty(rows, k, dtype=torch.uint8, device=x.device)
     codes = torch.empty(rows, k // 2, dtype=torch.uint8, device=x.device)
@@ -280,10 +342,11 @@ def quantize_rows(
     by_rounding = INDEX_BY_ROUNDING if index_by_rounding is None else index_by_rounding
     bounds_or_any = bounds if bounds is not None else scale
     _quantize_rows_kernel[(triton.cdiv(rows, per_program),)](
-        x2d, fp8, codes, scale, bounds_or_any, rows, x2d.stride(0), K=k, HAS_CLAMP=bounds is not None, R=per_program,
-        BLOCK=block, BY_ROUNDING=by_rounding, HARDWARE_CAST=hardware_fp8_cast(), num_warps=num_warps or row_warps(block, inline=False),
+        x2d, fp8, codes, scale, bounds_or_any, activation_out if activation_out is not None else x2d, rows, x2d.stride(0), K=k,
+        HAS_CLAMP=bounds is not None, R=per_program, BLOCK=block, BY_ROUNDING=by_rounding, HARDWARE_CAST=hardware_fp8_cast(),
+        SWIGLU=swiglu, STORE_ACTIVATION=activation_out is not None, num_warps=num_warps or row_warps(block, inline=False),
     )
-    return QuantizedTensor(codes, scale, None, ROW_SPEC, x.shape, x.dtype, fp8=fp8.view(torch.float8_e4m3fn))
+    return QuantizedTensor(codes, scale, None, ROW_SPEC, shape, x.dtype, fp8=fp8.view(torch.float8_e4m3fn))
 
 
 def fp8_from_codes(codes: torch.Tensor) -> torch.Tensor:

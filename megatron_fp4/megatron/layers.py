@@ -24,6 +24,7 @@ import torch.distributed as dist
 from megatron.core.tensor_parallel import mappings
 from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
 
+from ..fused_inputs import swiglu_backward, swiglu_fusable
 from ..gemm import get_backend
 from ..linear import FP4GemmState
 from ..recipe import FP4Recipe
@@ -41,30 +42,38 @@ class FP4ParallelLinearFunction(torch.autograd.Function):
     """Megatron's linear-with-async-communication, with the recipe's FP4 GEMMs inside."""
 
     @staticmethod
-    def forward(ctx, input, weight, bias, recipe, backend, gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel, tp_group, name="linear"):
+    def forward(ctx, input, weight, bias, recipe, backend, gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel, tp_group, name="linear", swiglu=False):
+        """swiglu: ``input`` is the SwiGLU pre-activation [..., 2K] and the layer computes
+        swiglu(input) W^T, the activation quantized where it is computed (no communication in
+        this form: it is RowParallel fc2's, whose input is already parallel)."""
+        if swiglu and (sequence_parallel or allreduce_dgrad):
+            raise ValueError(f"{name}: the SwiGLU-input form has no sequence-parallel gather or dgrad all-reduce (RowParallel fc2 only)")
         total_input = _all_gather_first_dim(input, tp_group) if sequence_parallel else input
         state = FP4GemmState(recipe, backend, name)
-        output = state.forward(total_input.reshape(-1, total_input.shape[-1]), weight, torch.float32 if bias is not None else input.dtype)
+        output = state.forward(total_input.reshape(-1, total_input.shape[-1]), weight, torch.float32 if bias is not None else input.dtype, swiglu=swiglu)
         if bias is not None:
             output = output + bias.float()
         ctx.state, ctx.tp_group = state, tp_group
-        ctx.flags = (gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel, bias is not None)
+        ctx.flags = (gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel, bias is not None, swiglu)
         ctx.shapes = (input.shape, total_input.shape, input.dtype)
-        ctx.save_for_backward(weight)
+        ctx.save_for_backward(weight, input if swiglu else None)  # SwiGLU's backward needs its input, as upstream's
         return output.to(input.dtype).reshape(*total_input.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad_output):
-        (weight,) = ctx.saved_tensors
+        weight, pre_activation = ctx.saved_tensors
         state: FP4GemmState = ctx.state
-        accumulate_in_main_grad, allreduce_dgrad, sequence_parallel, use_bias = ctx.flags
+        accumulate_in_main_grad, allreduce_dgrad, sequence_parallel, use_bias, swiglu = ctx.flags
         input_shape, total_shape, dtype = ctx.shapes
         g2d = grad_output.reshape(-1, grad_output.shape[-1])
         gq_dgrad, gq_wgrad = state.quantize_grad_output(g2d)
 
         grad_input, handle = None, None
         if ctx.needs_input_grad[0]:
-            grad_input = state.grad_input(gq_dgrad, dtype).reshape(total_shape)
+            if swiglu:  # d swiglu(A) from the GEMM, then dA through SwiGLU's backward
+                grad_input = swiglu_backward(state.grad_input(gq_dgrad, dtype), pre_activation.reshape(-1, total_shape[-1])).reshape(total_shape)
+            else:
+                grad_input = state.grad_input(gq_dgrad, dtype).reshape(total_shape)
             if allreduce_dgrad:  # overlaps with the weight-gradient GEMM below
                 handle = dist.all_reduce(grad_input, group=ctx.tp_group, async_op=True)
             elif sequence_parallel:
@@ -86,7 +95,7 @@ class FP4ParallelLinearFunction(torch.autograd.Function):
         if handle is not None:
             handle.wait()
         state.release()
-        return grad_input, grad_weight, grad_bias, None, None, None, None, None, None, None
+        return grad_input, grad_weight, grad_bias, None, None, None, None, None, None, None, None
 
 
 class _FP4LinearMixin:
@@ -115,6 +124,7 @@ class _FP4LinearMixin:
         return FP4ParallelLinearFunction.apply(
             input, weight, bias, self.fp4_recipe, get_backend(),
             gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel, tp_group, self.fp4_name,
+            getattr(self, "_input_is_swiglu_pre_activation", False),
         )
 
     def extra_repr_fp4(self) -> str:
@@ -147,6 +157,24 @@ class FP4RowParallelLinear(_FP4LinearMixin, RowParallelLinear):
     def __init__(self, input_size, output_size, *, config, init_method, fp4_recipe: FP4Recipe | None = None, **kwargs):
         super().__init__(input_size, output_size, config=config, init_method=init_method, **kwargs)
         self._init_fp4(config, fp4_recipe, self.input_size_per_partition)
+
+    @property
+    def takes_swiglu_pre_activation(self) -> bool:
+        """Whether ``forward_swiglu`` quantizes inside the SwiGLU for this layer's recipe (else it
+        still works, through the activation written out)."""
+        return self.fp4_recipe.changes_linear and self.input_is_parallel and swiglu_fusable(self.fp4_recipe)
+
+    def forward_swiglu(self, pre_activation):
+        """``forward(swiglu(pre_activation))`` (megatron-core's forward: its reduction, bias and
+        outputs), with the activation computed and quantized inside this layer's FP4 input
+        quantizer instead of written by a separate SwiGLU kernel (``megatron_fp4.fused_inputs``)."""
+        if not self.takes_swiglu_pre_activation:
+            raise ValueError(f"{self.fp4_name}: --fp4-recipe {self.fp4_recipe.name} cannot quantize inside the SwiGLU")
+        self._input_is_swiglu_pre_activation = True
+        try:
+            return self(pre_activation)
+        finally:
+            self._input_is_swiglu_pre_activation = False
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", {self.extra_repr_fp4()})"

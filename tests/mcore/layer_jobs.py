@@ -61,3 +61,52 @@ def sharded_layers_job(recipe_name: str) -> dict:
     y_ref.backward(grad)
     out["row"] = (y.detach().cpu(), y_ref.detach().cpu(), mine.grad.cpu(), x_shards[rank].grad.cpu())
     return out
+
+
+def fused_swiglu_mlp_job(recipe_names: list[str]) -> dict:
+    """Per recipe: FP4MLP with fc2 quantizing inside the SwiGLU vs the same modules with the
+    activation written out (``fused_inputs.swiglu_reference``) and autograd through it; and which
+    configurations fuse at all."""
+    return {name: _fused_swiglu_mlp(name) for name in recipe_names}
+
+
+def _fused_swiglu_mlp(recipe_name: str) -> dict:
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+    from megatron.core.transformer.spec_utils import build_module
+
+    from megatron_fp4.fused_inputs import swiglu_reference
+    from megatron_fp4.megatron import FP4TransformerConfig, to_fp4_spec
+    from megatron_fp4.megatron.mlp import FP4MLP
+
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    recipe = get_recipe(recipe_name)
+    fields = dict(
+        num_layers=1, hidden_size=64, num_attention_heads=4, ffn_hidden_size=192, use_cpu_initialization=True,
+        tensor_model_parallel_size=tp, gated_linear_unit=True, activation_func=torch.nn.functional.silu, add_bias_linear=False,
+        bias_activation_fusion=True, params_dtype=torch.bfloat16, bf16=True, fp4_quant_recipe=recipe,
+    )
+    mlp_spec = to_fp4_spec(get_gpt_layer_local_spec()).submodules.mlp
+    torch.manual_seed(5)
+    mlp = build_module(mlp_spec, config=FP4TransformerConfig(**fields), ffn_hidden_size=192).to(device())
+    unfused = build_module(mlp_spec, config=FP4TransformerConfig(**fields, fp4_quantize_fusion=False), ffn_hidden_size=192)
+    out = {"module": type(mlp) is FP4MLP, "fused": mlp.fp4_fused_swiglu, "fused_without_flag": unfused.fp4_fused_swiglu}
+    if not mlp.fp4_fused_swiglu:
+        return out
+    g = torch.Generator().manual_seed(7)
+    x = (torch.randn(64, 1, 64, generator=g) * 2).to(torch.bfloat16).to(device())
+    x[..., :2] *= 20  # outlier channels for OCC
+    grad = torch.randn(64, 1, 64, generator=g).to(torch.bfloat16).to(device())
+
+    def run(fused: bool):
+        mlp.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_()
+        if fused:
+            y, _ = mlp(xi)
+        else:
+            pre, _ = mlp.linear_fc1(xi)
+            y, _ = mlp.linear_fc2(swiglu_reference(pre))
+        y.backward(grad)
+        return [y.detach().float().cpu(), xi.grad.float().cpu(), mlp.linear_fc1.weight.grad.float().cpu(), mlp.linear_fc2.weight.grad.float().cpu()]
+
+    out["fused_run"], out["reference_run"] = run(True), run(False)
+    return out
