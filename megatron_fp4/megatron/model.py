@@ -9,6 +9,7 @@ from .config import FP4TransformerConfig
 from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
 from .layers import FP4ColumnParallelLinear
+from .mlp import fuse_swiglu_into_fc2
 from .specs import get_gpt_fp4_block_spec
 
 __all__ = ["build_fp4_gpt_model", "name_fp4_layers"]
@@ -33,6 +34,7 @@ def build_fp4_gpt_model(config: FP4TransformerConfig, vocab_size: int, max_seque
     )
     if config.fp4_output_layer and getattr(model, "output_layer", None) is not None:
         FP4ColumnParallelLinear.convert(model.output_layer, config.fp4_quant_recipe)
+    fuse_swiglu_into_fc2(model)  # fc2's FP4 quantizer computes the SwiGLU (megatron_fp4.megatron.mlp)
     return name_fp4_layers(model, config, vp_stage)
 
 

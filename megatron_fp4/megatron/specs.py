@@ -4,8 +4,7 @@
 Column/RowParallelLinear (local or Transformer Engine's) become FP4Column/FP4RowParallelLinear;
 TE's fused LayerNorm+Linear is split into a norm (TE's where TE is importable, else ours) and an
 FP4 linear, since the FP4 GEMM needs the normalised activation itself; megatron's torch-norm
-wrapper becomes ``SequenceParallelNorm`` so sequence parallelism works without TE; megatron-core's
-MLP becomes ``FP4MLP`` (the SwiGLU computed inside fc2's FP4 input quantizer). Attention math,
+wrapper becomes ``SequenceParallelNorm`` so sequence parallelism works without TE. Attention math,
 norms, embeddings and the output layer are not touched: they stay high precision (paper §3).
 
 ``get_gpt_fp4_layer_spec`` gives the LLaMA-style GPT layer (TE spec when TE is importable, else
@@ -21,7 +20,6 @@ import dataclasses
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer.enums import AttnBackend
 from megatron.core.transformer.identity_op import IdentityOp
-from megatron.core.transformer.mlp import MLP
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.torch_norm import WrappedTorchNorm
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
@@ -30,7 +28,6 @@ from megatron.core.transformer.transformer_layer import get_transformer_layer_of
 from ..recipe import FP4Recipe
 from .attention import core_attention_for_backend
 from .layers import FP4ColumnParallelLinear, FP4RowParallelLinear
-from .mlp import FP4MLP
 from .norm import SequenceParallelNorm
 
 __all__ = ["to_fp4_spec", "with_fp4_recipe", "with_core_attention", "get_gpt_fp4_layer_spec", "get_gpt_fp4_block_spec", "te_available"]
@@ -68,8 +65,6 @@ def _swap(module: type, recipe: FP4Recipe | None):
         return ModuleSpec(module=FP4ColumnParallelLinear, params=params)
     if name in _ROW_NAMES:
         return ModuleSpec(module=FP4RowParallelLinear, params=params)
-    if module is MLP:  # its fc2 quantizes inside the SwiGLU (``megatron_fp4.megatron.mlp``)
-        return FP4MLP
     if module is WrappedTorchNorm:
         return SequenceParallelNorm
     return None

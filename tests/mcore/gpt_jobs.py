@@ -164,11 +164,12 @@ def stock_vs_bf16_job() -> dict:
     return results
 
 
-def layer_recipes_job(bf16_layers: tuple[int, ...], fp4_output_layer: bool) -> dict:
-    """Which recipe each linear of a built model runs, by parameter-free module name."""
-    model = build_model("paper", fp4_bf16_layers=bf16_layers, fp4_output_layer=fp4_output_layer)
+def layer_recipes_job(bf16_layers: tuple[int, ...], fp4_output_layer: bool, bias_activation_fusion: bool = False) -> dict:
+    """Which recipe each linear (and which class each norm and MLP) of a built model has, by
+    parameter-free module name."""
+    model = build_model("paper", fp4_bf16_layers=bf16_layers, fp4_output_layer=fp4_output_layer, bias_activation_fusion=bias_activation_fusion)
     return {
         name: (type(module).__name__, getattr(getattr(module, "fp4_recipe", None), "name", None))
         for name, module in model.named_modules()
-        if "Linear" in type(module).__name__ or "Norm" in type(module).__name__
+        if any(kind in type(module).__name__ for kind in ("Linear", "Norm", "MLP"))
     }

@@ -87,10 +87,10 @@ def _fused_swiglu_mlp(recipe_name: str) -> dict:
     )
     mlp_spec = to_fp4_spec(get_gpt_layer_local_spec()).submodules.mlp
     torch.manual_seed(5)
-    mlp = build_module(mlp_spec, config=FP4TransformerConfig(**fields), ffn_hidden_size=192).to(device())
-    unfused = build_module(mlp_spec, config=FP4TransformerConfig(**fields, fp4_quantize_fusion=False), ffn_hidden_size=192)
-    out = {"module": type(mlp) is FP4MLP, "fused": mlp.fp4_fused_swiglu, "fused_without_flag": unfused.fp4_fused_swiglu}
-    if not mlp.fp4_fused_swiglu:
+    mlp = FP4MLP.convert(build_module(mlp_spec, config=FP4TransformerConfig(**fields), ffn_hidden_size=192).to(device()))
+    unfused = FP4MLP.convert(build_module(mlp_spec, config=FP4TransformerConfig(**fields, fp4_quantize_fusion=False), ffn_hidden_size=192))
+    out = {"fused": isinstance(mlp, FP4MLP), "fused_without_flag": isinstance(unfused, FP4MLP)}
+    if not out["fused"]:
         return out
     g = torch.Generator().manual_seed(7)
     x = (torch.randn(64, 1, 64, generator=g) * 2).to(torch.bfloat16).to(device())

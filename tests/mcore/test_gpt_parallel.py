@@ -115,12 +115,14 @@ def test_sdpa_attention_equals_megatron_attention_forward_and_backward(tmp_path)
 
 
 def test_per_layer_overrides_and_high_precision_head(tmp_path):
-    (default,) = dist_harness.run(gpt_jobs.layer_recipes_job, (1, 4), False, outdir=str(tmp_path / "a"))
+    (default,) = dist_harness.run(gpt_jobs.layer_recipes_job, (1, 4), False, True, outdir=str(tmp_path / "a"))
     assert default["decoder.layers.0.self_attention.linear_qkv"] == ("FP4ColumnParallelLinear", "bf16")
     assert default["decoder.layers.3.mlp.linear_fc2"] == ("FP4RowParallelLinear", "bf16")
     assert default["decoder.layers.1.mlp.linear_fc1"] == ("FP4ColumnParallelLinear", "paper")
     assert default["decoder.layers.2.self_attention.linear_proj"] == ("FP4RowParallelLinear", "paper")
     assert default["output_layer"] == ("ColumnParallelLinear", None)  # the LM head stays high precision
     assert default["decoder.layers.0.input_layernorm"][0] == "RMSNorm"
+    # with upstream's fused SwiGLU on, the FP4 layers' fc2 computes it inside its quantizer; BF16 layers keep upstream's MLP
+    assert [default[f"decoder.layers.{i}.mlp"][0] for i in range(4)] == ["MLP", "FP4MLP", "FP4MLP", "MLP"]
     (with_head,) = dist_harness.run(gpt_jobs.layer_recipes_job, (), True, outdir=str(tmp_path / "b"))
     assert with_head["output_layer"] == ("FP4ColumnParallelLinear", "paper")
