@@ -63,6 +63,8 @@ RECIPE_FLAGS.update({f"{name}-unfused": f"{RECIPE_FLAGS[name]} {UNFUSED_FLAGS}" 
 # "-nofq" rows: the SwiGLU written out and read again by fc2's FP4 quantizer (--no-fp4-quantize-fusion),
 # the before/after of issue 14 item 6's fused fc2 input in one run
 RECIPE_FLAGS.update({f"{name}-nofq": f"{RECIPE_FLAGS[name]} --no-fp4-quantize-fusion" for name in ("paper", "direct", "paper-graph", "direct-graph")})
+# "-delayed" rows: the output gradient's FP8 scales from the layer's previous backward (--fp4-grad-amax delayed: dY read once)
+RECIPE_FLAGS.update({f"{name}-delayed": f"{RECIPE_FLAGS[name]} --fp4-grad-amax delayed" for name in ("paper", "direct", "paper-graph", "direct-graph")})
 # environment per recipe row: the opt-in weight cache on (megatron_fp4.weight_cache) to measure what it saves
 RECIPE_ENV = {f"{name}{graph}": {"MEGATRON_FP4_WEIGHT_CACHE": "1"} for name in ("direct-weight-cache", "paper-no-occ-weight-cache") for graph in ("", "-graph")}
 # kernel-name fragments (lower case) per family, checked in this order

@@ -26,9 +26,12 @@ from __future__ import annotations
 import torch
 
 from .kernels import quantize_grad_fast
-from .quantize import QuantizedTensor, QuantSpec, quantize
+from .quantize import FP8_DTYPES, QuantizedTensor, QuantSpec, encode_multiplier, quantize
+from .scaling import absmax_scale
 
-__all__ = ["can_fold", "fold_scale", "quantize_grad_output"]
+FP8_TENSOR_SPECS = tuple(QuantSpec(dtype, "tensor") for dtype in FP8_DTYPES)
+
+__all__ = ["can_fold", "fold_scale", "quantize_grad_output", "quantize_grad_output_reference", "quantize_grad_output_delayed_reference"]
 
 
 def can_fold(operand: QuantizedTensor | None) -> bool:
@@ -77,6 +80,48 @@ def quantize_grad_output_reference(
     return dgrad, wgrad
 
 
+def _quantize_with_history(folded: torch.Tensor, spec: QuantSpec, history: torch.Tensor) -> tuple[QuantizedTensor, torch.Tensor]:
+    """FP8 `tensor` quantization of fp32 ``folded`` with the scale of the amax ``history`` (0-d),
+    or with its own scale where its maximum exceeds the history (it would saturate) or is not
+    finite; returns the operand and the next history (the maximum where finite)."""
+    fp8 = FP8_DTYPES[spec.dtype]
+    amax = folded.abs().amax()
+    current = absmax_scale(amax, torch.finfo(fp8).max)
+    delayed = absmax_scale(history, torch.finfo(fp8).max)
+    scale = torch.where(amax <= history, delayed, current).reshape(1, 1)  # NaN compares false: current
+    data = (folded * encode_multiplier(scale)).to(fp8)
+    return QuantizedTensor(data, scale, None, spec, folded.shape, torch.float32), torch.where(torch.isfinite(amax), amax, history)
+
+
+def quantize_grad_output_delayed_reference(
+    g2d: torch.Tensor,
+    dgrad_spec: QuantSpec,
+    wgrad_spec: QuantSpec,
+    weight_scale: torch.Tensor | None,
+    input_scale: torch.Tensor | None,
+    amax_history: torch.Tensor,
+    check: bool = False,
+    name: str = "linear grad_output",
+) -> tuple[QuantizedTensor, QuantizedTensor]:
+    """``quantize_grad_output_reference`` with delayed scaling (``FP4Recipe.grad_amax="delayed"``):
+    each FP8 `tensor` operand takes its scale from the previous call's maximum (``amax_history``,
+    float32 [2] for dgrad and wgrad, updated in place), unless this call's maximum exceeds it or is
+    not finite, where the operand takes its current scale (so nothing saturates and a NaN is never
+    hidden). A fused kernel can then read dY once. On an E5M2 (or E4M3) grid the scale only places
+    the range: a larger one than needed loses precision only below the format's smallest normal."""
+    if not (dgrad_spec in FP8_TENSOR_SPECS and wgrad_spec in FP8_TENSOR_SPECS):
+        raise ValueError(f"delayed gradient scaling needs FP8 tensor specs, got {dgrad_spec.describe()}, {wgrad_spec.describe()}")
+    if check:
+        quantize(g2d, dgrad_spec, check_finite=True, name=name)  # raises on NaN/Inf, naming the tensor
+    folded = g2d.float()
+    dgrad_in = folded * weight_scale.reshape(1, -1) if weight_scale is not None else folded
+    wgrad_in = folded * input_scale.reshape(-1, 1) if input_scale is not None else folded
+    dgrad, dgrad_history = _quantize_with_history(dgrad_in, dgrad_spec, amax_history[0])
+    wgrad, wgrad_history = _quantize_with_history(wgrad_in, wgrad_spec, amax_history[1])
+    amax_history.copy_(torch.stack([dgrad_history, wgrad_history]))
+    return dgrad, wgrad
+
+
 def quantize_grad_output(
     g2d: torch.Tensor,
     dgrad_spec: QuantSpec,
@@ -85,9 +130,13 @@ def quantize_grad_output(
     input_scale: torch.Tensor | None,
     check: bool = False,
     name: str = "linear grad_output",
+    amax_history: torch.Tensor | None = None,
 ) -> tuple[QuantizedTensor, QuantizedTensor]:
-    """The reference above, through the fused kernel on CUDA where it applies (same bits)."""
-    fast = quantize_grad_fast(g2d, dgrad_spec, wgrad_spec, weight_scale, input_scale, check, name)
+    """The references above (delayed scaling with ``amax_history``), through the fused kernel on
+    CUDA where it applies (same bits)."""
+    fast = quantize_grad_fast(g2d, dgrad_spec, wgrad_spec, weight_scale, input_scale, check, name, amax_history)
     if fast is not None:
         return fast
+    if amax_history is not None:
+        return quantize_grad_output_delayed_reference(g2d, dgrad_spec, wgrad_spec, weight_scale, input_scale, amax_history, check, name)
     return quantize_grad_output_reference(g2d, dgrad_spec, wgrad_spec, weight_scale, input_scale, check, name)

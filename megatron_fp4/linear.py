@@ -63,8 +63,13 @@ class FP4GemmState:
     ``megatron_fp4.megatron.layers``, which wraps the same GEMMs in Megatron's communication.
     """
 
-    def __init__(self, recipe: FP4Recipe, backend: GemmBackend, name: str = "linear") -> None:
+    def __init__(self, recipe: FP4Recipe, backend: GemmBackend, name: str = "linear", grad_amax_history: torch.Tensor | None = None) -> None:
+        """grad_amax_history: the layer's float32 [2] output-gradient maxima for
+        ``recipe.grad_amax == "delayed"`` (updated in place by each backward)."""
+        if recipe.grad_amax == "delayed" and grad_amax_history is None:
+            raise ValueError(f"{name}: --fp4-grad-amax delayed needs the layer's amax history (FP4 layers keep one)")
         self.recipe, self.backend, self.name = recipe, backend, name
+        self.grad_amax_history = grad_amax_history if recipe.grad_amax == "delayed" else None
         self.check = recipe.check_finite or check_finite_enabled()
         self.x_saved: QuantizedTensor | None = None
         self.w_saved: QuantizedTensor | None = None
@@ -155,7 +160,8 @@ class FP4GemmState:
         input_scale = fold_scale(self.x_saved) if fold and recipe.wgrad_grad_output.is_quantized else None
         self.folded = (weight_scale is not None, input_scale is not None)
         return quantize_grad_output(
-            g2d, recipe.dgrad_grad_output, recipe.wgrad_grad_output, weight_scale, input_scale, self.check, f"{self.name} output gradient"
+            g2d, recipe.dgrad_grad_output, recipe.wgrad_grad_output, weight_scale, input_scale, self.check, f"{self.name} output gradient",
+            amax_history=self.grad_amax_history,
         )
 
     def grad_input(self, gq_dgrad: QuantizedTensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -206,8 +212,8 @@ class FP4LinearFunction(torch.autograd.Function):
     """``y = x @ W^T + b`` with the recipe's quantized GEMMs (see the module docstring)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, recipe: FP4Recipe, backend: GemmBackend):
-        state = FP4GemmState(recipe, backend)
+    def forward(ctx, x, weight, bias, recipe: FP4Recipe, backend: GemmBackend, grad_amax_history=None):
+        state = FP4GemmState(recipe, backend, grad_amax_history=grad_amax_history)
         y = state.forward(x.reshape(-1, x.shape[-1]), weight, torch.float32 if bias is not None else x.dtype)
         if bias is not None:
             y = y + bias.float()
@@ -230,7 +236,7 @@ class FP4LinearFunction(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g2d.float().sum(0).to(grad_output.dtype)
         state.release()
-        return grad_x, grad_w, grad_b, None, None
+        return grad_x, grad_w, grad_b, None, None, None
 
 
 def fp4_linear(
@@ -239,15 +245,17 @@ def fp4_linear(
     bias: torch.Tensor | None = None,
     recipe: FP4Recipe | None = None,
     backend: GemmBackend | str | None = None,
+    grad_amax_history: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Functional FP4 linear. ``recipe`` defaults to `paper`; a recipe that quantizes nothing
-    (`bf16`) runs ``F.linear`` itself, so it is nn.Linear exactly."""
+    (`bf16`) runs ``F.linear`` itself, so it is nn.Linear exactly. grad_amax_history: the float32
+    [2] state a ``grad_amax="delayed"`` recipe keeps between backward passes (``FP4Linear`` owns one)."""
     recipe = recipe or FP4Recipe.paper()
     if not recipe.changes_linear:
         return F.linear(x, weight, bias)
     if not isinstance(backend, GemmBackend):
         backend = get_backend(backend)
-    return FP4LinearFunction.apply(x, weight, bias, recipe, backend)
+    return FP4LinearFunction.apply(x, weight, bias, recipe, backend, grad_amax_history)
 
 
 class FP4Linear(nn.Module):
@@ -269,6 +277,9 @@ class FP4Linear(nn.Module):
         self.backend = backend
         self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
+        # delayed output-gradient scaling's state (recipe.grad_amax); not checkpointed: a resumed run
+        # starts from zeros, whose first backward takes the current scales
+        self.register_buffer("fp4_grad_amax", torch.zeros(2, device=device if device != "meta" else None), persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -286,7 +297,7 @@ class FP4Linear(nn.Module):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fp4_linear(x, self.weight, self.bias, self.recipe, self.backend)
+        return fp4_linear(x, self.weight, self.bias, self.recipe, self.backend, self.fp4_grad_amax)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, recipe={self.recipe.name}"

@@ -60,6 +60,9 @@ class DGEConfig:
             raise ValueError(f"DGEConfig.max_derivative={self.max_derivative}; must be >= 1")
 
 
+GRAD_AMAX_CHOICES = ("current", "delayed")
+
+
 @dataclass(frozen=True)
 class FP4Recipe:
     """Formats of the six GEMM operands of a linear layer, plus DGE and OCC settings.
@@ -74,6 +77,10 @@ class FP4Recipe:
     dimension, the tokens (dY^T and X^T, blocks along M), as a block-scaled FP4 wgrad GEMM needs;
     False quantizes them as laid out (dY along N, X along K). wgrad_hadamard: the random Hadamard
     transform (``megatron_fp4.hadamard``) on both, with sign seed ``hadamard_seed``.
+    grad_amax: how the output gradient's FP8 tensor scales are found: ``current`` (this gradient's
+    maximum: dY is read twice) or ``delayed`` (the previous backward's maximum, per layer, falling
+    back to the current one wherever the gradient would saturate or is not finite: dY is read once;
+    ``backward.quantize_grad_output_delayed_reference``). FP8 tensor output-gradient specs only.
     """
 
     name: str = "custom"
@@ -90,8 +97,18 @@ class FP4Recipe:
     wgrad_along_tokens: bool = False
     wgrad_hadamard: bool = False
     hadamard_seed: int | None = 0
+    grad_amax: str = "current"
 
     def __post_init__(self) -> None:
+        if self.grad_amax not in GRAD_AMAX_CHOICES:
+            raise ValueError(f"FP4Recipe.grad_amax={self.grad_amax!r} (--fp4-grad-amax); allowed: {list(GRAD_AMAX_CHOICES)}")
+        if self.grad_amax == "delayed" and not all(
+            spec.dtype.startswith("fp8") and spec.granularity == "tensor" for spec in (self.dgrad_grad_output, self.wgrad_grad_output)
+        ):
+            raise ValueError(
+                f"FP4Recipe.grad_amax='delayed' (--fp4-grad-amax delayed) needs FP8 tensor-scaled output gradients, got "
+                f"dgrad_grad_output={self.dgrad_grad_output.describe()} wgrad_grad_output={self.wgrad_grad_output.describe()}"
+            )
         if self.wgrad_hadamard and not self.wgrad_along_tokens:
             raise ValueError("FP4Recipe.wgrad_hadamard=True needs wgrad_along_tokens=True (the transform runs along the tokens)")
         if self.wgrad_along_tokens and not (self.wgrad_input.is_quantized and self.wgrad_grad_output.is_quantized):
@@ -142,7 +159,8 @@ class FP4Recipe:
         fold = "backward scales folded into dY" if self.fold_backward_scales else "backward scales unfolded"
         if self.wgrad_along_tokens:
             fold = "wgrad operands quantized along the tokens" + (f" after a 16x16 RHT (sign seed {self.hadamard_seed})" if self.wgrad_hadamard else "")
-        return f"{self.name}: {ops}; {dge}; {occ_text}; {fold}"
+        amax = "; delayed output-gradient scales" if self.grad_amax == "delayed" else ""
+        return f"{self.name}: {ops}; {dge}; {occ_text}; {fold}{amax}"
 
     # ---- presets -------------------------------------------------------------------------
     @classmethod

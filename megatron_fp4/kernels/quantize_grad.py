@@ -1,6 +1,8 @@
 """Fused FP8 quantization of the output gradient for both backward GEMMs, reference beside it.
 
-dY [M, N] is read twice (an amax pass with its own larger tiles, then a quantize pass); writes
+dY [M, N] is read twice (an amax pass with its own larger tiles, then a quantize pass), or once
+with delayed scaling (``amax_history``: the previous call's maxima give the scales; a fallback
+pass rewrites an operand that saturated); writes
     dgrad operand  Q8(dY · diag(s_W))    FP8 [M, N], row-major    (A of dX = A · C_W)
     wgrad operand  Q8(diag(s_X) · dY)    FP8 [N, M], row-major    (A of dW = A · C_X: already
                                           transposed, as the FP8 GEMM wants it)
@@ -10,6 +12,8 @@ backward folding of ``megatron_fp4.backward``. The reference is
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
@@ -76,19 +80,70 @@ def _finalize_scales_kernel(partial_ptr, dgrad_scale_ptr, wgrad_scale_ptr, n_par
 
 
 @triton.jit
+def _history_scales_kernel(history_ptr, dgrad_scale_ptr, wgrad_scale_ptr, D_MAX: tl.constexpr, W_MAX: tl.constexpr):
+    """Delayed scaling: the decode scales from the amax history (amax / fp8_max, 1 for 0)."""
+    d = tl.load(history_ptr)
+    w = tl.load(history_ptr + 1)
+    tl.store(dgrad_scale_ptr, tl.where(d > 0, tl.math.div_rn(d, D_MAX), 1.0))
+    tl.store(wgrad_scale_ptr, tl.where(w > 0, tl.math.div_rn(w, W_MAX), 1.0))
+
+
+@triton.jit
+def _delayed_finalize_kernel(
+    partial_ptr, history_ptr, dgrad_scale_ptr, wgrad_scale_ptr, redo_ptr, n_partial, D_MAX: tl.constexpr, W_MAX: tl.constexpr, BLOCK: tl.constexpr
+):
+    """After the delayed-scale quantize pass: this gradient's maxima (from the tiles' partials).
+    Where one exceeds its history (the operand saturated) or is not finite, that operand's scale
+    becomes the current one (NaN if not finite) and ``redo`` is set, so the redo pass rewrites
+    the operands; the history takes the finite maxima for the next call."""
+    d_amax = tl.zeros((BLOCK,), dtype=tl.float32)
+    w_amax = tl.zeros((BLOCK,), dtype=tl.float32)
+    for start in range(0, n_partial, BLOCK):
+        index = start + tl.arange(0, BLOCK)
+        valid = index < n_partial
+        d_amax = _max_keeping_nan(d_amax, tl.load(partial_ptr + index * 2, mask=valid, other=0.0))
+        w_amax = _max_keeping_nan(w_amax, tl.load(partial_ptr + index * 2 + 1, mask=valid, other=0.0))
+    d = tl.reduce(d_amax, 0, _max_keeping_nan)
+    w = tl.reduce(w_amax, 0, _max_keeping_nan)
+    d_history = tl.load(history_ptr)
+    w_history = tl.load(history_ptr + 1)
+    d_finite = (d == d) & (d != float("inf"))
+    w_finite = (w == w) & (w != float("inf"))
+    d_current = tl.where(d_finite, tl.where(d > 0, tl.math.div_rn(d, D_MAX), 1.0), float("nan"))
+    w_current = tl.where(w_finite, tl.where(w > 0, tl.math.div_rn(w, W_MAX), 1.0), float("nan"))
+    d_redo = ~(d <= d_history)  # NaN compares false: redone
+    w_redo = ~(w <= w_history)
+    tl.store(dgrad_scale_ptr, tl.where(d_redo, d_current, tl.load(dgrad_scale_ptr)))
+    tl.store(wgrad_scale_ptr, tl.where(w_redo, w_current, tl.load(wgrad_scale_ptr)))
+    tl.store(redo_ptr, (d_redo | w_redo).to(tl.int32))
+    tl.store(history_ptr, tl.where(d_finite, d, d_history))
+    tl.store(history_ptr + 1, tl.where(w_finite, w, w_history))
+
+
+@triton.jit
 def _folded_quantize_kernel(
-    g_ptr, column_scale_ptr, row_scale_ptr, dgrad_scale_ptr, wgrad_scale_ptr, dgrad_ptr, wgrad_t_ptr, M, N, stride_g,
+    g_ptr, column_scale_ptr, row_scale_ptr, dgrad_scale_ptr, wgrad_scale_ptr, dgrad_ptr, wgrad_t_ptr, partial_ptr, redo_ptr, M, N, stride_g,
     D_MANTISSA: tl.constexpr, D_BIAS: tl.constexpr, D_E4M3FN: tl.constexpr,
     W_MANTISSA: tl.constexpr, W_BIAS: tl.constexpr, W_E4M3FN: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr, PARTIAL_AMAX: tl.constexpr, ONLY_IF_REDO: tl.constexpr,
 ):
-    rows, cols, mask, dgrad, wgrad = _tile(g_ptr, column_scale_ptr, row_scale_ptr, M, N, stride_g, BM, BN)
+    """The two FP8 operands of one tile with the given scales. PARTIAL_AMAX: also this tile's two
+    maxima (delayed scaling reads dY once); ONLY_IF_REDO: write only if ``redo`` is set (the
+    delayed pass's fallback, launched unconditionally so no host decision is needed)."""
+    valid_rows = M  # the rows loaded and stored (M stays the transposed operand's row stride)
+    if ONLY_IF_REDO:  # none unless redo is set: every load and store below is masked off
+        valid_rows = M * (tl.load(redo_ptr) != 0).to(tl.int32)
+    rows, cols, mask, dgrad, wgrad = _tile(g_ptr, column_scale_ptr, row_scale_ptr, valid_rows, N, stride_g, BM, BN)
+    if PARTIAL_AMAX:
+        out = partial_ptr + (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * 2
+        tl.store(out, _tile_absmax(dgrad))
+        tl.store(out + 1, _tile_absmax(wgrad))
     dgrad_byte = fp8_cast(dgrad * tl.math.div_rn(1.0, tl.load(dgrad_scale_ptr)), D_MANTISSA, D_BIAS, D_E4M3FN, HARDWARE_CAST)
     tl.store(dgrad_ptr + rows[:, None].to(tl.int64) * N + cols[None, :], dgrad_byte.to(tl.uint8), mask=mask)
     wgrad_byte = fp8_cast(wgrad * tl.math.div_rn(1.0, tl.load(wgrad_scale_ptr)), W_MANTISSA, W_BIAS, W_E4M3FN, HARDWARE_CAST)
     # store the transposed tile in its own layout (rows contiguous), so the writes coalesce
     transposed = cols[:, None].to(tl.int64) * M + rows[None, :]
-    transposed_mask = (cols[:, None] < N) & (rows[None, :] < M)
+    transposed_mask = (cols[:, None] < N) & (rows[None, :] < valid_rows)
     tl.store(wgrad_t_ptr + transposed, tl.trans(wgrad_byte.to(tl.uint8)), mask=transposed_mask)
 
 
@@ -107,12 +162,19 @@ def quantize_grad_folded(
     hardware_cast: bool | None = None,
     amax_tile: tuple[int, int] | None = None,
     amax_warps: int | None = None,
+    amax_history: torch.Tensor | None = None,
 ) -> tuple[QuantizedTensor, QuantizedTensor]:
     """(Q8(dY·diag(s_W)), Q8(diag(s_X)·dY)) for FP8 `tensor` specs; a scale None is not folded.
 
     The wgrad operand's data is a [M, N] view of its transposed [N, M] storage. tile/num_warps:
     the quantize pass's [rows, columns] tile (defaults tuned on H100, benchmarks/NOTES.md);
     amax_tile/amax_warps: the amax pass's (benchmarks/bench_quant.py --sweep).
+
+    amax_history: delayed scaling (``backward.quantize_grad_output_delayed_reference``, bit for
+    bit): a float32 [2] device tensor holding the previous call's (dgrad, wgrad) maxima, updated
+    in place. dY is read once, quantized with the history's scales while this call's maxima are
+    taken; an operand whose maximum exceeds its history (it saturated), or is not finite, is
+    written again with its current scale by a pass that does nothing otherwise.
     """
     if not supports_grad_specs(dgrad_spec, wgrad_spec):
         raise ValueError(f"quantize_grad_folded: FP8 tensor specs only, got {dgrad_spec.describe()}, {wgrad_spec.describe()}")
@@ -127,24 +189,36 @@ def quantize_grad_folded(
     block_m, block_n = tile or (BLOCK_M, BLOCK_N)
     warps = num_warps or NUM_WARPS
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
-    amax_m, amax_n = amax_tile or (AMAX_BLOCK_M, AMAX_BLOCK_N)
-    amax_grid = (triton.cdiv(m, amax_m), triton.cdiv(n, amax_n))
-    partial = torch.empty(amax_grid[0] * amax_grid[1], 2, dtype=torch.float32, device=g2d.device)
-    _folded_amax_kernel[amax_grid](g2d, column_scale, row_scale, partial, m, n, g2d.stride(0), BM=amax_m, BN=amax_n, num_warps=amax_warps or AMAX_WARPS)
     d_mantissa, d_bias, d_e4m3, d_dtype = FP8_LAYOUTS[dgrad_spec.dtype]
     w_mantissa, w_bias, w_e4m3, w_dtype = FP8_LAYOUTS[wgrad_spec.dtype]
+    maxima = {"D_MAX": torch.finfo(d_dtype).max, "W_MAX": torch.finfo(w_dtype).max}
     # two allocations, not views of one: cuBLAS refuses a scale pointer that is not 16-byte aligned
     dgrad_scale = torch.empty(1, 1, dtype=torch.float32, device=g2d.device)
     wgrad_scale = torch.empty(1, 1, dtype=torch.float32, device=g2d.device)
-    _finalize_scales_kernel[(1,)](partial, dgrad_scale, wgrad_scale, partial.shape[0], D_MAX=torch.finfo(d_dtype).max, W_MAX=torch.finfo(w_dtype).max, BLOCK=1024)
     dgrad = torch.empty(m, n, dtype=torch.uint8, device=g2d.device)
     wgrad_t = torch.empty(n, m, dtype=torch.uint8, device=g2d.device)
-    _folded_quantize_kernel[grid](
-        g2d, column_scale, row_scale, dgrad_scale, wgrad_scale, dgrad, wgrad_t, m, n, g2d.stride(0),
+    quantize_pass = functools.partial(
+        _folded_quantize_kernel[grid], g2d, column_scale, row_scale, dgrad_scale, wgrad_scale, dgrad, wgrad_t,
         D_MANTISSA=d_mantissa, D_BIAS=d_bias, D_E4M3FN=d_e4m3, W_MANTISSA=w_mantissa, W_BIAS=w_bias, W_E4M3FN=w_e4m3,
         BM=block_m, BN=block_n, num_warps=warps,
         HARDWARE_CAST=(HARDWARE_CAST and hardware_fp8_cast()) if hardware_cast is None else hardware_cast,
     )
+    if amax_history is None:  # current scaling: an amax pass, the scales, the quantize pass
+        amax_m, amax_n = amax_tile or (AMAX_BLOCK_M, AMAX_BLOCK_N)
+        amax_grid = (triton.cdiv(m, amax_m), triton.cdiv(n, amax_n))
+        partial = torch.empty(amax_grid[0] * amax_grid[1], 2, dtype=torch.float32, device=g2d.device)
+        _folded_amax_kernel[amax_grid](g2d, column_scale, row_scale, partial, m, n, g2d.stride(0), BM=amax_m, BN=amax_n, num_warps=amax_warps or AMAX_WARPS)
+        _finalize_scales_kernel[(1,)](partial, dgrad_scale, wgrad_scale, partial.shape[0], BLOCK=1024, **maxima)
+        quantize_pass(partial, partial, m, n, g2d.stride(0), PARTIAL_AMAX=False, ONLY_IF_REDO=False)
+    else:  # delayed scaling: the history's scales, one quantize pass taking the maxima, the fallback pass
+        if amax_history.dtype != torch.float32 or amax_history.shape != (2,) or amax_history.device != g2d.device:
+            raise ValueError(f"quantize_grad_folded: amax_history must be a float32 [2] tensor on {g2d.device}, got {amax_history.dtype} {tuple(amax_history.shape)} on {amax_history.device}")
+        partial = torch.empty(grid[0] * grid[1], 2, dtype=torch.float32, device=g2d.device)
+        redo = torch.empty(1, dtype=torch.int32, device=g2d.device)
+        _history_scales_kernel[(1,)](amax_history, dgrad_scale, wgrad_scale, **maxima)
+        quantize_pass(partial, redo, m, n, g2d.stride(0), PARTIAL_AMAX=True, ONLY_IF_REDO=False)
+        _delayed_finalize_kernel[(1,)](partial, amax_history, dgrad_scale, wgrad_scale, redo, partial.shape[0], BLOCK=1024, **maxima)
+        quantize_pass(partial, redo, m, n, g2d.stride(0), PARTIAL_AMAX=False, ONLY_IF_REDO=True)
     shape = torch.Size((m, n))
     return (
         QuantizedTensor(dgrad.view(d_dtype), dgrad_scale, None, dgrad_spec, shape, torch.float32),

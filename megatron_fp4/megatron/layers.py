@@ -42,14 +42,14 @@ class FP4ParallelLinearFunction(torch.autograd.Function):
     """Megatron's linear-with-async-communication, with the recipe's FP4 GEMMs inside."""
 
     @staticmethod
-    def forward(ctx, input, weight, bias, recipe, backend, gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel, tp_group, name="linear", swiglu=False):
+    def forward(ctx, input, weight, bias, recipe, backend, gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel, tp_group, name="linear", swiglu=False, grad_amax_history=None):
         """swiglu: ``input`` is the SwiGLU pre-activation [..., 2K] and the layer computes
         swiglu(input) W^T, the activation quantized where it is computed (no communication in
         this form: it is RowParallel fc2's, whose input is already parallel)."""
         if swiglu and (sequence_parallel or allreduce_dgrad):
             raise ValueError(f"{name}: the SwiGLU-input form has no sequence-parallel gather or dgrad all-reduce (RowParallel fc2 only)")
         total_input = _all_gather_first_dim(input, tp_group) if sequence_parallel else input
-        state = FP4GemmState(recipe, backend, name)
+        state = FP4GemmState(recipe, backend, name, grad_amax_history)
         output = state.forward(total_input.reshape(-1, total_input.shape[-1]), weight, torch.float32 if bias is not None else input.dtype, swiglu=swiglu)
         if bias is not None:
             output = output + bias.float()
@@ -95,7 +95,7 @@ class FP4ParallelLinearFunction(torch.autograd.Function):
         if handle is not None:
             handle.wait()
         state.release()
-        return grad_input, grad_weight, grad_bias, None, None, None, None, None, None, None, None
+        return grad_input, grad_weight, grad_bias, None, None, None, None, None, None, None, None, None
 
 
 class _FP4LinearMixin:
@@ -104,6 +104,9 @@ class _FP4LinearMixin:
     def _init_fp4(self, config, fp4_recipe: FP4Recipe | None, local_k: int) -> None:
         self.fp4_recipe = fp4_recipe or getattr(config, "fp4_quant_recipe", None) or FP4Recipe.paper()
         self.fp4_name = type(self).__name__  # the model builder sets the module path (health logs)
+        if not hasattr(self, "fp4_grad_amax"):  # delayed output-gradient scaling's state (recipe.grad_amax);
+            # not checkpointed: a resumed run starts from zeros, whose first backward takes the current scales
+            self.register_buffer("fp4_grad_amax", torch.zeros(2, device=self.weight.device if self.weight.device.type != "meta" else None), persistent=False)
         for operand in ("fprop_input", "fprop_weight"):
             block = getattr(self.fp4_recipe, operand).block_size
             if block and local_k % block:
@@ -124,7 +127,7 @@ class _FP4LinearMixin:
         return FP4ParallelLinearFunction.apply(
             input, weight, bias, self.fp4_recipe, get_backend(),
             gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel, tp_group, self.fp4_name,
-            getattr(self, "_input_is_swiglu_pre_activation", False),
+            getattr(self, "_input_is_swiglu_pre_activation", False), self.fp4_grad_amax,
         )
 
     def extra_repr_fp4(self) -> str:

@@ -81,6 +81,11 @@ def add_fp4_knob_arguments(group) -> None:
         help="stochastic rounding of the FP4 output gradients (block recipes; default: on for nvfp4, off for mxfp4)",
     )
     group.add_argument(
+        "--fp4-grad-amax", choices=["current", "delayed"], default=None,
+        help="output-gradient FP8 scales from this gradient's maximum (current, default) or the layer's previous "
+        "backward's, falling back where it would saturate (delayed: dY read once)",
+    )
+    group.add_argument(
         "--fp4-2d-weight-blocks", action=argparse.BooleanOptionalAction, default=None,
         help="nvfp4 weights in 16x16 tiles (W and W^T alike; default on) instead of 1x16 blocks",
     )
@@ -166,6 +171,8 @@ def apply_fp4_knobs(recipe: FP4Recipe, args) -> FP4Recipe:
         if args.no_fp4_occ_wgrad_compensation:
             occ = dataclasses.replace(occ, compensate_wgrad=False)
     recipe = recipe.replace(occ=occ, fold_backward_scales=not args.no_fp4_fold_backward_scales)
+    if getattr(args, "fp4_grad_amax", None):
+        recipe = recipe.replace(grad_amax=args.fp4_grad_amax)  # validated: names the flag for block recipes
     return _apply_block_recipe_switches(recipe, args)
 
 

@@ -14,7 +14,7 @@ triton = pytest.importorskip("triton")
 if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("Triton kernels need a GPU or TRITON_INTERPRET=1", allow_module_level=True)
 
-from megatron_fp4.backward import quantize_grad_output_reference  # noqa: E402
+from megatron_fp4.backward import quantize_grad_output_delayed_reference, quantize_grad_output_reference  # noqa: E402
 from megatron_fp4.kernels.codes_to_fp8 import codes_to_fp8_t, codes_to_fp8_t_reference  # noqa: E402
 from megatron_fp4.kernels.dge_grad import dge_scale_grad, dge_scale_grad_reference  # noqa: E402
 from megatron_fp4.kernels.quantize_grad import quantize_grad_folded  # noqa: E402
@@ -49,6 +49,43 @@ def test_folded_grad_quantizer_is_bit_exact(shape, dtype, specs):
             assert torch.equal(f.scale, r.scale) and f.shape == r.shape
     _, wgrad = quantize_grad_folded(g, *specs, weight_scale, input_scale)
     assert wgrad.data.t().is_contiguous()  # stored transposed: the FP8 GEMM's A operand as is
+
+
+@pytest.mark.parametrize("specs", [(E5M2, E5M2), (E4M3, E5M2)])
+def test_delayed_scaling_is_bit_exact_and_falls_back_when_it_would_saturate(specs):
+    """Delayed scaling over a sequence of gradients, kernel against reference, operands, scales
+    and the updated history bit for bit: the first call (empty history: the current scale), a
+    smaller gradient (the history's larger scale, no rewrite), a larger one in one operand only
+    (the fallback rewrites it with its current scale), one that stays put, and a NaN (NaN scale,
+    history kept)."""
+    m, n = SHAPES[1]
+    generator = torch.Generator().manual_seed(4)
+    weight_scale = (torch.rand(n, generator=generator) * 0.1 + 1e-3).to(DEVICE)
+    input_scale = (torch.rand(m, generator=generator) * 10 + 1e-2).to(DEVICE)
+    history_fast = torch.zeros(2, device=DEVICE)
+    history_reference = torch.zeros(2, device=DEVICE)
+    base = torch.randn(m, n, generator=generator)
+    larger_in_dgrad_only = base.clone()
+    larger_in_dgrad_only[:, 0] *= 50  # dgrad folds a column scale: the larger column dominates there
+    with_nan = base.clone()
+    with_nan[3, 5] = float("nan")
+    for step, g in enumerate([base, base * 0.25, larger_in_dgrad_only, base * 0.5, with_nan, base]):
+        g = g.to(torch.bfloat16).to(DEVICE)
+        fast = quantize_grad_folded(g, *specs, weight_scale, input_scale, amax_history=history_fast)
+        reference = quantize_grad_output_delayed_reference(g, *specs, weight_scale, input_scale, history_reference)
+        for a, b in zip(fast, reference):
+            if step == 4:  # NaN scale: every element decodes to NaN (NaN byte patterns may differ)
+                assert torch.isnan(a.scale).all() and torch.isnan(b.scale).all()
+                continue
+            assert torch.equal(bits(a), bits(b)), step
+            assert torch.equal(a.scale, b.scale), step
+        assert torch.equal(history_fast, history_reference), step
+        if step == 1:  # the history's (larger) scale, not this gradient's
+            assert (fast[0].scale > quantize_grad_output_reference(g, *specs, weight_scale, input_scale)[0].scale).all()
+        if step == 4:  # the history keeps the last finite maxima
+            assert torch.isfinite(history_fast).all()
+    with pytest.raises(ValueError, match="amax_history must be a float32"):
+        quantize_grad_folded(g, *specs, weight_scale, input_scale, amax_history=torch.zeros(3, device=DEVICE))
 
 
 @pytest.mark.parametrize("spec, top, edges", [

@@ -89,7 +89,8 @@ def _fused_swiglu_mlp(recipe_name: str) -> dict:
     torch.manual_seed(5)
     mlp = FP4MLP.convert(build_module(mlp_spec, config=FP4TransformerConfig(**fields), ffn_hidden_size=192).to(device()))
     unfused = FP4MLP.convert(build_module(mlp_spec, config=FP4TransformerConfig(**fields, fp4_quantize_fusion=False), ffn_hidden_size=192))
-    out = {"fused": isinstance(mlp, FP4MLP), "fused_without_flag": isinstance(unfused, FP4MLP)}
+    out = {"fused": isinstance(mlp, FP4MLP), "fused_without_flag": isinstance(unfused, FP4MLP),
+           "grad_amax_history": [tuple(layer.fp4_grad_amax.shape) for layer in (mlp.linear_fc1, mlp.linear_fc2)]}
     if not out["fused"]:
         return out
     g = torch.Generator().manual_seed(7)
