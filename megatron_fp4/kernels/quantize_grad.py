@@ -13,8 +13,6 @@ backward folding of ``megatron_fp4.backward``. The reference is
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
@@ -30,13 +28,14 @@ FP8_LAYOUTS = {"fp8_e5m2": (2, 15, False, torch.float8_e5m2), "fp8_e4m3": (3, 7,
 FP8_TENSOR_SPECS = tuple(QuantSpec(dtype, "tensor") for dtype in FP8_LAYOUTS)
 BLOCK_M, BLOCK_N, NUM_WARPS = 64, 64, 4  # the quantize pass (its transposed store wants square tiles)
 AMAX_BLOCK_M, AMAX_BLOCK_N, AMAX_WARPS = 64, 256, 8  # the amax pass: larger tiles, fewer partial maxima
+REDO_PROGRAMS = 264  # delayed scaling's fallback grid (two per H100/H200 SM): small, so its no-op launch is cheap
 HARDWARE_CAST = True  # compiled kernels: the cvt instruction (benchmarks/NOTES.md, session 4)
 
 
 @triton.jit
-def _tile(g_ptr, column_scale_ptr, row_scale_ptr, M, N, stride_g, BM: tl.constexpr, BN: tl.constexpr):
-    rows = tl.program_id(0) * BM + tl.arange(0, BM)
-    cols = tl.program_id(1) * BN + tl.arange(0, BN)
+def _tile(g_ptr, column_scale_ptr, row_scale_ptr, tile_m, tile_n, M, N, stride_g, BM: tl.constexpr, BN: tl.constexpr):
+    rows = tile_m * BM + tl.arange(0, BM)
+    cols = tile_n * BN + tl.arange(0, BN)
     mask = (rows[:, None] < M) & (cols[None, :] < N)
     g = tl.load(g_ptr + rows[:, None].to(tl.int64) * stride_g + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     column_scale = tl.load(column_scale_ptr + cols, mask=cols < N, other=1.0)
@@ -53,7 +52,7 @@ def _tile_absmax(x):
 
 @triton.jit
 def _folded_amax_kernel(g_ptr, column_scale_ptr, row_scale_ptr, partial_ptr, M, N, stride_g, BM: tl.constexpr, BN: tl.constexpr):
-    _, _, _, dgrad, wgrad = _tile(g_ptr, column_scale_ptr, row_scale_ptr, M, N, stride_g, BM, BN)
+    _, _, _, dgrad, wgrad = _tile(g_ptr, column_scale_ptr, row_scale_ptr, tl.program_id(0), tl.program_id(1), M, N, stride_g, BM, BN)
     out = partial_ptr + (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * 2
     tl.store(out, _tile_absmax(dgrad))
     tl.store(out + 1, _tile_absmax(wgrad))
@@ -121,21 +120,17 @@ def _delayed_finalize_kernel(
 
 
 @triton.jit
-def _folded_quantize_kernel(
-    g_ptr, column_scale_ptr, row_scale_ptr, dgrad_scale_ptr, wgrad_scale_ptr, dgrad_ptr, wgrad_t_ptr, partial_ptr, redo_ptr, M, N, stride_g,
+def _quantize_tile(
+    tile_m, tile_n, g_ptr, column_scale_ptr, row_scale_ptr, dgrad_scale_ptr, wgrad_scale_ptr, dgrad_ptr, wgrad_t_ptr, partial_ptr, M, N, stride_g,
     D_MANTISSA: tl.constexpr, D_BIAS: tl.constexpr, D_E4M3FN: tl.constexpr,
     W_MANTISSA: tl.constexpr, W_BIAS: tl.constexpr, W_E4M3FN: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr, PARTIAL_AMAX: tl.constexpr, ONLY_IF_REDO: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr, PARTIAL_AMAX: tl.constexpr,
 ):
-    """The two FP8 operands of one tile with the given scales. PARTIAL_AMAX: also this tile's two
-    maxima (delayed scaling reads dY once); ONLY_IF_REDO: write only if ``redo`` is set (the
-    delayed pass's fallback, launched unconditionally so no host decision is needed)."""
-    valid_rows = M  # the rows loaded and stored (M stays the transposed operand's row stride)
-    if ONLY_IF_REDO:  # none unless redo is set: every load and store below is masked off
-        valid_rows = M * (tl.load(redo_ptr) != 0).to(tl.int32)
-    rows, cols, mask, dgrad, wgrad = _tile(g_ptr, column_scale_ptr, row_scale_ptr, valid_rows, N, stride_g, BM, BN)
+    """The two FP8 operands of tile (tile_m, tile_n) with the given scales; PARTIAL_AMAX: also the
+    tile's two maxima (delayed scaling reads dY once)."""
+    rows, cols, mask, dgrad, wgrad = _tile(g_ptr, column_scale_ptr, row_scale_ptr, tile_m, tile_n, M, N, stride_g, BM, BN)
     if PARTIAL_AMAX:
-        out = partial_ptr + (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * 2
+        out = partial_ptr + (tile_m * tl.cdiv(N, BN) + tile_n) * 2
         tl.store(out, _tile_absmax(dgrad))
         tl.store(out + 1, _tile_absmax(wgrad))
     dgrad_byte = fp8_cast(dgrad * tl.math.div_rn(1.0, tl.load(dgrad_scale_ptr)), D_MANTISSA, D_BIAS, D_E4M3FN, HARDWARE_CAST)
@@ -143,8 +138,41 @@ def _folded_quantize_kernel(
     wgrad_byte = fp8_cast(wgrad * tl.math.div_rn(1.0, tl.load(wgrad_scale_ptr)), W_MANTISSA, W_BIAS, W_E4M3FN, HARDWARE_CAST)
     # store the transposed tile in its own layout (rows contiguous), so the writes coalesce
     transposed = cols[:, None].to(tl.int64) * M + rows[None, :]
-    transposed_mask = (cols[:, None] < N) & (rows[None, :] < valid_rows)
+    transposed_mask = (cols[:, None] < N) & (rows[None, :] < M)
     tl.store(wgrad_t_ptr + transposed, tl.trans(wgrad_byte.to(tl.uint8)), mask=transposed_mask)
+
+
+@triton.jit
+def _folded_quantize_kernel(
+    g_ptr, column_scale_ptr, row_scale_ptr, dgrad_scale_ptr, wgrad_scale_ptr, dgrad_ptr, wgrad_t_ptr, partial_ptr, M, N, stride_g,
+    D_MANTISSA: tl.constexpr, D_BIAS: tl.constexpr, D_E4M3FN: tl.constexpr,
+    W_MANTISSA: tl.constexpr, W_BIAS: tl.constexpr, W_E4M3FN: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr, PARTIAL_AMAX: tl.constexpr,
+):
+    """One tile per program (``_quantize_tile``)."""
+    _quantize_tile(
+        tl.program_id(0), tl.program_id(1), g_ptr, column_scale_ptr, row_scale_ptr, dgrad_scale_ptr, wgrad_scale_ptr, dgrad_ptr, wgrad_t_ptr, partial_ptr,
+        M, N, stride_g, D_MANTISSA, D_BIAS, D_E4M3FN, W_MANTISSA, W_BIAS, W_E4M3FN, BM, BN, HARDWARE_CAST, PARTIAL_AMAX,
+    )
+
+
+@triton.jit
+def _folded_redo_kernel(
+    g_ptr, column_scale_ptr, row_scale_ptr, dgrad_scale_ptr, wgrad_scale_ptr, dgrad_ptr, wgrad_t_ptr, redo_ptr, M, N, stride_g,
+    D_MANTISSA: tl.constexpr, D_BIAS: tl.constexpr, D_E4M3FN: tl.constexpr,
+    W_MANTISSA: tl.constexpr, W_BIAS: tl.constexpr, W_E4M3FN: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr,
+):
+    """Delayed scaling's fallback: launched on a small persistent grid after every delayed pass,
+    it rewrites all tiles with the finalized scales only if ``redo`` is set; otherwise each program
+    loads one flag and ends (no host decision, nothing read)."""
+    if tl.load(redo_ptr) != 0:
+        tiles_n = tl.cdiv(N, BN)
+        for tile in range(tl.program_id(0), tl.cdiv(M, BM) * tiles_n, tl.num_programs(0)):
+            _quantize_tile(
+                tile // tiles_n, tile % tiles_n, g_ptr, column_scale_ptr, row_scale_ptr, dgrad_scale_ptr, wgrad_scale_ptr, dgrad_ptr, wgrad_t_ptr, redo_ptr,
+                M, N, stride_g, D_MANTISSA, D_BIAS, D_E4M3FN, W_MANTISSA, W_BIAS, W_E4M3FN, BM, BN, HARDWARE_CAST, False,
+            )
 
 
 def supports_grad_specs(dgrad_spec: QuantSpec, wgrad_spec: QuantSpec) -> bool:
@@ -197,8 +225,8 @@ def quantize_grad_folded(
     wgrad_scale = torch.empty(1, 1, dtype=torch.float32, device=g2d.device)
     dgrad = torch.empty(m, n, dtype=torch.uint8, device=g2d.device)
     wgrad_t = torch.empty(n, m, dtype=torch.uint8, device=g2d.device)
-    quantize_pass = functools.partial(
-        _folded_quantize_kernel[grid], g2d, column_scale, row_scale, dgrad_scale, wgrad_scale, dgrad, wgrad_t,
+    operands = (g2d, column_scale, row_scale, dgrad_scale, wgrad_scale, dgrad, wgrad_t)
+    layout = dict(
         D_MANTISSA=d_mantissa, D_BIAS=d_bias, D_E4M3FN=d_e4m3, W_MANTISSA=w_mantissa, W_BIAS=w_bias, W_E4M3FN=w_e4m3,
         BM=block_m, BN=block_n, num_warps=warps,
         HARDWARE_CAST=(HARDWARE_CAST and hardware_fp8_cast()) if hardware_cast is None else hardware_cast,
@@ -209,16 +237,16 @@ def quantize_grad_folded(
         partial = torch.empty(amax_grid[0] * amax_grid[1], 2, dtype=torch.float32, device=g2d.device)
         _folded_amax_kernel[amax_grid](g2d, column_scale, row_scale, partial, m, n, g2d.stride(0), BM=amax_m, BN=amax_n, num_warps=amax_warps or AMAX_WARPS)
         _finalize_scales_kernel[(1,)](partial, dgrad_scale, wgrad_scale, partial.shape[0], BLOCK=1024, **maxima)
-        quantize_pass(partial, partial, m, n, g2d.stride(0), PARTIAL_AMAX=False, ONLY_IF_REDO=False)
+        _folded_quantize_kernel[grid](*operands, partial, m, n, g2d.stride(0), PARTIAL_AMAX=False, **layout)
     else:  # delayed scaling: the history's scales, one quantize pass taking the maxima, the fallback pass
         if amax_history.dtype != torch.float32 or amax_history.shape != (2,) or amax_history.device != g2d.device:
             raise ValueError(f"quantize_grad_folded: amax_history must be a float32 [2] tensor on {g2d.device}, got {amax_history.dtype} {tuple(amax_history.shape)} on {amax_history.device}")
         partial = torch.empty(grid[0] * grid[1], 2, dtype=torch.float32, device=g2d.device)
         redo = torch.empty(1, dtype=torch.int32, device=g2d.device)
         _history_scales_kernel[(1,)](amax_history, dgrad_scale, wgrad_scale, **maxima)
-        quantize_pass(partial, redo, m, n, g2d.stride(0), PARTIAL_AMAX=True, ONLY_IF_REDO=False)
+        _folded_quantize_kernel[grid](*operands, partial, m, n, g2d.stride(0), PARTIAL_AMAX=True, **layout)
         _delayed_finalize_kernel[(1,)](partial, amax_history, dgrad_scale, wgrad_scale, redo, partial.shape[0], BLOCK=1024, **maxima)
-        quantize_pass(partial, redo, m, n, g2d.stride(0), PARTIAL_AMAX=False, ONLY_IF_REDO=True)
+        _folded_redo_kernel[(min(grid[0] * grid[1], REDO_PROGRAMS),)](*operands, redo, m, n, g2d.stride(0), **layout)
     shape = torch.Size((m, n))
     return (
         QuantizedTensor(dgrad.view(d_dtype), dgrad_scale, None, dgrad_spec, shape, torch.float32),
