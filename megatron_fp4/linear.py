@@ -279,7 +279,7 @@ class FP4Linear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
         # delayed output-gradient scaling's state (recipe.grad_amax); not checkpointed: a resumed run
         # starts from zeros, whose first backward takes the current scales
-        self.register_buffer("fp4_grad_amax", torch.zeros(2, device=device if device != "meta" else None), persistent=False)
+        self.register_buffer("fp4_grad_amax", torch.zeros(2, device=device), persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -297,6 +297,8 @@ class FP4Linear(nn.Module):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fp4_grad_amax.device != self.weight.device:  # e.g. wrapped from an nn.Linear (built on meta)
+            self.fp4_grad_amax = torch.zeros(2, device=self.weight.device)
         return fp4_linear(x, self.weight, self.bias, self.recipe, self.backend, self.fp4_grad_amax)
 
     def extra_repr(self) -> str:

@@ -105,8 +105,9 @@ class _FP4LinearMixin:
         self.fp4_recipe = fp4_recipe or getattr(config, "fp4_quant_recipe", None) or FP4Recipe.paper()
         self.fp4_name = type(self).__name__  # the model builder sets the module path (health logs)
         if not hasattr(self, "fp4_grad_amax"):  # delayed output-gradient scaling's state (recipe.grad_amax);
-            # not checkpointed: a resumed run starts from zeros, whose first backward takes the current scales
-            self.register_buffer("fp4_grad_amax", torch.zeros(2, device=self.weight.device if self.weight.device.type != "meta" else None), persistent=False)
+            # not checkpointed: a resumed run starts from zeros, whose first backward takes the current scales.
+            # (Placed on the GEMM's device at the first forward: the weight may be shared or not yet placed.)
+            self.register_buffer("fp4_grad_amax", torch.zeros(2), persistent=False)
         for operand in ("fprop_input", "fprop_weight"):
             block = getattr(self.fp4_recipe, operand).block_size
             if block and local_k % block:
@@ -124,6 +125,8 @@ class _FP4LinearMixin:
             )
         if grad_output_buffer is not None:
             raise ValueError(f"{type(self).__name__}: --defer-embedding-wgrad-compute is not supported by FP4 layers")
+        if self.fp4_grad_amax.device != weight.device:  # once, before any CUDA-graph warm-up
+            self.fp4_grad_amax = torch.zeros(2, device=weight.device)
         return FP4ParallelLinearFunction.apply(
             input, weight, bias, self.fp4_recipe, get_backend(),
             gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel, tp_group, self.fp4_name,
