@@ -51,7 +51,7 @@ def test_folded_grad_quantizer_is_bit_exact(shape, dtype, specs):
     assert wgrad.data.t().is_contiguous()  # stored transposed: the FP8 GEMM's A operand as is
 
 
-@pytest.mark.parametrize("specs", [(E5M2, E5M2), (E4M3, E5M2)])
+@pytest.mark.parametrize("specs", [(E5M2, E5M2)] + ([(E4M3, E5M2)] if DEVICE == "cuda" else []))  # CPU: one pair (interpreter time)
 def test_delayed_scaling_is_bit_exact_and_falls_back_when_it_would_saturate(specs):
     """Delayed scaling over a sequence of gradients, kernel against reference, operands, scales
     and the updated history bit for bit: the first call (empty history: the current scale), a
