@@ -49,13 +49,18 @@ def fold_scale(operand: QuantizedTensor | None) -> torch.Tensor | None:
     return operand.decode_scale().reshape(-1).float() if can_fold(operand) else None
 
 
-def _quantize_folded(g2d: torch.Tensor, spec: QuantSpec, column_scale, row_scale, check: bool, name: str):
+def _fold(g2d: torch.Tensor, column_scale, row_scale) -> torch.Tensor:
+    """dY in fp32 times the column scales (dgrad's s_W) and/or the row scales (wgrad's s_X)."""
     folded = g2d.float()
     if column_scale is not None:
         folded = folded * column_scale.reshape(1, -1)
     if row_scale is not None:
         folded = folded * row_scale.reshape(-1, 1)
-    return quantize(folded, spec, check_finite=check, name=name)
+    return folded
+
+
+def _quantize_folded(g2d: torch.Tensor, spec: QuantSpec, column_scale, row_scale, check: bool, name: str):
+    return quantize(_fold(g2d, column_scale, row_scale), spec, check_finite=check, name=name)
 
 
 def quantize_grad_output_reference(
@@ -113,11 +118,8 @@ def quantize_grad_output_delayed_reference(
         raise ValueError(f"delayed gradient scaling needs FP8 tensor specs, got {dgrad_spec.describe()}, {wgrad_spec.describe()}")
     if check:
         quantize(g2d, dgrad_spec, check_finite=True, name=name)  # raises on NaN/Inf, naming the tensor
-    folded = g2d.float()
-    dgrad_in = folded * weight_scale.reshape(1, -1) if weight_scale is not None else folded
-    wgrad_in = folded * input_scale.reshape(-1, 1) if input_scale is not None else folded
-    dgrad, dgrad_history = _quantize_with_history(dgrad_in, dgrad_spec, amax_history[0])
-    wgrad, wgrad_history = _quantize_with_history(wgrad_in, wgrad_spec, amax_history[1])
+    dgrad, dgrad_history = _quantize_with_history(_fold(g2d, weight_scale, None), dgrad_spec, amax_history[0])
+    wgrad, wgrad_history = _quantize_with_history(_fold(g2d, None, input_scale), wgrad_spec, amax_history[1])
     amax_history.copy_(torch.stack([dgrad_history, wgrad_history]))
     return dgrad, wgrad
 

@@ -59,10 +59,8 @@ def _folded_amax_kernel(g_ptr, column_scale_ptr, row_scale_ptr, partial_ptr, M, 
 
 
 @triton.jit
-def _finalize_scales_kernel(partial_ptr, dgrad_scale_ptr, wgrad_scale_ptr, n_partial, D_MAX: tl.constexpr, W_MAX: tl.constexpr, BLOCK: tl.constexpr):
-    """The two tensor decode scales from the tiles' partial maxima, on the device (no host
-    round trip): amax / fp8_max, 1 for an all-zero tensor, NaN if any element was not finite
-    (``scaling.absmax_scale``'s rule)."""
+def _partial_maxima(partial_ptr, n_partial, BLOCK: tl.constexpr):
+    """The (dgrad, wgrad) maxima over the tiles' partial maxima (NaN if any is NaN)."""
     d_amax = tl.zeros((BLOCK,), dtype=tl.float32)
     w_amax = tl.zeros((BLOCK,), dtype=tl.float32)
     for start in range(0, n_partial, BLOCK):
@@ -72,6 +70,15 @@ def _finalize_scales_kernel(partial_ptr, dgrad_scale_ptr, wgrad_scale_ptr, n_par
         w_amax = _max_keeping_nan(w_amax, tl.load(partial_ptr + index * 2 + 1, mask=valid, other=0.0))
     d = tl.reduce(d_amax, 0, _max_keeping_nan)
     w = tl.reduce(w_amax, 0, _max_keeping_nan)
+    return d, w
+
+
+@triton.jit
+def _finalize_scales_kernel(partial_ptr, dgrad_scale_ptr, wgrad_scale_ptr, n_partial, D_MAX: tl.constexpr, W_MAX: tl.constexpr, BLOCK: tl.constexpr):
+    """The two tensor decode scales from the tiles' partial maxima, on the device (no host
+    round trip): amax / fp8_max, 1 for an all-zero tensor, NaN if any element was not finite
+    (``scaling.absmax_scale``'s rule)."""
+    d, w = _partial_maxima(partial_ptr, n_partial, BLOCK)
     d_scale = tl.where(d > 0, tl.math.div_rn(d, D_MAX), 1.0)
     w_scale = tl.where(w > 0, tl.math.div_rn(w, W_MAX), 1.0)
     tl.store(dgrad_scale_ptr, tl.where((d != d) | (d == float("inf")), float("nan"), d_scale))
@@ -95,15 +102,7 @@ def _delayed_finalize_kernel(
     Where one exceeds its history (the operand saturated) or is not finite, that operand's scale
     becomes the current one (NaN if not finite) and ``redo`` is set, so the redo pass rewrites
     the operands; the history takes the finite maxima for the next call."""
-    d_amax = tl.zeros((BLOCK,), dtype=tl.float32)
-    w_amax = tl.zeros((BLOCK,), dtype=tl.float32)
-    for start in range(0, n_partial, BLOCK):
-        index = start + tl.arange(0, BLOCK)
-        valid = index < n_partial
-        d_amax = _max_keeping_nan(d_amax, tl.load(partial_ptr + index * 2, mask=valid, other=0.0))
-        w_amax = _max_keeping_nan(w_amax, tl.load(partial_ptr + index * 2 + 1, mask=valid, other=0.0))
-    d = tl.reduce(d_amax, 0, _max_keeping_nan)
-    w = tl.reduce(w_amax, 0, _max_keeping_nan)
+    d, w = _partial_maxima(partial_ptr, n_partial, BLOCK)
     d_history = tl.load(history_ptr)
     w_history = tl.load(history_ptr + 1)
     d_finite = (d == d) & (d != float("inf"))
