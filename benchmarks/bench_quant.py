@@ -141,7 +141,7 @@ def sweep(rows: int, k: int, families: tuple[str, ...] = ("rows", "grad", "block
     whole = triton.next_power_of_2(k)
     if "rows" in families:
         for name in ("row quantize", "row inline (OCC)"):
-            for warps in (4, 8, 16):
+            for warps in (2, 4, 8, 16):
                 report(name, f"whole row, warps {warps}", row_options={"block": whole, "num_warps": warps})
             for block in (1024, 2048, 4096):
                 if block < k:
