@@ -26,7 +26,7 @@ __all__ = ["FP8_TENSOR_SPECS", "quantize_grad_folded", "supports_grad_specs"]
 # recipe dtype -> (mantissa bits, exponent bias, is E4M3FN, torch dtype)
 FP8_LAYOUTS = {"fp8_e5m2": (2, 15, False, torch.float8_e5m2), "fp8_e4m3": (3, 7, True, torch.float8_e4m3fn)}
 FP8_TENSOR_SPECS = tuple(QuantSpec(dtype, "tensor") for dtype in FP8_LAYOUTS)
-BLOCK_M, BLOCK_N, NUM_WARPS = 64, 64, 4  # the quantize pass (its transposed store wants square tiles)
+BLOCK_M, BLOCK_N, NUM_WARPS = 64, 128, 4  # the quantize pass (H200 sweep, NOTES.md session 11: 64x128 +4-6% over 64x64)
 AMAX_BLOCK_M, AMAX_BLOCK_N, AMAX_WARPS = 64, 256, 8  # the amax pass: larger tiles, fewer partial maxima
 REDO_PROGRAMS = 264  # delayed scaling's fallback grid (two per H100/H200 SM): small, so its no-op launch is cheap
 HARDWARE_CAST = True  # compiled kernels: the cvt instruction (benchmarks/NOTES.md, session 4)

@@ -27,10 +27,13 @@ ROWS_PER_PROGRAM = 1  # see the sweep in benchmarks/NOTES.md
 INDEX_BY_ROUNDING = True  # the E2M1 index in integer operations (``_e2m1_round``), not 7 comparisons
 
 
-def row_warps(block: int, inline: bool) -> int:
-    """Warps per row: measured on the H200 (benchmarks/NOTES.md, session 9): the quantizer is
-    fastest with 4 at every LLaMA width; the inline operand with 8 for rows up to 4096, else 4."""
-    return 8 if inline and block <= 4096 else 4
+def row_warps(block: int) -> int:
+    """Warps per row, measured on the H200 (benchmarks/NOTES.md, session 11, after the one-addition
+    E2M1 rounding): 2 for rows up to 4096 (the fewest instructions per element: a cheaper
+    cross-warp reduction; 0.91 of copy against 0.85 with 4), else 4 (with 2, a 16384-wide row
+    holds 256 elements per thread and drops to 0.58); the same for the inline operand (session 9
+    had 8 for it up to 4096: 0.54 against 0.59 with 2 now)."""
+    return 2 if block <= 4096 else 4
 
 
 @triton.jit
@@ -209,12 +212,29 @@ def _store_inline_block(x, low, high, inverse, rows, start, out_ptr, M, K: tl.co
     """The ``inline`` OCC operand of a [R, BLOCK] tile: the E4M3 byte of E2M1(clamp(x) / s) inside
     [low, high], of x / s (saturated at ±448) outside."""
     cols = start + tl.arange(0, BLOCK)
-    e2m1, _ = _e2m1_round(_clamp_keeping_nan(x, low, high) * inverse)
-    # one E4M3 conversion for both: the clamped entries' x / s rounded (saturated at ±448 by the
-    # conversion itself: the hardware's satfinite form and ``fp8_byte`` alike), the others' E2M1
-    # value (exact). (x / s is NaN only in NaN rows, whose scale is NaN.)
-    byte = fp8_cast(tl.where((x > high) | (x < low), x * inverse, e2m1), 3, 7, True, HARDWARE_CAST)
+    q = x * inverse
+    # E2M1 of x / s stands for E2M1(clamp(x) / s): they differ only at the clamped entries, whose
+    # byte is E4M3(x / s) instead. One E4M3 conversion for both: the clamped entries' x / s
+    # rounded (saturated at ±448 by the conversion itself: the hardware's satfinite form and
+    # ``fp8_byte`` alike), the others' E2M1 value (exact). (x / s is NaN only in NaN rows, whose
+    # scale is NaN; a NaN entry is not clamped and gets E2M1's NaN rule, as in the reference.)
+    e2m1, _ = _e2m1_round(q)
+    byte = fp8_cast(tl.where((x > high) | (x < low), q, e2m1), 3, 7, True, HARDWARE_CAST)
     tl.store(out_ptr + rows[:, None] * K + cols[None, :], byte.to(tl.uint8), mask=(rows[:, None] < M) & (cols[None, :] < K))
+
+
+@triton.jit
+def _min_keeping_nan(a, b):
+    return tl.minimum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _inline_maxima(row_max, row_min, low, high):
+    """(max |clamp(x)|, max |x|) of rows from their max and min (NaN-propagating): clamping is
+    monotone, so |clamp(x)| is largest at an end of [clamp(min), clamp(max)]: the same values as
+    reducing |clamp(x)| and |x| element by element, two reductions instead of four operations."""
+    clamped = tl.maximum(tl.abs(_clamp_keeping_nan(row_max, low, high)), tl.abs(_clamp_keeping_nan(row_min, low, high)), propagate_nan=tl.PropagateNan.ALL)
+    return clamped, tl.maximum(tl.abs(row_max), tl.abs(row_min), propagate_nan=tl.PropagateNan.ALL)
 
 
 @triton.jit
@@ -237,17 +257,19 @@ def _quantize_rows_inline_kernel(
     if BLOCK >= K:  # whole rows in registers: one read of x
         cols = tl.arange(0, BLOCK)
         x = _load_block(x_ptr, rows, cols, M, K, stride_x, low, high, False, SWIGLU, HARDWARE_CAST, act_ptr, STORE_ACTIVATION)
-        scale = _inline_scale(_row_absmax(_clamp_keeping_nan(x, low, high)), _row_absmax(x))
+        clamped_amax, amax = _inline_maxima(tl.reduce(x, 1, _max_keeping_nan), tl.reduce(x, 1, _min_keeping_nan), low, high)
+        scale = _inline_scale(clamped_amax, amax)
         tl.store(scale_ptr + rows, scale, mask=rows < M)
         _store_inline_block(x, low, high, tl.math.div_rn(1.0, scale)[:, None], rows, 0, out_ptr, M, K, BLOCK, HARDWARE_CAST)
     else:  # long rows: the maxima pass, then the operand pass (re-read mostly from L2)
-        clamped_amax = tl.zeros((R,), dtype=tl.float32)
-        amax = tl.zeros((R,), dtype=tl.float32)
+        row_max = tl.full((R,), float("-inf"), dtype=tl.float32)
+        row_min = tl.full((R,), float("inf"), dtype=tl.float32)
         for start in range(0, K, BLOCK):
             cols = start + tl.arange(0, BLOCK)
             x = _load_block(x_ptr, rows, cols, M, K, stride_x, low, high, False, SWIGLU, HARDWARE_CAST, act_ptr, STORE_ACTIVATION)
-            clamped_amax = _max_keeping_nan(clamped_amax, _row_absmax(_clamp_keeping_nan(x, low, high)))
-            amax = _max_keeping_nan(amax, _row_absmax(x))
+            row_max = _max_keeping_nan(row_max, tl.reduce(x, 1, _max_keeping_nan))
+            row_min = _min_keeping_nan(row_min, tl.reduce(x, 1, _min_keeping_nan))
+        clamped_amax, amax = _inline_maxima(row_max, row_min, low, high)
         scale = _inline_scale(clamped_amax, amax)
         tl.store(scale_ptr + rows, scale, mask=rows < M)
         inverse = tl.math.div_rn(1.0, scale)[:, None]
@@ -298,7 +320,7 @@ def quantize_rows_inline(
     _quantize_rows_inline_kernel[(triton.cdiv(rows, ROWS_PER_PROGRAM),)](
         x2d, out, scale, bounds, activation_out if activation_out is not None else x2d, rows, x2d.stride(0), K=k, R=ROWS_PER_PROGRAM, BLOCK=block,
         HARDWARE_CAST=hardware_fp8_cast(), SWIGLU=swiglu, STORE_ACTIVATION=activation_out is not None,
-        num_warps=num_warps or row_warps(block, inline=True),
+        num_warps=num_warps or row_warps(block),
     )
     data = out.view(torch.float8_e4m3fn)
     return QuantizedTensor(data, scale, None, ROW_SPEC, shape, x.dtype, fp8=data, outliers_e4m3=True)
@@ -347,7 +369,7 @@ def quantize_rows(
     _quantize_rows_kernel[(triton.cdiv(rows, per_program),)](
         x2d, fp8, codes, scale, bounds_or_any, activation_out if activation_out is not None else x2d, rows, x2d.stride(0), K=k,
         HAS_CLAMP=bounds is not None, R=per_program, BLOCK=block, BY_ROUNDING=by_rounding, HARDWARE_CAST=hardware_fp8_cast(),
-        SWIGLU=swiglu, STORE_ACTIVATION=activation_out is not None, num_warps=num_warps or row_warps(block, inline=False),
+        SWIGLU=swiglu, STORE_ACTIVATION=activation_out is not None, num_warps=num_warps or row_warps(block),
     )
     return QuantizedTensor(codes, scale, None, ROW_SPEC, shape, x.dtype, fp8=fp8.view(torch.float8_e4m3fn))
 

@@ -109,20 +109,20 @@ def standard_builds() -> dict[str, Sm90Build]:
         "row quantizer": build_sm90(
             quantize_rows._quantize_rows_kernel, rows | {"fp8_ptr": "*u8", "codes_ptr": "*u8"},
             {"K": 4096, "HAS_CLAMP": False, "R": 1, "BLOCK": 4096, "BY_ROUNDING": True, "HARDWARE_CAST": True} | plain,
-            num_warps=quantize_rows.row_warps(4096, inline=False),
+            num_warps=quantize_rows.row_warps(4096),
         ),
         "inline OCC operand": build_sm90(
             quantize_rows._quantize_rows_inline_kernel, rows | {"out_ptr": "*u8"},
-            {"K": 4096, "R": 1, "BLOCK": 4096, "HARDWARE_CAST": True} | plain, num_warps=quantize_rows.row_warps(4096, inline=True),
+            {"K": 4096, "R": 1, "BLOCK": 4096, "HARDWARE_CAST": True} | plain, num_warps=quantize_rows.row_warps(4096),
         ),
         "row quantizer from the SwiGLU pre-activation (7B fc2)": build_sm90(
             quantize_rows._quantize_rows_kernel, rows | {"fp8_ptr": "*u8", "codes_ptr": "*u8"},
             {"K": 11008, "HAS_CLAMP": False, "R": 1, "BLOCK": 16384, "BY_ROUNDING": True, "HARDWARE_CAST": True} | swiglu,
-            num_warps=quantize_rows.row_warps(16384, inline=False),
+            num_warps=quantize_rows.row_warps(16384),
         ),
         "inline OCC operand from the SwiGLU pre-activation (7B fc2)": build_sm90(
             quantize_rows._quantize_rows_inline_kernel, rows | {"out_ptr": "*u8"},
-            {"K": 11008, "R": 1, "BLOCK": 16384, "HARDWARE_CAST": True} | swiglu, num_warps=quantize_rows.row_warps(16384, inline=True),
+            {"K": 11008, "R": 1, "BLOCK": 16384, "HARDWARE_CAST": True} | swiglu, num_warps=quantize_rows.row_warps(16384),
         ),
         "NVFP4 along the tokens, RHT on tensor cores, SR": build_sm90(
             quantize_nvfp4._quantize_kernel,
