@@ -156,10 +156,12 @@ def sweep(rows: int, k: int, families: tuple[str, ...] = ("rows", "grad", "block
                 print(f"  {rows}x{k} SwiGLU -> {name} whole row, warps {warps}: {rows * k * bytes_per_element / ms / 1e6 / copy_gbs:.2f} of copy", flush=True)
         del pre
     if "grad" in families:
-        for tile in ((32, 64), (64, 64), (64, 128), (128, 64), (128, 128)):
-            for warps in (4, 8):
-                report("grad quantize (both)", f"quantize tile {tile} warps {warps}", grad_options={"tile": tile, "num_warps": warps})
-        for tile in ((64, 64), (64, 256), (128, 256), (32, 512), (64, 512)):
+        for tile in ((64, 64), (64, 128), (128, 64), (128, 128)):
+            for warps in (2, 4, 8):
+                for transpose in (False, True):
+                    report("grad quantize (both)", f"quantize tile {tile} warps {warps} transpose_input {transpose}",
+                           grad_options={"tile": tile, "num_warps": warps, "transpose_input": transpose})
+        for tile in ((64, 256), (32, 512)):
             for warps in (4, 8):
                 report("grad quantize (both)", f"amax tile {tile} warps {warps}", grad_options={"amax_tile": tile, "amax_warps": warps})
     if "blocks" in families:

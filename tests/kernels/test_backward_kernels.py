@@ -49,6 +49,11 @@ def test_folded_grad_quantizer_is_bit_exact(shape, dtype, specs):
             assert torch.equal(f.scale, r.scale) and f.shape == r.shape
     _, wgrad = quantize_grad_folded(g, *specs, weight_scale, input_scale)
     assert wgrad.data.t().is_contiguous()  # stored transposed: the FP8 GEMM's A operand as is
+    if DEVICE == "cuda":  # the other layouts the sweep picks from (the interpreter has no layouts): the same bytes
+        reference = quantize_grad_output_reference(g, *specs, weight_scale, input_scale)
+        for options in ({"transpose_input": False}, {"transpose_input": True, "tile": (128, 64)}, {"transpose_input": True, "tile": (64, 64), "num_warps": 2}):
+            for f, r in zip(quantize_grad_folded(g, *specs, weight_scale, input_scale, **options), reference):
+                assert torch.equal(bits(f), bits(r)) and torch.equal(f.scale, r.scale), options
 
 
 @pytest.mark.parametrize("specs", [(E5M2, E5M2)] + ([(E4M3, E5M2)] if DEVICE == "cuda" else []))  # CPU: one pair (interpreter time)
