@@ -27,13 +27,14 @@ ROWS_PER_PROGRAM = 1  # see the sweep in benchmarks/NOTES.md
 INDEX_BY_ROUNDING = True  # the E2M1 index in integer operations (``_e2m1_round``), not 7 comparisons
 
 
-def row_warps(block: int) -> int:
+def row_warps(block: int, whole_row: bool = True) -> int:
     """Warps per row, measured on the H200 (benchmarks/NOTES.md, session 11, after the one-addition
     E2M1 rounding): 2 for rows up to 4096 (the fewest instructions per element: a cheaper
     cross-warp reduction; 0.91 of copy against 0.85 with 4), else 4 (with 2, a 16384-wide row
     holds 256 elements per thread and drops to 0.58); the same for the inline operand (session 9
-    had 8 for it up to 4096: 0.54 against 0.59 with 2 now)."""
-    return 2 if block <= 4096 else 4
+    had 8 for it up to 4096: 0.54 against 0.59 with 2 now). Rows longer than ``MAX_WHOLE_ROW``,
+    walked in two passes of ``block``, keep 4 (session 9's sweep; not re-measured with 2)."""
+    return 2 if whole_row and block <= 4096 else 4
 
 
 @triton.jit
@@ -262,14 +263,15 @@ def _quantize_rows_inline_kernel(
         tl.store(scale_ptr + rows, scale, mask=rows < M)
         _store_inline_block(x, low, high, tl.math.div_rn(1.0, scale)[:, None], rows, 0, out_ptr, M, K, BLOCK, HARDWARE_CAST)
     else:  # long rows: the maxima pass, then the operand pass (re-read mostly from L2)
-        row_max = tl.full((R,), float("-inf"), dtype=tl.float32)
-        row_min = tl.full((R,), float("inf"), dtype=tl.float32)
+        # (each running maximum used once after the loop: Triton 3.6's thread-locality pass asserts
+        # on a loop result with two uses, as the row max/min of the whole-row path would be here)
+        clamped_amax = tl.zeros((R,), dtype=tl.float32)
+        amax = tl.zeros((R,), dtype=tl.float32)
         for start in range(0, K, BLOCK):
             cols = start + tl.arange(0, BLOCK)
             x = _load_block(x_ptr, rows, cols, M, K, stride_x, low, high, False, SWIGLU, HARDWARE_CAST, act_ptr, STORE_ACTIVATION)
-            row_max = _max_keeping_nan(row_max, tl.reduce(x, 1, _max_keeping_nan))
-            row_min = _min_keeping_nan(row_min, tl.reduce(x, 1, _min_keeping_nan))
-        clamped_amax, amax = _inline_maxima(row_max, row_min, low, high)
+            clamped_amax = _max_keeping_nan(clamped_amax, _row_absmax(_clamp_keeping_nan(x, low, high)))
+            amax = _max_keeping_nan(amax, _row_absmax(x))
         scale = _inline_scale(clamped_amax, amax)
         tl.store(scale_ptr + rows, scale, mask=rows < M)
         inverse = tl.math.div_rn(1.0, scale)[:, None]
@@ -320,7 +322,7 @@ def quantize_rows_inline(
     _quantize_rows_inline_kernel[(triton.cdiv(rows, ROWS_PER_PROGRAM),)](
         x2d, out, scale, bounds, activation_out if activation_out is not None else x2d, rows, x2d.stride(0), K=k, R=ROWS_PER_PROGRAM, BLOCK=block,
         HARDWARE_CAST=hardware_fp8_cast(), SWIGLU=swiglu, STORE_ACTIVATION=activation_out is not None,
-        num_warps=num_warps or row_warps(block),
+        num_warps=num_warps or row_warps(block, block >= k),
     )
     data = out.view(torch.float8_e4m3fn)
     return QuantizedTensor(data, scale, None, ROW_SPEC, shape, x.dtype, fp8=data, outliers_e4m3=True)
@@ -369,7 +371,7 @@ def quantize_rows(
     _quantize_rows_kernel[(triton.cdiv(rows, per_program),)](
         x2d, fp8, codes, scale, bounds_or_any, activation_out if activation_out is not None else x2d, rows, x2d.stride(0), K=k,
         HAS_CLAMP=bounds is not None, R=per_program, BLOCK=block, BY_ROUNDING=by_rounding, HARDWARE_CAST=hardware_fp8_cast(),
-        SWIGLU=swiglu, STORE_ACTIVATION=activation_out is not None, num_warps=num_warps or row_warps(block),
+        SWIGLU=swiglu, STORE_ACTIVATION=activation_out is not None, num_warps=num_warps or row_warps(block, block >= k),
     )
     return QuantizedTensor(codes, scale, None, ROW_SPEC, shape, x.dtype, fp8=fp8.view(torch.float8_e4m3fn))
 
