@@ -60,8 +60,8 @@ RECIPE_FLAGS.update({f"{name}-graph": f"{flags} {GRAPH_FLAGS}" for name, flags i
 FUSED_LOSS_FLAGS = "--cross-entropy-loss-fusion"
 UNFUSED_FLAGS = "--no-bias-swiglu-fusion --no-rope-fusion"
 RECIPE_FLAGS.update({f"{name}-unfused": f"{RECIPE_FLAGS[name]} {UNFUSED_FLAGS}" for name in ("bf16", "paper", "direct", "bf16-graph", "paper-graph", "direct-graph")})
-# "-nofq" rows: the SwiGLU written out and read again by fc2's FP4 quantizer (--no-fp4-quantize-fusion),
-# the before/after of issue 14 item 6's fused fc2 input in one run
+# "-nofq" rows: the SwiGLU and the RMSNorms written out and read again by the FP4 quantizers
+# (--no-fp4-quantize-fusion), the before/after of issue 14 item 6's fused inputs in one run
 RECIPE_FLAGS.update({f"{name}-nofq": f"{RECIPE_FLAGS[name]} --no-fp4-quantize-fusion" for name in ("paper", "direct", "paper-graph", "direct-graph")})
 # "-delayed" rows: the output gradient's FP8 scales from the layer's previous backward (--fp4-grad-amax delayed: dY read once)
 RECIPE_FLAGS.update({f"{name}-delayed": f"{RECIPE_FLAGS[name]} --fp4-grad-amax delayed" for name in ("paper", "direct", "paper-graph", "direct-graph")})

@@ -18,7 +18,9 @@ copy's bandwidth reached (the issue's target: 0.85):
                        blocks with stochastic rounding (dgrad's dY); along the tokens with the RHT
                        and stochastic rounding (wgrad's dY^T and X^T)
 The copy moves 2 B read + 2 B written per bf16 element. A second table times fc2's operand made
-from the SwiGLU pre-activation, fused against megatron-core's SwiGLU then the quantizer. ``--sweep`` times the kernels' tile and
+from the SwiGLU pre-activation, fused against megatron-core's SwiGLU then the quantizer; a third the
+QKV / fc1 operand made from the residual stream with the RMSNorm fused, against torch's RMSNorm then
+the quantizer. ``--sweep`` times the kernels' tile and
 warp options (used to set the defaults; see NOTES.md).
 """
 
@@ -118,6 +120,34 @@ def swiglu_table() -> None:
         torch.cuda.empty_cache()
 
 
+NORM_SHAPES = [(8192, 2048), (8192, 4096), (8192, 5120)]  # QKV / fc1 inputs of LLaMA-2 1.3B / 7B / 13B
+
+
+def norm_table() -> None:
+    """The QKV / fc1 operand from the residual stream: fused (``rms_rstd`` then the quantizer
+    computing the norm) vs torch's RMSNorm then the quantizer, same run. Fused bytes: read 2 B
+    (statistics) + 2 B, write 1.5 B (rows) / 1 B (inline) per element."""
+    from megatron_fp4.kernels.quantize_rows import rms_rstd
+
+    print("\n| QKV/fc1 input (tokens x hidden) | operand | unfused us | fused us | speed-up | fused share of copy |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for rows, hidden in NORM_SHAPES:
+        x = torch.randn(rows, hidden, device="cuda", dtype=torch.bfloat16)
+        norm = torch.nn.RMSNorm(hidden, eps=1e-5, device="cuda", dtype=torch.bfloat16)
+        bounds = torch.tensor([-3.0, 3.0], device="cuda", dtype=torch.bfloat16)
+        copy_gbs = x.numel() * 4 / median_ms(x.clone) / 1e6
+        with torch.no_grad():
+            pairs = {
+                "rows": (lambda: quantize_rows(norm(x)), lambda: quantize_rows(x, norm_weight=norm.weight, norm_rstd=rms_rstd(x, 1e-5)), 5.5),
+                "inline (OCC)": (lambda: quantize_rows_inline(norm(x), bounds),
+                                 lambda: quantize_rows_inline(x, bounds, norm_weight=norm.weight, norm_rstd=rms_rstd(x, 1e-5)), 5.0),
+            }
+            for name, (unfused, fused, bytes_per_element) in pairs.items():
+                unfused_ms, fused_ms = median_ms(unfused), median_ms(fused)
+                share = rows * hidden * bytes_per_element / fused_ms / 1e6 / copy_gbs
+                print(f"| {rows}x{hidden} | {name} | {unfused_ms * 1e3:.0f} | {fused_ms * 1e3:.0f} | {unfused_ms / fused_ms:.2f}x | {share:.2f} |", flush=True)
+
+
 def main() -> None:
     names = list(kernels(16, 64))
     print(f"# {torch.cuda.get_device_name()}; share of device-copy bandwidth, same run")
@@ -182,6 +212,7 @@ if __name__ == "__main__":
     if not args.no_table:
         main()
         swiglu_table()
+        norm_table()
     if args.sweep:
         for shape in args.sweep_shapes:
             sweep(*(int(v) for v in shape.split("x")), families=tuple(args.sweep_families))

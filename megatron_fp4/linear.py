@@ -30,7 +30,9 @@ from . import health, weight_cache
 from .backward import fold_scale, quantize_grad_output
 from .dge import dge_derivative
 from .gemm import GemmBackend, get_backend
-from .fused_inputs import quantize_swiglu_input, swiglu_fusable, swiglu_reference
+from .fused_inputs import (
+    quantize_rms_norm_input, quantize_swiglu_input, rms_norm_fusable, rms_norm_reference, rms_rstd_reference, swiglu_fusable, swiglu_reference,
+)
 from .kernels import dge_scale_grad_fast, quantize_along_tokens_fast, quantize_fast, triton_available
 from .occ import FP8Residual, HotChannelResidual, SparseResidual, fp8_rows, occ_bounds, occ_compensation_residual, quantize_with_inline_outliers
 from .quantize import QuantizedTensor, QuantSpec, check_finite_enabled, quantize
@@ -76,14 +78,24 @@ class FP4GemmState:
         self.w_fprop_scale: torch.Tensor | None = None  # the forward's weight scales, for DGE
         self.residual: SparseResidual | HotChannelResidual | FP8Residual | None = None
         self.folded = (False, False)  # whether dgrad's weight / wgrad's input scales moved into dY
+        self.norm_rstd: torch.Tensor | None = None  # with a fused RMSNorm: 1/rms per row, for its backward
 
-    def forward(self, x2d: torch.Tensor, weight: torch.Tensor, out_dtype: torch.dtype = torch.float32, swiglu: bool = False) -> torch.Tensor:
+    def forward(
+        self, x2d: torch.Tensor, weight: torch.Tensor, out_dtype: torch.dtype = torch.float32, swiglu: bool = False,
+        norm: tuple[torch.Tensor, float] | None = None,
+    ) -> torch.Tensor:
         """``Q(clamp X) Q(W)^T + ΔX W^T`` (accumulated in fp32, returned in ``out_dtype``) for x2d
         [M, K], weight [N, K]; keeps the saved forms. swiglu: x2d is the pre-activation [M, 2K]
-        and X = swiglu(x2d), quantized where it is computed (``megatron_fp4.fused_inputs``)."""
+        and X = swiglu(x2d); norm = (RMSNorm weight [K], eps): X = RMSNorm(x2d), its 1/rms per row
+        kept in ``norm_rstd``; either quantized where it is computed (``megatron_fp4.fused_inputs``)."""
         recipe = self.recipe
-        if swiglu and not (x2d.is_cuda and triton_available() and swiglu_fusable(recipe)):
+        fusing = x2d.is_cuda and triton_available()
+        if swiglu and not (fusing and swiglu_fusable(recipe)):
             x2d, swiglu = swiglu_reference(x2d), False  # the same activation, written out
+        fused_norm = norm is not None and fusing and rms_norm_fusable(recipe, x2d.shape[-1])
+        if norm is not None and not fused_norm:  # the same activation, written out
+            self.norm_rstd = rms_rstd_reference(x2d, norm[1])
+            x2d = rms_norm_reference(x2d, norm[0], self.norm_rstd)
         k = x2d.shape[-1] // 2 if swiglu else x2d.shape[-1]
         if k != weight.shape[1]:
             raise ValueError(
@@ -94,6 +106,10 @@ class FP4GemmState:
         if swiglu:
             xq, bounds, x2d = quantize_swiglu_input(
                 x2d, recipe.occ, check_finite=self.check, name=f"{self.name} input", keep_activation=health.is_collecting()
+            )
+        elif fused_norm:
+            xq, bounds, x2d, self.norm_rstd = quantize_rms_norm_input(
+                x2d, norm[0], norm[1], recipe.occ, check_finite=self.check, name=f"{self.name} input", keep_activation=health.is_collecting()
             )
         else:
             if recipe.occ.enabled:
@@ -205,7 +221,7 @@ class FP4GemmState:
 
     def release(self) -> None:
         """Drop the saved operands once backward is done."""
-        self.x_saved = self.w_saved = self.w_fprop_scale = self.residual = None
+        self.x_saved = self.w_saved = self.w_fprop_scale = self.residual = self.norm_rstd = None
 
 
 class FP4LinearFunction(torch.autograd.Function):

@@ -8,7 +8,10 @@ import pytest
 import torch
 
 from conftest import relative_error, requires_cuda
-from megatron_fp4.fused_inputs import swiglu_backward, swiglu_fusable, swiglu_occ_bounds, swiglu_reference
+from megatron_fp4.fused_inputs import (
+    rms_norm_backward, rms_norm_fusable, rms_norm_occ_bounds, rms_norm_reference, rms_rstd_reference,
+    swiglu_backward, swiglu_fusable, swiglu_occ_bounds, swiglu_reference,
+)
 from megatron_fp4.gemm import get_backend
 from megatron_fp4.linear import FP4GemmState
 from megatron_fp4.occ import OCCConfig, occ_bounds
@@ -80,3 +83,81 @@ def test_fused_kernel_against_written_out_activation(recipe):
     grad = torch.randn(4096, 4096, device="cuda").to(torch.bfloat16)
     for name, fused, written in zip(("output", "dgrad", "wgrad"), _linear(recipe, a, weight, grad, True), _linear(recipe, a, weight, grad, False)):
         assert relative_error(fused, written) < 2e-2, (name, relative_error(fused, written))
+
+
+# --- the QKV / fc1 input from the RMSNorm (``quantize_rms_norm_input``) ---
+
+
+def residual_stream(rows=64, k=96, device="cpu", dtype=torch.bfloat16):
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(rows, k, generator=g)
+    x[:, :2] *= 25  # outlier channels, as LLaMA's residual stream has
+    weight = 1 + 0.2 * torch.randn(k, generator=g)
+    return x.to(dtype).to(device), weight.to(dtype).to(device)
+
+
+def test_which_recipes_take_the_norm():
+    assert rms_norm_fusable(get_recipe("paper"), 4096) and rms_norm_fusable(get_recipe("direct"), 5120)
+    assert not rms_norm_fusable(get_recipe("nvfp4"), 4096) and not rms_norm_fusable(get_recipe("paper"), 20000)  # rows held whole only
+
+
+@pytest.mark.parametrize("exact_max_elements", [1 << 22, 1000])  # whole tensor, and the sampled quantiles
+def test_norm_occ_bounds_equal_those_of_the_written_out_activation(exact_max_elements):
+    config = OCCConfig(exact_max_elements=exact_max_elements, sample_size=512)
+    x, weight = residual_stream()
+    rstd = rms_rstd_reference(x, 1e-5)
+    expected = occ_bounds(rms_norm_reference(x, weight, rstd), config)
+    assert all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(rms_norm_occ_bounds(x, weight, rstd, config), expected))
+
+
+def test_norm_backward_is_the_derivative():
+    """The formula (CPU) against autograd through the reference in fp32; torch's own RMSNorm agrees."""
+    x, weight = (t.float() for t in residual_stream())
+    x.requires_grad_(), weight.requires_grad_()
+    g = torch.randn(x.shape)
+    (rms_norm_reference(x, weight, rms_rstd_reference(x, 1e-5)) * g).sum().backward()
+    dx, dweight = rms_norm_backward(g, x.detach(), weight.detach(), rms_rstd_reference(x.detach(), 1e-5))
+    assert relative_error(dx, x.grad) < 1e-5 and relative_error(dweight, weight.grad) < 1e-5
+    assert relative_error(rms_norm_reference(x, weight, rms_rstd_reference(x, 1e-5)), torch.nn.functional.rms_norm(x, (x.shape[1],), weight, 1e-5)) < 1e-6
+
+
+def _normed_linear(recipe, x, norm_weight, weight, grad, fused):
+    state = FP4GemmState(recipe, get_backend("reference" if x.device.type == "cpu" else None))
+    if fused:
+        y = state.forward(x, weight, torch.bfloat16, norm=(norm_weight, 1e-5))
+        assert state.norm_rstd is not None and state.norm_rstd.shape == (x.shape[0],)
+    else:
+        y = state.forward(rms_norm_reference(x, norm_weight, rms_rstd_reference(x, 1e-5)), weight, torch.bfloat16)
+    gq_dgrad, gq_wgrad = state.quantize_grad_output(grad)
+    return y.float(), state.grad_input(gq_dgrad).float(), state.grad_weight(gq_wgrad, weight, grad).float()
+
+
+@pytest.mark.parametrize("recipe", ["paper", "direct", "nvfp4"])
+def test_norm_cpu_path_is_the_written_out_activation(recipe):
+    """Without CUDA the norm form writes the activation and quantizes it: identical numbers."""
+    (x, norm_weight), recipe = residual_stream(), get_recipe(recipe)
+    weight = torch.randn(48, 96, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16) * 0.1
+    grad = torch.randn(64, 48, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
+    recipe = recipe.replace(dgrad_grad_output=dataclasses.replace(recipe.dgrad_grad_output, stochastic_rounding=False),
+                            wgrad_grad_output=dataclasses.replace(recipe.wgrad_grad_output, stochastic_rounding=False))
+    for fused, written in zip(_normed_linear(recipe, x, norm_weight, weight, grad, True), _normed_linear(recipe, x, norm_weight, weight, grad, False)):
+        assert torch.equal(fused, written)
+
+
+@requires_cuda
+@pytest.mark.parametrize("recipe", ["paper", "direct"])
+def test_norm_fused_kernel_against_written_out_activation(recipe):
+    """On CUDA the operand comes from the fused kernel, with the statistics pass's rstd, which
+    differs from the reference's by the fp32 sum's order: the activation then differs by one ulp
+    at rare elements, moving a few FP4 codes: 2e-2 relative on the output and both gradients (7B
+    QKV width, 4096 tokens). torch's fused RMSNorm backward (CUDA) agrees with the formula."""
+    recipe = get_recipe(recipe)
+    x, norm_weight = residual_stream(4096, 4096, "cuda")
+    weight = (torch.randn(4096, 4096, device="cuda") * 0.02).to(torch.bfloat16)
+    grad = torch.randn(4096, 4096, device="cuda").to(torch.bfloat16)
+    for name, fused, written in zip(("output", "dgrad", "wgrad"), _normed_linear(recipe, x, norm_weight, weight, grad, True), _normed_linear(recipe, x, norm_weight, weight, grad, False)):
+        assert relative_error(fused, written) < 2e-2, (name, relative_error(fused, written))
+    rstd = rms_rstd_reference(x, 1e-5)
+    dx, dweight = rms_norm_backward(grad, x, norm_weight, rstd)
+    formula_dx, formula_dweight = rms_norm_backward(grad.cpu(), x.cpu(), norm_weight.cpu(), rstd.cpu())
+    assert relative_error(dx.float().cpu(), formula_dx.float()) < 1e-2 and relative_error(dweight.float().cpu(), formula_dweight.float()) < 1e-2

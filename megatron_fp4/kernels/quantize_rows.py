@@ -19,7 +19,7 @@ from ..formats import E2M1, decode, unpack_codes
 from ..quantize import QuantizedTensor, QuantSpec, quantize
 from .fp8_rounding import fp8_cast, hardware_fp8_cast, round_to_bf16
 
-__all__ = ["quantize_rows", "quantize_rows_inline", "quantize_rows_reference", "fp8_from_codes", "supports_spec"]
+__all__ = ["quantize_rows", "quantize_rows_inline", "quantize_rows_reference", "fp8_from_codes", "rms_rstd", "supports_spec"]
 
 ROW_SPEC = QuantSpec("fp4", "row", "e2m1")
 MAX_WHOLE_ROW = 16384  # rows up to this length are held whole (one read of x; H200 sweep, NOTES.md session 9)
@@ -139,9 +139,37 @@ def _swiglu(gate, up, dtype: tl.constexpr, HARDWARE_CAST: tl.constexpr):
     (and megatron-core's compiled SwiGLU), up to the fp32 exponential's last bits. (The
     interpreter's bf16 cast truncates: there the rounding is done in integer operations.)"""
     value = gate / (1.0 + tl.exp(-gate)) * up  # approximate division: no worse than the exponential
+    return _rounded_to(value, dtype, HARDWARE_CAST)
+
+
+@triton.jit
+def _rounded_to(value, dtype: tl.constexpr, HARDWARE_CAST: tl.constexpr):
+    """fp32 ``value`` rounded once to the 16-bit activation dtype (nearest, ties to even), as fp32."""
     if dtype == tl.bfloat16 and not HARDWARE_CAST:
         return round_to_bf16(value)
     return value.to(dtype).to(tl.float32)
+
+
+@triton.jit
+def _rms_normalized(x, rows, cols, M, K: tl.constexpr, weight_ptr, rstd_ptr, dtype: tl.constexpr, HARDWARE_CAST: tl.constexpr):
+    """RMSNorm of whole rows x [R, BLOCK] with their given 1/rms ``rstd`` [rows]: (x * rstd) *
+    weight in fp32, rounded once to the activation dtype (``fused_inputs.rms_norm_reference``)."""
+    rstd = tl.load(rstd_ptr + rows, mask=rows < M, other=1.0)
+    weight = tl.load(weight_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
+    return _rounded_to(x * rstd[:, None] * weight[None, :], dtype, HARDWARE_CAST)
+
+
+@triton.jit
+def _rms_rstd_kernel(x_ptr, rstd_ptr, M, stride_x, eps, K: tl.constexpr, BLOCK: tl.constexpr):
+    """1 / sqrt(mean(x^2) + eps) of each row, in fp32 (one program per row, BLOCK columns a step)."""
+    row = tl.program_id(0).to(tl.int64)
+    total = tl.zeros((BLOCK,), dtype=tl.float32)
+    for start in range(0, K, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        x = tl.load(x_ptr + row * stride_x + cols, mask=cols < K, other=0.0).to(tl.float32)
+        total += x * x
+    mean = tl.math.div_rn(tl.sum(total, axis=0), K * 1.0)
+    tl.store(rstd_ptr + row, tl.math.div_rn(1.0, tl.sqrt_rn(mean + eps)))
 
 
 @triton.jit
@@ -176,20 +204,28 @@ def _store_activation(x, rows, cols, act_ptr, M, K: tl.constexpr, STORE_ACTIVATI
 
 @triton.jit
 def _quantize_rows_kernel(
-    x_ptr, fp8_ptr, codes_ptr, scale_ptr, bounds_ptr, act_ptr, M, stride_x, K: tl.constexpr, HAS_CLAMP: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr,
-    BY_ROUNDING: tl.constexpr, HARDWARE_CAST: tl.constexpr, SWIGLU: tl.constexpr, STORE_ACTIVATION: tl.constexpr,
+    x_ptr, fp8_ptr, codes_ptr, scale_ptr, bounds_ptr, act_ptr, norm_weight_ptr, rstd_ptr, M, stride_x, K: tl.constexpr, HAS_CLAMP: tl.constexpr,
+    R: tl.constexpr, BLOCK: tl.constexpr, BY_ROUNDING: tl.constexpr, HARDWARE_CAST: tl.constexpr, SWIGLU: tl.constexpr, STORE_ACTIVATION: tl.constexpr,
+    NORM: tl.constexpr,
 ):
     """R rows per program (their reductions overlap each other's loads), BLOCK columns per step;
-    with SWIGLU the rows are computed from the pre-activation (``_load_block``)."""
+    with SWIGLU the rows are computed from the pre-activation (``_load_block``), with NORM (whole
+    rows only) they are RMSNorm(x) with the given 1/rms per row (``_rms_normalized``), clamped after."""
     rows = (tl.program_id(0) * R + tl.arange(0, R)).to(tl.int64)
     low = 0.0
     high = 0.0
     if HAS_CLAMP:
         low = tl.load(bounds_ptr)
         high = tl.load(bounds_ptr + 1)
+    tl.static_assert(BLOCK >= K or not NORM, "the fused RMSNorm needs whole rows")
     if BLOCK >= K:  # whole rows in registers: one read of x
         cols = tl.arange(0, BLOCK)
-        x = _load_block(x_ptr, rows, cols, M, K, stride_x, low, high, HAS_CLAMP, SWIGLU, HARDWARE_CAST, act_ptr, STORE_ACTIVATION)
+        x = _load_block(x_ptr, rows, cols, M, K, stride_x, low, high, HAS_CLAMP and not NORM, SWIGLU, HARDWARE_CAST, act_ptr, STORE_ACTIVATION)
+        if NORM:
+            x = _rms_normalized(x, rows, cols, M, K, norm_weight_ptr, rstd_ptr, x_ptr.dtype.element_ty, HARDWARE_CAST)
+            _store_activation(x, rows, cols, act_ptr, M, K, STORE_ACTIVATION)
+            if HAS_CLAMP:
+                x = _clamp_keeping_nan(x, low, high)
         scale = _row_scale(_row_absmax(x))
         tl.store(scale_ptr + rows, scale, mask=rows < M)
         _store_block(x, tl.math.div_rn(1.0, scale)[:, None], rows, 0, fp8_ptr, codes_ptr, M, K, R, BLOCK, BY_ROUNDING, HARDWARE_CAST)
@@ -247,17 +283,22 @@ def _inline_scale(clamped_amax, amax):
 
 @triton.jit
 def _quantize_rows_inline_kernel(
-    x_ptr, out_ptr, scale_ptr, bounds_ptr, act_ptr, M, stride_x, K: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr, HARDWARE_CAST: tl.constexpr,
-    SWIGLU: tl.constexpr, STORE_ACTIVATION: tl.constexpr,
+    x_ptr, out_ptr, scale_ptr, bounds_ptr, act_ptr, norm_weight_ptr, rstd_ptr, M, stride_x, K: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr,
+    HARDWARE_CAST: tl.constexpr, SWIGLU: tl.constexpr, STORE_ACTIVATION: tl.constexpr, NORM: tl.constexpr,
 ):
     """R rows per program: both row maxima (clamped and raw) in one read, then the operand; with
-    SWIGLU the rows are computed from the pre-activation (``_load_block``)."""
+    SWIGLU the rows are computed from the pre-activation (``_load_block``), with NORM (whole rows
+    only) they are RMSNorm(x) with the given 1/rms per row (``_rms_normalized``)."""
     rows = (tl.program_id(0) * R + tl.arange(0, R)).to(tl.int64)
     low = tl.load(bounds_ptr)
     high = tl.load(bounds_ptr + 1)
+    tl.static_assert(BLOCK >= K or not NORM, "the fused RMSNorm needs whole rows")
     if BLOCK >= K:  # whole rows in registers: one read of x
         cols = tl.arange(0, BLOCK)
         x = _load_block(x_ptr, rows, cols, M, K, stride_x, low, high, False, SWIGLU, HARDWARE_CAST, act_ptr, STORE_ACTIVATION)
+        if NORM:
+            x = _rms_normalized(x, rows, cols, M, K, norm_weight_ptr, rstd_ptr, x_ptr.dtype.element_ty, HARDWARE_CAST)
+            _store_activation(x, rows, cols, act_ptr, M, K, STORE_ACTIVATION)
         clamped_amax, amax = _inline_maxima(tl.reduce(x, 1, _max_keeping_nan), tl.reduce(x, 1, _min_keeping_nan), low, high)
         scale = _inline_scale(clamped_amax, amax)
         tl.store(scale_ptr + rows, scale, mask=rows < M)
@@ -281,9 +322,10 @@ def _quantize_rows_inline_kernel(
             _store_inline_block(x, low, high, inverse, rows, start, out_ptr, M, K, BLOCK, HARDWARE_CAST)
 
 
-def _operand_rows(x: torch.Tensor, swiglu: bool, activation_out: torch.Tensor | None, what: str):
+def _operand_rows(x: torch.Tensor, swiglu: bool, activation_out: torch.Tensor | None, what: str, norm=(None, None), block: int | None = None):
     """(x as [rows, width] with unit column stride, the operand's K, the operand's shape); with
-    ``swiglu`` x is the pre-activation [..., 2K] ([gate | up], megatron-core's layout)."""
+    ``swiglu`` x is the pre-activation [..., 2K] ([gate | up], megatron-core's layout); ``norm``:
+    (RMSNorm weight [K], 1/rms per row [rows] fp32) or (None, None), checked here."""
     width = x.shape[-1]
     if swiglu and width % 2:
         raise ValueError(f"{what}: the SwiGLU pre-activation {tuple(x.shape)} needs an even last dim ([gate | up])")
@@ -292,9 +334,31 @@ def _operand_rows(x: torch.Tensor, swiglu: bool, activation_out: torch.Tensor | 
     if x2d.stride(-1) != 1:
         x2d = x2d.contiguous()
     shape = torch.Size((*x.shape[:-1], k))
-    if activation_out is not None and (not swiglu or activation_out.shape != shape or not activation_out.is_contiguous()):
-        raise ValueError(f"{what}: activation_out must be a contiguous {tuple(shape)} tensor, and only with swiglu=True")
+    weight, rstd = norm
+    if (weight is None) != (rstd is None):
+        raise ValueError(f"{what}: norm_weight and norm_rstd come together (the fused RMSNorm takes both)")
+    if weight is not None:
+        if swiglu:
+            raise ValueError(f"{what}: the fused RMSNorm and the fused SwiGLU exclude each other")
+        if weight.shape != (k,) or rstd.dtype != torch.float32 or rstd.shape != (x2d.shape[0],) or not rstd.is_contiguous():
+            raise ValueError(f"{what}: norm_weight must be [{k}] and norm_rstd a contiguous float32 [{x2d.shape[0]}]; got {tuple(weight.shape)}, {rstd.dtype} {tuple(rstd.shape)}")
+        if max(2, triton.next_power_of_2(k)) > MAX_WHOLE_ROW or (block is not None and block < k):
+            raise ValueError(f"{what}: the fused RMSNorm holds whole rows (up to {MAX_WHOLE_ROW} elements), got rows of {k} and block {block}")
+    if activation_out is not None and (not (swiglu or weight is not None) or activation_out.shape != shape or not activation_out.is_contiguous()):
+        raise ValueError(f"{what}: activation_out must be a contiguous {tuple(shape)} tensor, and only with swiglu=True or a fused RMSNorm")
     return x2d, k, shape
+
+
+def rms_rstd(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """1 / sqrt(mean(x^2) + eps) of each row of ``x`` [..., K], float32 [rows]: the statistics pass
+    of the fused RMSNorm (``fused_inputs.rms_rstd_reference`` up to the fp32 sum's order)."""
+    x2d = x.reshape(-1, x.shape[-1])
+    if x2d.stride(-1) != 1:
+        x2d = x2d.contiguous()
+    rstd = torch.empty(x2d.shape[0], dtype=torch.float32, device=x.device)
+    k = x2d.shape[1]
+    _rms_rstd_kernel[(x2d.shape[0],)](x2d, rstd, x2d.shape[0], x2d.stride(0), float(eps), K=k, BLOCK=min(4096, max(2, triton.next_power_of_2(k))), num_warps=4)
+    return rstd
 
 
 def quantize_rows_inline(
@@ -304,6 +368,8 @@ def quantize_rows_inline(
     num_warps: int | None = None,
     swiglu: bool = False,
     activation_out: torch.Tensor | None = None,
+    norm_weight: torch.Tensor | None = None,
+    norm_rstd: torch.Tensor | None = None,
 ) -> QuantizedTensor:
     """OCC's ``inline`` operand of ``x`` [..., K] for scalar ``bounds`` = (low, high) in x's dtype:
     E4M3 elements (E2M1 values, the clamped entries as E4M3 of x / s) and fp32 row scales, one
@@ -311,8 +377,10 @@ def quantize_rows_inline(
     the E4M3 operand itself is what backward keeps (1 B per element).
 
     swiglu: x is the pre-activation [..., 2K] and the operand is that of swiglu(x) [..., K],
-    computed in the same pass (``fused_inputs.swiglu_reference``: never written unless ``activation_out``)."""
-    x2d, k, shape = _operand_rows(x, swiglu, activation_out, "quantize_rows_inline")
+    computed in the same pass (``fused_inputs.swiglu_reference``: never written unless ``activation_out``).
+    norm_weight, norm_rstd: the operand is that of RMSNorm(x) = (x * rstd) * weight rounded to x's
+    dtype, with the given 1/rms per row (``rms_rstd``), computed in the same pass (whole rows)."""
+    x2d, k, shape = _operand_rows(x, swiglu, activation_out, "quantize_rows_inline", (norm_weight, norm_rstd), block)
     rows = x2d.shape[0]
     out = torch.empty(rows, k, dtype=torch.uint8, device=x.device)
     scale = torch.empty(rows, 1, dtype=torch.float32, device=x.device)
@@ -320,12 +388,18 @@ def quantize_rows_inline(
     whole_row = max(2, triton.next_power_of_2(k))
     block = min(block, whole_row) if block else (whole_row if whole_row <= MAX_WHOLE_ROW else 1024)
     _quantize_rows_inline_kernel[(triton.cdiv(rows, ROWS_PER_PROGRAM),)](
-        x2d, out, scale, bounds, activation_out if activation_out is not None else x2d, rows, x2d.stride(0), K=k, R=ROWS_PER_PROGRAM, BLOCK=block,
-        HARDWARE_CAST=hardware_fp8_cast(), SWIGLU=swiglu, STORE_ACTIVATION=activation_out is not None,
+        x2d, out, scale, bounds, activation_out if activation_out is not None else x2d, *_norm_args(norm_weight, norm_rstd, scale),
+        rows, x2d.stride(0), K=k, R=ROWS_PER_PROGRAM, BLOCK=block, HARDWARE_CAST=hardware_fp8_cast(), SWIGLU=swiglu,
+        STORE_ACTIVATION=activation_out is not None, NORM=norm_weight is not None,
         num_warps=num_warps or row_warps(block, block >= k),
     )
     data = out.view(torch.float8_e4m3fn)
     return QuantizedTensor(data, scale, None, ROW_SPEC, shape, x.dtype, fp8=data, outliers_e4m3=True)
+
+
+def _norm_args(weight: torch.Tensor | None, rstd: torch.Tensor | None, placeholder: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernels' (norm weight, rstd) pointers: the fused RMSNorm's, or any tensor when off."""
+    return (weight.contiguous(), rstd) if weight is not None else (placeholder, placeholder)
 
 
 def supports_spec(spec: QuantSpec) -> bool:
@@ -341,12 +415,16 @@ def quantize_rows(
     index_by_rounding: bool | None = None,
     swiglu: bool = False,
     activation_out: torch.Tensor | None = None,
+    norm_weight: torch.Tensor | None = None,
+    norm_rstd: torch.Tensor | None = None,
 ) -> QuantizedTensor:
     """Per-row E2M1 quantization of ``x`` [..., K] (optionally clamped to ``bounds`` = (low, high)).
 
     swiglu: x is the pre-activation [..., 2K] ([gate | up]) and the operand is that of swiglu(x)
     [..., K], computed in the same pass (``fused_inputs.swiglu_reference``, rounded to x's dtype, as the
     compiled SwiGLU rounds it); it is written to ``activation_out`` only if one is given.
+    norm_weight, norm_rstd: likewise the operand of RMSNorm(x) (``quantize_rows_inline``), clamped
+    after the norm.
 
     block: elements per step along K; by default rows up to ``MAX_WHOLE_ROW`` are held whole in
     registers (x read once), longer ones take two passes of 1024; rows_per_program: rows one
@@ -354,7 +432,7 @@ def quantize_rows(
     pattern (``_e2m1_round``) instead of seven comparisons (same result; the faster is the
     default). Every option changes speed only (defaults: benchmarks/NOTES.md).
     """
-    x2d, k, shape = _operand_rows(x, swiglu, activation_out, "quantize_rows")
+    x2d, k, shape = _operand_rows(x, swiglu, activation_out, "quantize_rows", (norm_weight, norm_rstd), block)
     if k % 2:
         raise ValueError(f"quantize_rows: operand shape {tuple(shape)} needs an even last dim to pack two FP4 codes per byte")
     rows = x2d.shape[0]
@@ -369,9 +447,10 @@ def quantize_rows(
     by_rounding = INDEX_BY_ROUNDING if index_by_rounding is None else index_by_rounding
     bounds_or_any = bounds if bounds is not None else scale
     _quantize_rows_kernel[(triton.cdiv(rows, per_program),)](
-        x2d, fp8, codes, scale, bounds_or_any, activation_out if activation_out is not None else x2d, rows, x2d.stride(0), K=k,
-        HAS_CLAMP=bounds is not None, R=per_program, BLOCK=block, BY_ROUNDING=by_rounding, HARDWARE_CAST=hardware_fp8_cast(),
-        SWIGLU=swiglu, STORE_ACTIVATION=activation_out is not None, num_warps=num_warps or row_warps(block, block >= k),
+        x2d, fp8, codes, scale, bounds_or_any, activation_out if activation_out is not None else x2d, *_norm_args(norm_weight, norm_rstd, scale),
+        rows, x2d.stride(0), K=k, HAS_CLAMP=bounds is not None, R=per_program, BLOCK=block, BY_ROUNDING=by_rounding,
+        HARDWARE_CAST=hardware_fp8_cast(), SWIGLU=swiglu, STORE_ACTIVATION=activation_out is not None, NORM=norm_weight is not None,
+        num_warps=num_warps or row_warps(block, block >= k),
     )
     return QuantizedTensor(codes, scale, None, ROW_SPEC, shape, x.dtype, fp8=fp8.view(torch.float8_e4m3fn))
 

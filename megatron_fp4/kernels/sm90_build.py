@@ -102,9 +102,10 @@ def standard_builds() -> dict[str, Sm90Build]:
 
     from . import block_gemm, quantize_nvfp4, quantize_rows
 
-    rows = {"x_ptr": "*bf16", "scale_ptr": "*fp32", "bounds_ptr": "*fp32", "act_ptr": "*bf16", "M": "i32", "stride_x": "i32"}
-    plain = {"SWIGLU": False, "STORE_ACTIVATION": False}
-    swiglu = {"SWIGLU": True, "STORE_ACTIVATION": False}
+    rows = {"x_ptr": "*bf16", "scale_ptr": "*fp32", "bounds_ptr": "*fp32", "act_ptr": "*bf16", "norm_weight_ptr": "*bf16", "rstd_ptr": "*fp32", "M": "i32", "stride_x": "i32"}
+    plain = {"SWIGLU": False, "STORE_ACTIVATION": False, "NORM": False}
+    swiglu = {"SWIGLU": True, "STORE_ACTIVATION": False, "NORM": False}
+    norm = {"SWIGLU": False, "STORE_ACTIVATION": False, "NORM": True}
     builds = {
         "row quantizer": build_sm90(
             quantize_rows._quantize_rows_kernel, rows | {"fp8_ptr": "*u8", "codes_ptr": "*u8"},
@@ -123,6 +124,10 @@ def standard_builds() -> dict[str, Sm90Build]:
         "inline OCC operand from the SwiGLU pre-activation (7B fc2)": build_sm90(
             quantize_rows._quantize_rows_inline_kernel, rows | {"out_ptr": "*u8"},
             {"K": 11008, "R": 1, "BLOCK": 16384, "HARDWARE_CAST": True} | swiglu, num_warps=quantize_rows.row_warps(16384),
+        ),
+        "inline OCC operand of the RMSNorm (7B qkv / fc1 input)": build_sm90(
+            quantize_rows._quantize_rows_inline_kernel, rows | {"out_ptr": "*u8"},
+            {"K": 4096, "R": 1, "BLOCK": 4096, "HARDWARE_CAST": True} | norm, num_warps=quantize_rows.row_warps(4096),
         ),
         "NVFP4 along the tokens, RHT on tensor cores, SR": build_sm90(
             quantize_nvfp4._quantize_kernel,

@@ -28,7 +28,7 @@ class FP4TransformerConfig(TransformerConfig):
     fp4_layer_recipes: Mapping[int, FP4Recipe] = field(default_factory=dict)
     fp4_bf16_layers: tuple[int, ...] = ()
     fp4_output_layer: bool = False  # the LM head stays high precision unless this is set
-    fp4_quantize_fusion: bool = True  # FP4 fc2 computes the SwiGLU inside its quantizer (megatron.mlp)
+    fp4_quantize_fusion: bool = True  # FP4 fc2 / QKV / fc1 compute the SwiGLU / RMSNorm inside their quantizer (megatron.mlp, megatron.fused_norm)
 
     def __post_init__(self) -> None:
         validate_fp4_layout(self)

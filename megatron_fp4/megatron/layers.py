@@ -24,7 +24,7 @@ import torch.distributed as dist
 from megatron.core.tensor_parallel import mappings
 from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
 
-from ..fused_inputs import swiglu_backward, swiglu_fusable
+from ..fused_inputs import rms_norm_backward, rms_norm_fusable, swiglu_backward, swiglu_fusable
 from ..gemm import get_backend
 from ..linear import FP4GemmState
 from ..recipe import FP4Recipe
@@ -42,34 +42,46 @@ class FP4ParallelLinearFunction(torch.autograd.Function):
     """Megatron's linear-with-async-communication, with the recipe's FP4 GEMMs inside."""
 
     @staticmethod
-    def forward(ctx, input, weight, bias, recipe, backend, gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel, tp_group, name="linear", swiglu=False, grad_amax_history=None):
+    def forward(
+        ctx, input, weight, bias, recipe, backend, gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel, tp_group, name="linear", swiglu=False,
+        grad_amax_history=None, norm_weight=None, norm_eps=None,
+    ):
         """swiglu: ``input`` is the SwiGLU pre-activation [..., 2K] and the layer computes
         swiglu(input) W^T, the activation quantized where it is computed (no communication in
-        this form: it is RowParallel fc2's, whose input is already parallel)."""
+        this form: it is RowParallel fc2's, whose input is already parallel). norm_weight,
+        norm_eps: ``input`` is the residual stream x and the layer computes RMSNorm(x) W^T
+        (ColumnParallel QKV / fc1: with sequence parallelism x is gathered, not its norm; the
+        norm's backward runs on each rank's own rows once dX is reduced)."""
         if swiglu and (sequence_parallel or allreduce_dgrad):
             raise ValueError(f"{name}: the SwiGLU-input form has no sequence-parallel gather or dgrad all-reduce (RowParallel fc2 only)")
         total_input = _all_gather_first_dim(input, tp_group) if sequence_parallel else input
         state = FP4GemmState(recipe, backend, name, grad_amax_history)
-        output = state.forward(total_input.reshape(-1, total_input.shape[-1]), weight, torch.float32 if bias is not None else input.dtype, swiglu=swiglu)
+        norm = (norm_weight, norm_eps) if norm_weight is not None else None
+        output = state.forward(total_input.reshape(-1, total_input.shape[-1]), weight, torch.float32 if bias is not None else input.dtype, swiglu=swiglu, norm=norm)
         if bias is not None:
             output = output + bias.float()
+        rstd = None
+        if norm is not None:  # this rank's rows of the gathered sequence keep their 1/rms for the norm's backward
+            rstd = state.norm_rstd.view(dist.get_world_size(tp_group), -1)[dist.get_rank(tp_group)] if sequence_parallel else state.norm_rstd
+            state.norm_rstd = None
         ctx.state, ctx.tp_group = state, tp_group
-        ctx.flags = (gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel, bias is not None, swiglu)
+        ctx.flags = (gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel, bias is not None, swiglu, norm is not None)
         ctx.shapes = (input.shape, total_input.shape, input.dtype)
-        ctx.save_for_backward(weight, input if swiglu else None)  # SwiGLU's backward needs its input, as upstream's
+        # SwiGLU's and RMSNorm's backward need their input, as upstream's
+        ctx.save_for_backward(weight, input if swiglu or norm is not None else None, norm_weight, rstd)
         return output.to(input.dtype).reshape(*total_input.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad_output):
-        weight, pre_activation = ctx.saved_tensors
+        weight, pre_activation, norm_weight, rstd = ctx.saved_tensors
         state: FP4GemmState = ctx.state
-        accumulate_in_main_grad, allreduce_dgrad, sequence_parallel, use_bias, swiglu = ctx.flags
+        accumulate_in_main_grad, allreduce_dgrad, sequence_parallel, use_bias, swiglu, normed = ctx.flags
         input_shape, total_shape, dtype = ctx.shapes
         g2d = grad_output.reshape(-1, grad_output.shape[-1])
         gq_dgrad, gq_wgrad = state.quantize_grad_output(g2d)
 
         grad_input, handle = None, None
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[0] or (normed and ctx.needs_input_grad[12]):  # the norm's weight gradient needs dX too
             if swiglu:  # d swiglu(A) from the GEMM, then dA through SwiGLU's backward
                 grad_input = swiglu_backward(state.grad_input(gq_dgrad, dtype), pre_activation.reshape(-1, total_shape[-1])).reshape(total_shape)
             else:
@@ -94,8 +106,17 @@ class FP4ParallelLinearFunction(torch.autograd.Function):
         grad_bias = g2d.float().sum(0).to(grad_output.dtype) if use_bias and ctx.needs_input_grad[2] else None
         if handle is not None:
             handle.wait()
+        grad_norm_weight = None
+        if normed:  # dX of RMSNorm(x) on this rank's rows, now reduced: back through the norm
+            grad_x, grad_norm_weight = rms_norm_backward(grad_input.reshape(-1, input_shape[-1]), pre_activation.reshape(-1, input_shape[-1]), norm_weight, rstd)
+            grad_input = grad_x.reshape(input_shape)
         state.release()
-        return grad_input, grad_weight, grad_bias, None, None, None, None, None, None, None, None, None
+        return grad_input, grad_weight, grad_bias, None, None, None, None, None, None, None, None, None, grad_norm_weight, None
+
+
+def norm_eps(norm: torch.nn.RMSNorm, dtype: torch.dtype) -> float:
+    """The epsilon torch's RMSNorm uses: its own, or the input dtype's machine epsilon if None."""
+    return float(norm.eps) if norm.eps is not None else torch.finfo(dtype).eps
 
 
 class _FP4LinearMixin:
@@ -127,10 +148,12 @@ class _FP4LinearMixin:
             raise ValueError(f"{type(self).__name__}: --defer-embedding-wgrad-compute is not supported by FP4 layers")
         if self.fp4_grad_amax.device != weight.device:  # once, before any CUDA-graph warm-up
             self.fp4_grad_amax = torch.zeros(2, device=weight.device)
+        norm = getattr(self, "_fused_rms_norm", None)  # (RMSNorm module,): ``megatron.fused_norm``
         return FP4ParallelLinearFunction.apply(
             input, weight, bias, self.fp4_recipe, get_backend(),
             gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel, tp_group, self.fp4_name,
             getattr(self, "_input_is_swiglu_pre_activation", False), self.fp4_grad_amax,
+            *((norm[0].weight, norm_eps(norm[0], input.dtype)) if norm else ()),
         )
 
     def extra_repr_fp4(self) -> str:
@@ -152,6 +175,11 @@ class FP4ColumnParallelLinear(_FP4LinearMixin, ColumnParallelLinear):
         layer.__class__ = cls
         layer._init_fp4(layer.config, recipe, layer.input_size)
         return layer
+
+    def takes_rms_norm_input(self, hidden: int) -> bool:
+        """Whether this layer can take RMSNorm(x) from x, quantizing the norm's output where it is
+        computed (``megatron.fused_norm``)."""
+        return self.fp4_recipe.changes_linear and rms_norm_fusable(self.fp4_recipe, hidden)
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", {self.extra_repr_fp4()})"

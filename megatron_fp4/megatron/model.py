@@ -9,6 +9,7 @@ from .config import FP4TransformerConfig
 from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
 from .layers import FP4ColumnParallelLinear
+from .fused_norm import fuse_rms_norms_into_linears
 from .mlp import fuse_swiglu_into_fc2
 from .specs import get_gpt_fp4_block_spec
 
@@ -35,6 +36,7 @@ def build_fp4_gpt_model(config: FP4TransformerConfig, vocab_size: int, max_seque
     if config.fp4_output_layer and getattr(model, "output_layer", None) is not None:
         FP4ColumnParallelLinear.convert(model.output_layer, config.fp4_quant_recipe)
     fuse_swiglu_into_fc2(model)  # fc2's FP4 quantizer computes the SwiGLU (megatron_fp4.megatron.mlp)
+    fuse_rms_norms_into_linears(model)  # QKV's and fc1's FP4 quantizers compute the RMSNorm (megatron_fp4.megatron.fused_norm)
     return name_fp4_layers(model, config, vp_stage)
 
 

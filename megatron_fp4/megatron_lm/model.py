@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..megatron.config import validate_fp4_layout
+from ..megatron.fused_norm import fuse_rms_norms_into_linears
 from ..megatron.mlp import fuse_swiglu_into_fc2
 from ..megatron.model import name_fp4_layers
 from ..megatron.specs import get_gpt_fp4_block_spec, get_gpt_fp4_layer_spec, te_available
@@ -37,10 +38,12 @@ def transformer_layer_spec(args, config, vp_stage=None):
 
 
 def finish_model(model, args, config, vp_stage=None):
-    """Name the FP4 layers with global layer numbers (health logs, check-finite errors) and let
-    FP4 fc2 layers compute the SwiGLU inside their quantizer (``megatron.mlp``; upstream's
-    ``--no-bias-swiglu-fusion`` turns it off with upstream's own fusion)."""
+    """Name the FP4 layers with global layer numbers (health logs, check-finite errors), let FP4
+    fc2 layers compute the SwiGLU inside their quantizer (``megatron.mlp``; upstream's
+    ``--no-bias-swiglu-fusion`` turns it off with upstream's own fusion) and FP4 QKV / fc1 layers
+    the RMSNorm before them (``megatron.fused_norm``, on CUDA)."""
     if getattr(args, "megatron_fp4_recipe", None) is not None:
         fuse_swiglu_into_fc2(model)
+        fuse_rms_norms_into_linears(model)
         name_fp4_layers(model, config, vp_stage)
     return model

@@ -9,7 +9,8 @@
     --cross-entropy-fusion-impl default, as upstream); ``native`` (megatron-core's) or ``te``
     --no-fp4-quantize-fusion    ours: the SwiGLU written out and read again by fc2's FP4 quantizer,
                                 instead of computed inside it (``megatron_fp4.megatron.mlp``;
-                                default on wherever the fused SwiGLU is); for A/B measurements
+                                default on wherever the fused SwiGLU is), and likewise the RMSNorm
+                                before QKV / fc1 (``megatron_fp4.megatron.fused_norm``); for A/B
 
 The fusions change rounding only (one rounding per fused op instead of one per unfused step);
 they are the same for BF16 and every FP4 recipe, so comparisons between recipes stay fair.
@@ -39,7 +40,7 @@ def add_fusion_arguments(group) -> None:
     group.add_argument("--cross-entropy-fusion-impl", choices=["native", "te"], default="native",
                        help="native: megatron-core's compiled implementation; te: Transformer Engine's (needs TE)")
     group.add_argument("--no-fp4-quantize-fusion", dest="fp4_quantize_fusion", action="store_false", default=True,
-                       help="FP4 fc2: quantize the written-out SwiGLU instead of computing it inside the quantizer")
+                       help="FP4 fc2 / QKV / fc1: quantize the written-out SwiGLU / RMSNorm instead of computing it inside the quantizer")
 
 
 def gpu_fusions_available() -> bool:
@@ -77,5 +78,5 @@ def config_fields(args: argparse.Namespace) -> dict:
         "apply_rope_fusion": rope_fusion,
         "cross_entropy_loss_fusion": bool(args.cross_entropy_loss_fusion),
         "cross_entropy_fusion_impl": args.cross_entropy_fusion_impl,
-        "fp4_quantize_fusion": bool(getattr(args, "fp4_quantize_fusion", True)),
+        "fp4_quantize_fusion": gpu and bool(getattr(args, "fp4_quantize_fusion", True)),
     }

@@ -173,3 +173,28 @@ def layer_recipes_job(bf16_layers: tuple[int, ...], fp4_output_layer: bool, bias
         for name, module in model.named_modules()
         if any(kind in type(module).__name__ for kind in ("Linear", "Norm", "MLP"))
     }
+
+
+def fused_norm_conversion_job() -> dict:
+    """``fuse_rms_norms_into_linears`` on a built model (forced on CPU): which norms it fuses, the
+    state-dict keys before and after, the logits before and after; and that a recomputed norm is
+    left alone (its output storage would be freed, and that output is now the residual stream)."""
+    from megatron_fp4.megatron.fused_norm import fuse_rms_norms_into_linears
+
+    torch.manual_seed(3)
+    model_parallel_cuda_manual_seed(3)
+    model = build_model("paper", fp4_bf16_layers=(1,))
+    tokens = torch.randint(0, VOCAB, (BATCH, SEQ), generator=torch.Generator().manual_seed(5)).to(device())
+    position_ids = torch.arange(SEQ, device=device()).expand(BATCH, SEQ)
+
+    def logits():
+        with torch.no_grad():
+            return model(tokens, position_ids, None).float().cpu()
+
+    before_keys, before = sorted(model.state_dict()), logits()
+    fused = fuse_rms_norms_into_linears(model, on_cpu=True)
+    norms = {name: type(module).__name__ for name, module in model.named_modules() if name.endswith("layernorm")}
+    out = {"fused": fused, "norms": norms, "keys_unchanged": sorted(model.state_dict()) == before_keys, "before": before, "after": logits()}
+    recomputed = build_model("paper", recompute_granularity="selective", recompute_modules=["layernorm"])
+    out["fused_when_recomputed"] = fuse_rms_norms_into_linears(recomputed, on_cpu=True)
+    return out

@@ -111,3 +111,54 @@ def _fused_swiglu_mlp(recipe_name: str) -> dict:
 
     out["fused_run"], out["reference_run"] = run(True), run(False)
     return out
+
+
+def fused_rms_norm_job(recipe_names: list[str]) -> dict:
+    """Per recipe: an FP4 ColumnParallel linear computing the RMSNorm before it
+    (``megatron.fused_norm``) vs the norm written out (``rms_norm_reference``, autograd through it)
+    then the same linear, at TP=2 without and with sequence parallelism (x gathered, not its norm;
+    the norm's backward on each rank's rows after dX is reduced)."""
+    return {name: _fused_rms_norm(name) for name in recipe_names}
+
+
+def _fused_rms_norm(recipe_name: str) -> dict:
+    from megatron_fp4.fused_inputs import rms_norm_reference, rms_rstd_reference
+    from megatron_fp4.megatron import SequenceParallelNorm
+    from megatron_fp4.megatron.fused_norm import FusedIntoLinearRMSNorm
+
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    rank = parallel_state.get_tensor_model_parallel_rank()
+    recipe = get_recipe(recipe_name)
+    out = {}
+    for sequence_parallel in (False, True):
+        config = TransformerConfig(
+            num_layers=1, hidden_size=64, num_attention_heads=4, use_cpu_initialization=True, tensor_model_parallel_size=tp,
+            sequence_parallel=sequence_parallel, normalization="RMSNorm",
+        )
+        norm = SequenceParallelNorm(config, 64, eps=1e-5).to(device())
+        with torch.no_grad():
+            norm.weight.copy_(1 + 0.2 * torch.randn(64, generator=torch.Generator().manual_seed(4)))
+        linear = FP4ColumnParallelLinear(64, 96, config=config, init_method=torch.nn.init.zeros_, bias=False, gather_output=False, fp4_recipe=recipe).to(device())
+        x, w, grad = _inputs(32, 64, 96)
+        with torch.no_grad():
+            linear.weight.copy_(w.chunk(tp, dim=0)[rank])
+        x_local = x.chunk(tp, dim=0)[rank] if sequence_parallel else x
+        grad_local = grad.chunk(tp, dim=2)[rank]
+
+        def run(fused: bool):
+            norm.zero_grad(set_to_none=True)
+            linear.zero_grad(set_to_none=True)
+            xi = x_local.clone().requires_grad_()
+            if fused:
+                norm.__class__ = FusedIntoLinearRMSNorm
+                linear._fused_rms_norm = (norm,)
+                y, _ = linear(norm(xi))
+                norm.__class__, linear._fused_rms_norm = torch.nn.RMSNorm, None
+            else:
+                x2d = xi.reshape(-1, 64)
+                y, _ = linear(rms_norm_reference(x2d, norm.weight, rms_rstd_reference(x2d, 1e-5)).reshape(xi.shape))
+            y.backward(grad_local)
+            return [t.detach().float().cpu() for t in (y, xi.grad, norm.weight.grad, linear.weight.grad)]
+
+        out[f"sp={sequence_parallel}"] = {"fused_run": run(True), "reference_run": run(False), "sequence_parallel_mark": getattr(norm.weight, "sequence_parallel", None)}
+    return out

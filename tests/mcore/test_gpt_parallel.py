@@ -126,3 +126,17 @@ def test_per_layer_overrides_and_high_precision_head(tmp_path):
     assert [default[f"decoder.layers.{i}.mlp"][0] for i in range(4)] == ["MLP", "FP4MLP", "FP4MLP", "MLP"]
     (with_head,) = dist_harness.run(gpt_jobs.layer_recipes_job, (), True, outdir=str(tmp_path / "b"))
     assert with_head["output_layer"] == ("FP4ColumnParallelLinear", "paper")
+
+
+def test_rms_norms_fuse_into_the_fp4_linears_after_them(tmp_path):
+    """Every FP4 layer's two RMSNorms (before QKV and fc1) are fused, BF16 layers keep theirs; the
+    checkpoint keys do not change; the logits stay within FP4 rounding of upstream's norm (the
+    written-out reference norm differs from torch's RMSNorm in the last bit of 1/rms, which moves a
+    few FP4 codes: 2e-2 relative); a recomputed norm is not fused."""
+    (result,) = dist_harness.run(gpt_jobs.fused_norm_conversion_job, outdir=str(tmp_path))
+    assert result["fused"] == 6  # layers 2-4 of 4 (layer 1 is BF16), two norms each
+    assert result["norms"]["decoder.layers.0.input_layernorm"] == "RMSNorm"
+    assert [result["norms"][f"decoder.layers.{i}.{which}"] for i in (1, 2, 3) for which in ("input_layernorm", "pre_mlp_layernorm")] == ["FusedIntoLinearRMSNorm"] * 6
+    assert result["keys_unchanged"]
+    assert relative_error(result["after"], result["before"]) < 2e-2
+    assert result["fused_when_recomputed"] == 0

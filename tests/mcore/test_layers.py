@@ -41,3 +41,21 @@ def test_fp4_mlp_quantizes_inside_the_swiglu(tmp_path):
             for name, a, b in zip(("output", "input grad", "fc1 weight grad", "fc2 weight grad"), result["fused_run"], result["reference_run"]):
                 bound = 2e-2 if torch.cuda.is_available() else (0 if name == "output" else 1e-2)
                 assert relative_error(a, b) <= bound, (recipe, name, relative_error(a, b))
+
+
+def test_fp4_column_linear_computes_the_rms_norm(tmp_path):
+    """The FP4 ColumnParallel linear with the RMSNorm fused into it equals the norm written out then
+    the linear, at TP=2 with and without sequence parallelism: the output, dx, the norm weight's
+    (per-rank, with SP a partial sum marked for megatron-core's all-reduce) and the linear weight's
+    gradients. Without CUDA both quantize the same activation (forward bit for bit; backward: the
+    norm's backward formula in fp32 against autograd through the reference: 1e-4). On a GPU the
+    statistics pass's sum order moves rare activations by one ulp and a few FP4 codes: 2e-2."""
+    recipes = ["paper", "direct"]
+    results = dist_harness.run(layer_jobs.fused_rms_norm_job, recipes, tp=2, outdir=str(tmp_path))
+    for rank_results in results:
+        for recipe in recipes:
+            for mode, result in rank_results[recipe].items():
+                assert result["sequence_parallel_mark"] is (mode == "sp=True")
+                for name, a, b in zip(("output", "input grad", "norm weight grad", "weight grad"), result["fused_run"], result["reference_run"]):
+                    bound = 2e-2 if torch.cuda.is_available() else (0 if name == "output" else 1e-4)
+                    assert relative_error(a, b) <= bound, (recipe, mode, name, relative_error(a, b))
