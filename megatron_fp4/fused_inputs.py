@@ -15,7 +15,8 @@ fp32 exponential's last bits). OCC's tensor-scope bounds come from the activatio
 sample positions (``occ``'s sample), computed from A at those positions only.
 
 The inputs of the QKV and fc1 linears are RMSNorm(x) of the residual stream x. The fused form
-(``quantize_rms_norm_input``) takes each row's 1/rms in a statistics pass (``rms_rstd``: reads x
+(for OCC's inline operand, where it measured faster: ``rms_norm_fusable``;
+``quantize_rms_norm_input``) takes each row's 1/rms in a statistics pass (``rms_rstd``: reads x
 once, writes one float per token) and then quantizes (x * rstd) * weight, rounded once to x's
 dtype, in the quantizer's own pass: the normalized activation is never written nor read back (per
 element 2 + 2 B read + 1 B written instead of 2 + 2 written + 2 read + 1). Given the rstd the
@@ -132,11 +133,16 @@ def rms_norm_reference(x2d: torch.Tensor, weight: torch.Tensor, rstd: torch.Tens
 
 
 def rms_norm_fusable(recipe, hidden: int) -> bool:
-    """Whether a linear with this recipe can take RMSNorm(x) from x (``fused_operand_possible``,
-    rows the quantizer holds whole)."""
+    """Whether a linear with this recipe takes RMSNorm(x) from x: OCC's ``inline`` operand
+    (``paper``'s default; ``fused_operand_possible``) on rows the quantizer holds whole. Only
+    there it measured faster (H200, benchmarks/NOTES.md session 11: 1.17-1.32x at 4096 / 5120
+    against torch's RMSNorm then the inline quantizer); for the plain row operand (``direct``,
+    clamp-only OCC) the statistics pass's extra read and the norm variant's heavier instruction
+    count made it 0.74-0.79x of torch's norm then our row quantizer, so those keep upstream's
+    norm (the kernels still take ``norm_weight`` there)."""
     from .kernels.quantize_rows import MAX_WHOLE_ROW
 
-    return fused_operand_possible(recipe) and hidden <= MAX_WHOLE_ROW
+    return fused_operand_possible(recipe) and recipe.occ.inline and hidden <= MAX_WHOLE_ROW
 
 
 def rms_norm_occ_bounds(x2d: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor, config: OCCConfig) -> tuple[torch.Tensor, torch.Tensor]:

@@ -97,8 +97,13 @@ def residual_stream(rows=64, k=96, device="cpu", dtype=torch.bfloat16):
 
 
 def test_which_recipes_take_the_norm():
-    assert rms_norm_fusable(get_recipe("paper"), 4096) and rms_norm_fusable(get_recipe("direct"), 5120)
-    assert not rms_norm_fusable(get_recipe("nvfp4"), 4096) and not rms_norm_fusable(get_recipe("paper"), 20000)  # rows held whole only
+    """Where it measured faster: OCC's inline operand (``paper``) on whole rows; not the plain row
+    operand (``direct``: slower on the H200), nor block formats, nor rows past the whole-row limit."""
+    paper = get_recipe("paper")
+    assert rms_norm_fusable(paper, 4096) and rms_norm_fusable(paper, 5120)
+    assert not rms_norm_fusable(get_recipe("direct"), 4096) and not rms_norm_fusable(get_recipe("nvfp4"), 4096)
+    assert not rms_norm_fusable(paper, 20000)  # rows held whole only
+    assert not rms_norm_fusable(paper.replace(occ=dataclasses.replace(paper.occ, compensate=False)), 4096)  # clamp-only: the row operand
 
 
 @pytest.mark.parametrize("exact_max_elements", [1 << 22, 1000])  # whole tensor, and the sampled quantiles
@@ -145,7 +150,7 @@ def test_norm_cpu_path_is_the_written_out_activation(recipe):
 
 
 @requires_cuda
-@pytest.mark.parametrize("recipe", ["paper", "direct"])
+@pytest.mark.parametrize("recipe", ["paper"])
 def test_norm_fused_kernel_against_written_out_activation(recipe):
     """On CUDA the operand comes from the fused kernel, with the statistics pass's rstd, which
     differs from the reference's by the fp32 sum's order: the activation then differs by one ulp
