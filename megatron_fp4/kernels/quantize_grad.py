@@ -215,7 +215,7 @@ def quantize_grad_folded(
     """(Q8(dY·diag(s_W)), Q8(diag(s_X)·dY)) for FP8 `tensor` specs; a scale None is not folded.
 
     The wgrad operand's data is a [M, N] view of its transposed [N, M] storage. tile/num_warps:
-    the quantize pass's [rows, columns] tile (defaults tuned on H100, benchmarks/NOTES.md);
+    the quantize pass's [rows, columns] tile (defaults: H200 sweeps, benchmarks/NOTES.md);
     amax_tile/amax_warps: the amax pass's (benchmarks/bench_quant.py --sweep); transpose_input:
     the wgrad operand from the transposed 16-bit tile rather than by transposing its FP8 bytes
     (same bytes; speed only, default ``TRANSPOSE_INPUT``).
