@@ -27,14 +27,16 @@ ROWS_PER_PROGRAM = 1  # see the sweep in benchmarks/NOTES.md
 INDEX_BY_ROUNDING = True  # the E2M1 index in integer operations (``_e2m1_round``), not 7 comparisons
 
 
-def row_warps(block: int, whole_row: bool = True) -> int:
-    """Warps per row, measured on the H200 (benchmarks/NOTES.md, session 11, after the one-addition
-    E2M1 rounding): 2 for rows up to 4096 (the fewest instructions per element: a cheaper
-    cross-warp reduction; 0.91 of copy against 0.85 with 4), else 4 (with 2, a 16384-wide row
-    holds 256 elements per thread and drops to 0.58); the same for the inline operand (session 9
-    had 8 for it up to 4096: 0.54 against 0.59 with 2 now). Rows longer than ``MAX_WHOLE_ROW``,
-    walked in two passes of ``block``, keep 4 (session 9's sweep; not re-measured with 2)."""
-    return 2 if whole_row and block <= 4096 else 4
+def row_warps(k: int, whole_row: bool = True) -> int:
+    """Warps per row of ``k`` elements, measured on the H200 (benchmarks/NOTES.md, session 11,
+    after the one-addition E2M1 rounding): 2 for rows up to 5120 (the fewest instructions per
+    element, a cheaper cross-warp reduction: 0.85 / 0.91 / 0.90 of copy at 2048 / 4096 / 5120
+    against 0.81 / 0.85 / 0.81 with 4), else 4 (with 2, an 11008-wide row holds 172 elements per
+    thread and drops to 0.58; the compiler drops the padding's registers, so what counts is the
+    real width); the same for the inline operand (0.59 / 0.76 with 2 at 4096 / 5120 against 0.54
+    with session 9's 8 and 0.64 with 4). Rows longer than ``MAX_WHOLE_ROW``, walked in two passes,
+    keep 4 (session 9's sweep; not re-measured with 2)."""
+    return 2 if whole_row and k <= 5120 else 4
 
 
 @triton.jit
@@ -391,7 +393,7 @@ def quantize_rows_inline(
         x2d, out, scale, bounds, activation_out if activation_out is not None else x2d, *_norm_args(norm_weight, norm_rstd, scale),
         rows, x2d.stride(0), K=k, R=ROWS_PER_PROGRAM, BLOCK=block, HARDWARE_CAST=hardware_fp8_cast(), SWIGLU=swiglu,
         STORE_ACTIVATION=activation_out is not None, NORM=norm_weight is not None,
-        num_warps=num_warps or row_warps(block, block >= k),
+        num_warps=num_warps or row_warps(2 * k if swiglu else k, block >= k),  # SwiGLU loads gate and up
     )
     data = out.view(torch.float8_e4m3fn)
     return QuantizedTensor(data, scale, None, ROW_SPEC, shape, x.dtype, fp8=data, outliers_e4m3=True)
@@ -450,7 +452,7 @@ def quantize_rows(
         x2d, fp8, codes, scale, bounds_or_any, activation_out if activation_out is not None else x2d, *_norm_args(norm_weight, norm_rstd, scale),
         rows, x2d.stride(0), K=k, HAS_CLAMP=bounds is not None, R=per_program, BLOCK=block, BY_ROUNDING=by_rounding,
         HARDWARE_CAST=hardware_fp8_cast(), SWIGLU=swiglu, STORE_ACTIVATION=activation_out is not None, NORM=norm_weight is not None,
-        num_warps=num_warps or row_warps(block, block >= k),
+        num_warps=num_warps or row_warps(2 * k if swiglu else k, block >= k),  # SwiGLU loads gate and up
     )
     return QuantizedTensor(codes, scale, None, ROW_SPEC, shape, x.dtype, fp8=fp8.view(torch.float8_e4m3fn))
 

@@ -119,11 +119,11 @@ def standard_builds() -> dict[str, Sm90Build]:
         "row quantizer from the SwiGLU pre-activation (7B fc2)": build_sm90(
             quantize_rows._quantize_rows_kernel, rows | {"fp8_ptr": "*u8", "codes_ptr": "*u8"},
             {"K": 11008, "HAS_CLAMP": False, "R": 1, "BLOCK": 16384, "BY_ROUNDING": True, "HARDWARE_CAST": True} | swiglu,
-            num_warps=quantize_rows.row_warps(16384),
+            num_warps=quantize_rows.row_warps(11008),
         ),
         "inline OCC operand from the SwiGLU pre-activation (7B fc2)": build_sm90(
             quantize_rows._quantize_rows_inline_kernel, rows | {"out_ptr": "*u8"},
-            {"K": 11008, "R": 1, "BLOCK": 16384, "HARDWARE_CAST": True} | swiglu, num_warps=quantize_rows.row_warps(16384),
+            {"K": 11008, "R": 1, "BLOCK": 16384, "HARDWARE_CAST": True} | swiglu, num_warps=quantize_rows.row_warps(11008),
         ),
         "inline OCC operand of the RMSNorm (7B qkv / fc1 input)": build_sm90(
             quantize_rows._quantize_rows_inline_kernel, rows | {"out_ptr": "*u8"},

@@ -16,7 +16,7 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
 from megatron_fp4.kernels.quantize_rows import quantize_rows, quantize_rows_reference  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-SHAPES = [(4, 64), (3, 1000), (5, 2050)] if DEVICE == "cpu" else [(4, 64), (257, 4096), (1024, 11008), (33, 20000)]
+SHAPES = [(4, 64), (3, 1000), (5, 2050)] if DEVICE == "cpu" else [(4, 64), (257, 4096), (1024, 5120), (1024, 11008), (33, 20000)]
 
 
 def assert_identical(fast, ref):

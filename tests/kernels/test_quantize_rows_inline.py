@@ -17,7 +17,7 @@ from megatron_fp4.occ import OCCConfig, occ_bounds, quantize_with_inline_outlier
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # whole rows in registers (every shape up to MAX_WHOLE_ROW; OPTIONS also forces the two-pass path);
 # on a GPU LLaMA-2 7B/13B linear inputs and one row past MAX_WHOLE_ROW
-SHAPES = [(8, 64), (6, 96), (5, 4100)] if DEVICE == "cpu" else [(8, 64), (8192, 4096), (2048, 11008), (4096, 13824), (64, 20000)]
+SHAPES = [(8, 64), (6, 96), (5, 4100)] if DEVICE == "cpu" else [(8, 64), (8192, 4096), (1024, 5120), (2048, 11008), (4096, 13824), (64, 20000)]
 # whole rows (on a GPU also another thread layout: the interpreter has none), two passes of 1024
 OPTIONS = [{}, {"block": 1024}] if DEVICE == "cpu" else [{}, {"num_warps": 4}, {"num_warps": 8}, {"block": 1024}, {"block": 1024, "num_warps": 2}]
 
