@@ -28,7 +28,10 @@ def builds() -> dict:
 
 
 def test_quantizers_convert_to_fp8_in_hardware_without_spilling(builds):
-    for name in ("row quantizer", "inline OCC operand", "row quantizer from the SwiGLU pre-activation (7B fc2)", "inline OCC operand from the SwiGLU pre-activation (7B fc2)"):
+    for name in (
+        "row quantizer", "inline OCC operand", "row quantizer from the SwiGLU pre-activation (7B fc2)",
+        "inline OCC operand from the SwiGLU pre-activation (7B fc2)", "inline OCC operand of the RMSNorm (7B qkv / fc1 input)",
+    ):
         assert builds[name]["uses"]["F2FP"] and builds[name]["stack_bytes"] == 0, (name, builds[name])
 
 
