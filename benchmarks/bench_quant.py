@@ -188,9 +188,7 @@ def sweep(rows: int, k: int, families: tuple[str, ...] = ("rows", "grad", "block
     if "grad" in families:
         for tile in ((64, 64), (64, 128), (128, 64), (128, 128)):
             for warps in (2, 4, 8):
-                for transpose in (False, True):
-                    report("grad quantize (both)", f"quantize tile {tile} warps {warps} transpose_input {transpose}",
-                           grad_options={"tile": tile, "num_warps": warps, "transpose_input": transpose})
+                report("grad quantize (both)", f"quantize tile {tile} warps {warps}", grad_options={"tile": tile, "num_warps": warps})
         for tile in ((64, 256), (32, 512)):
             for warps in (4, 8):
                 report("grad quantize (both)", f"amax tile {tile} warps {warps}", grad_options={"amax_tile": tile, "amax_warps": warps})

@@ -30,7 +30,6 @@ BLOCK_M, BLOCK_N, NUM_WARPS = 64, 128, 4  # the quantize pass (H200 sweep, NOTES
 AMAX_BLOCK_M, AMAX_BLOCK_N, AMAX_WARPS = 64, 256, 8  # the amax pass: larger tiles, fewer partial maxima
 REDO_PROGRAMS = 264  # delayed scaling's fallback grid (two per H100/H200 SM): small, so its no-op launch is cheap
 HARDWARE_CAST = True  # compiled kernels: the cvt instruction (benchmarks/NOTES.md, session 4)
-TRANSPOSE_INPUT = True  # the wgrad operand from the transposed 16-bit tile (NOTES.md, session 11)
 
 
 @triton.jit
@@ -132,19 +131,16 @@ def _quantize_tile(
     tile_m, tile_n, g_ptr, column_scale_ptr, row_scale_ptr, dgrad_scale_ptr, wgrad_scale_ptr, dgrad_ptr, wgrad_t_ptr, partial_ptr, M, N, stride_g,
     D_MANTISSA: tl.constexpr, D_BIAS: tl.constexpr, D_E4M3FN: tl.constexpr,
     W_MANTISSA: tl.constexpr, W_BIAS: tl.constexpr, W_E4M3FN: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr, PARTIAL_AMAX: tl.constexpr, TRANSPOSE_INPUT: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr, PARTIAL_AMAX: tl.constexpr,
 ):
     """The two FP8 operands of tile (tile_m, tile_n) with the given scales; PARTIAL_AMAX: also the
-    tile's two maxima (delayed scaling reads dY once). TRANSPOSE_INPUT: the wgrad operand is
-    computed from the transposed 16-bit tile (Triton moves a 16-bit transpose through shared memory
-    as matrix stores and loads) instead of transposing its FP8 bytes (one byte store per element);
-    the same products either way."""
+    tile's two maxima (delayed scaling reads dY once). The wgrad operand is computed from the
+    transposed 16-bit tile (Triton may move a 16-bit transpose through shared memory as matrix
+    stores and loads; transposing its FP8 bytes took one byte store per element): the same
+    products, and at the default tile the same code (NOTES.md, session 11)."""
     rows, cols, mask, g, column_scale, row_scale = _load_tile(g_ptr, column_scale_ptr, row_scale_ptr, tile_m, tile_n, M, N, stride_g, BM, BN)
     dgrad = g.to(tl.float32) * column_scale[None, :]
-    if TRANSPOSE_INPUT:
-        wgrad = tl.trans(g).to(tl.float32) * row_scale[None, :]  # [BN, BM]
-    else:
-        wgrad = g.to(tl.float32) * row_scale[:, None]
+    wgrad = tl.trans(g).to(tl.float32) * row_scale[None, :]  # [BN, BM]
     if PARTIAL_AMAX:
         out = partial_ptr + (tile_m * tl.cdiv(N, BN) + tile_n) * 2
         tl.store(out, _tile_absmax(dgrad))
@@ -155,10 +151,7 @@ def _quantize_tile(
     # store the transposed tile in its own layout (rows contiguous), so the writes coalesce
     transposed = cols[:, None].to(tl.int64) * M + rows[None, :]
     transposed_mask = (cols[:, None] < N) & (rows[None, :] < M)
-    if TRANSPOSE_INPUT:
-        tl.store(wgrad_t_ptr + transposed, wgrad_byte.to(tl.uint8), mask=transposed_mask)
-    else:
-        tl.store(wgrad_t_ptr + transposed, tl.trans(wgrad_byte.to(tl.uint8)), mask=transposed_mask)
+    tl.store(wgrad_t_ptr + transposed, wgrad_byte.to(tl.uint8), mask=transposed_mask)
 
 
 @triton.jit
@@ -166,12 +159,12 @@ def _folded_quantize_kernel(
     g_ptr, column_scale_ptr, row_scale_ptr, dgrad_scale_ptr, wgrad_scale_ptr, dgrad_ptr, wgrad_t_ptr, partial_ptr, M, N, stride_g,
     D_MANTISSA: tl.constexpr, D_BIAS: tl.constexpr, D_E4M3FN: tl.constexpr,
     W_MANTISSA: tl.constexpr, W_BIAS: tl.constexpr, W_E4M3FN: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr, PARTIAL_AMAX: tl.constexpr, TRANSPOSE_INPUT: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr, PARTIAL_AMAX: tl.constexpr,
 ):
     """One tile per program (``_quantize_tile``)."""
     _quantize_tile(
         tl.program_id(0), tl.program_id(1), g_ptr, column_scale_ptr, row_scale_ptr, dgrad_scale_ptr, wgrad_scale_ptr, dgrad_ptr, wgrad_t_ptr, partial_ptr,
-        M, N, stride_g, D_MANTISSA, D_BIAS, D_E4M3FN, W_MANTISSA, W_BIAS, W_E4M3FN, BM, BN, HARDWARE_CAST, PARTIAL_AMAX, TRANSPOSE_INPUT,
+        M, N, stride_g, D_MANTISSA, D_BIAS, D_E4M3FN, W_MANTISSA, W_BIAS, W_E4M3FN, BM, BN, HARDWARE_CAST, PARTIAL_AMAX,
     )
 
 
@@ -180,7 +173,7 @@ def _folded_redo_kernel(
     g_ptr, column_scale_ptr, row_scale_ptr, dgrad_scale_ptr, wgrad_scale_ptr, dgrad_ptr, wgrad_t_ptr, redo_ptr, M, N, stride_g,
     D_MANTISSA: tl.constexpr, D_BIAS: tl.constexpr, D_E4M3FN: tl.constexpr,
     W_MANTISSA: tl.constexpr, W_BIAS: tl.constexpr, W_E4M3FN: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr, TRANSPOSE_INPUT: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr,
 ):
     """Delayed scaling's fallback: launched on a small persistent grid after every delayed pass,
     it rewrites all tiles with the finalized scales only if ``redo`` is set; otherwise each program
@@ -190,7 +183,7 @@ def _folded_redo_kernel(
         for tile in range(tl.program_id(0), tl.cdiv(M, BM) * tiles_n, tl.num_programs(0)):
             _quantize_tile(
                 tile // tiles_n, tile % tiles_n, g_ptr, column_scale_ptr, row_scale_ptr, dgrad_scale_ptr, wgrad_scale_ptr, dgrad_ptr, wgrad_t_ptr, redo_ptr,
-                M, N, stride_g, D_MANTISSA, D_BIAS, D_E4M3FN, W_MANTISSA, W_BIAS, W_E4M3FN, BM, BN, HARDWARE_CAST, False, TRANSPOSE_INPUT,
+                M, N, stride_g, D_MANTISSA, D_BIAS, D_E4M3FN, W_MANTISSA, W_BIAS, W_E4M3FN, BM, BN, HARDWARE_CAST, False,
             )
 
 
@@ -210,15 +203,12 @@ def quantize_grad_folded(
     amax_tile: tuple[int, int] | None = None,
     amax_warps: int | None = None,
     amax_history: torch.Tensor | None = None,
-    transpose_input: bool | None = None,
 ) -> tuple[QuantizedTensor, QuantizedTensor]:
     """(Q8(dY·diag(s_W)), Q8(diag(s_X)·dY)) for FP8 `tensor` specs; a scale None is not folded.
 
     The wgrad operand's data is a [M, N] view of its transposed [N, M] storage. tile/num_warps:
     the quantize pass's [rows, columns] tile (defaults: H200 sweeps, benchmarks/NOTES.md);
-    amax_tile/amax_warps: the amax pass's (benchmarks/bench_quant.py --sweep); transpose_input:
-    the wgrad operand from the transposed 16-bit tile rather than by transposing its FP8 bytes
-    (same bytes; speed only, default ``TRANSPOSE_INPUT``).
+    amax_tile/amax_warps: the amax pass's (benchmarks/bench_quant.py --sweep).
 
     amax_history: delayed scaling (``backward.quantize_grad_output_delayed_reference``, bit for
     bit): a float32 [2] device tensor holding the previous call's (dgrad, wgrad) maxima, updated
@@ -250,7 +240,7 @@ def quantize_grad_folded(
     operands = (g2d, column_scale, row_scale, dgrad_scale, wgrad_scale, dgrad, wgrad_t)
     layout = dict(
         D_MANTISSA=d_mantissa, D_BIAS=d_bias, D_E4M3FN=d_e4m3, W_MANTISSA=w_mantissa, W_BIAS=w_bias, W_E4M3FN=w_e4m3,
-        BM=block_m, BN=block_n, num_warps=warps, TRANSPOSE_INPUT=TRANSPOSE_INPUT if transpose_input is None else transpose_input,
+        BM=block_m, BN=block_n, num_warps=warps,
         HARDWARE_CAST=(HARDWARE_CAST and hardware_fp8_cast()) if hardware_cast is None else hardware_cast,
     )
     if amax_history is None:  # current scaling: an amax pass, the scales, the quantize pass
