@@ -41,6 +41,8 @@ def _all_gather_first_dim(tensor: torch.Tensor, group) -> torch.Tensor:
 class FP4ParallelLinearFunction(torch.autograd.Function):
     """Megatron's linear-with-async-communication, with the recipe's FP4 GEMMs inside."""
 
+    NORM_WEIGHT_INPUT = 12  # the position of ``norm_weight`` among forward's inputs (after ctx)
+
     @staticmethod
     def forward(
         ctx, input, weight, bias, recipe, backend, gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel, tp_group, name="linear", swiglu=False,
@@ -81,7 +83,7 @@ class FP4ParallelLinearFunction(torch.autograd.Function):
         gq_dgrad, gq_wgrad = state.quantize_grad_output(g2d)
 
         grad_input, handle = None, None
-        if ctx.needs_input_grad[0] or (normed and ctx.needs_input_grad[12]):  # the norm's weight gradient needs dX too
+        if ctx.needs_input_grad[0] or (normed and ctx.needs_input_grad[FP4ParallelLinearFunction.NORM_WEIGHT_INPUT]):  # the norm's weight gradient needs dX too
             if swiglu:  # d swiglu(A) from the GEMM, then dA through SwiGLU's backward
                 grad_input = swiglu_backward(state.grad_input(gq_dgrad, dtype), pre_activation.reshape(-1, total_shape[-1])).reshape(total_shape)
             else:
