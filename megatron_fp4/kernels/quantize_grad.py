@@ -55,7 +55,7 @@ def _tile(g_ptr, column_scale_ptr, row_scale_ptr, tile_m, tile_n, M, N, stride_g
 def _tile_absmax(x):
     """max |x| over a tile, NaN if it holds a NaN, Inf if an Inf: the maximum carries the
     non-finite check (no separate count: it cost as much as the rest of the pass)."""
-    return tl.reduce(tl.reduce(tl.abs(x), 1, _max_keeping_nan), 0, _max_keeping_nan)
+    return tl.reduce(tl.abs(x), None, _max_keeping_nan)
 
 
 @triton.jit
