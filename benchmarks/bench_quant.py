@@ -81,7 +81,7 @@ def kernels(rows: int, k: int, **options) -> dict[str, tuple]:
         "row quantize (7 compares)": (lambda: quantize_rows(x, index_by_rounding=False, **row_options), elements * 3.5 + rows * 4),
         "row quantize+clamp": (lambda: quantize_rows(x, bounds, **row_options), elements * 3.5 + rows * 4),
         "grad quantize (both)": (lambda: quantize_grad_folded(x, E5M2, E5M2, column_scale, row_scale, **options.get("grad_options", {})), elements * 4),
-        "grad quantize (delayed)": (lambda: quantize_grad_folded(x, E5M2, E5M2, column_scale, row_scale, amax_history=history), elements * 4),
+        "grad quantize (delayed)": (lambda: quantize_grad_folded(x, E5M2, E5M2, column_scale, row_scale, amax_history=history, **options.get("grad_options", {})), elements * 4),
         "grad quantize (integer cast)": (lambda: quantize_grad_folded(x, E5M2, E5M2, column_scale, row_scale, hardware_cast=False), elements * 4),
         "codes -> fp8^T": (lambda: codes_to_fp8_t(codes), elements * 1.5),
         "DGE on dW": (lambda: dge_scale_grad(grad_w, x, scale, 5.0, 3.0), elements * 10),
@@ -186,9 +186,12 @@ def sweep(rows: int, k: int, families: tuple[str, ...] = ("rows", "grad", "block
                 print(f"  {rows}x{k} SwiGLU -> {name} whole row, warps {warps}: {rows * k * bytes_per_element / ms / 1e6 / copy_gbs:.2f} of copy", flush=True)
         del pre
     if "grad" in families:
-        for tile in ((64, 64), (64, 128), (128, 64), (128, 128)):
-            for warps in (2, 4, 8):
-                report("grad quantize (both)", f"quantize tile {tile} warps {warps}", grad_options={"tile": tile, "num_warps": warps})
+        for tile in ((64, 128), (128, 64), (64, 64), (32, 128)):
+            for warps in (4, 8):
+                for pack in (1, 2, 4):
+                    options = {"tile": tile, "num_warps": warps, "pack": pack}
+                    report("grad quantize (both)", f"quantize tile {tile} warps {warps} pack {pack}", grad_options=options)
+                    report("grad quantize (delayed)", f"tile {tile} warps {warps} pack {pack}", grad_options=options)
         for tile in ((64, 256), (32, 512)):
             for warps in (4, 8):
                 report("grad quantize (both)", f"amax tile {tile} warps {warps}", grad_options={"amax_tile": tile, "amax_warps": warps})

@@ -28,6 +28,9 @@ FP8_LAYOUTS = {"fp8_e5m2": (2, 15, False, torch.float8_e5m2), "fp8_e4m3": (3, 7,
 FP8_TENSOR_SPECS = tuple(QuantSpec(dtype, "tensor") for dtype in FP8_LAYOUTS)
 BLOCK_M, BLOCK_N, NUM_WARPS = 64, 128, 4  # the quantize pass (H200 sweep, NOTES.md session 11: 64x128 +4-6% over 64x64)
 AMAX_BLOCK_M, AMAX_BLOCK_N, AMAX_WARPS = 64, 256, 8  # the amax pass: larger tiles, fewer partial maxima
+PACK = 4  # rows per word of the transposed wgrad operand (NOTES.md, session 12)
+WORD_DTYPES = {1: torch.uint8, 2: torch.int16, 4: torch.int32}
+FINALIZE_BLOCK, FINALIZE_WARPS = 8192, 8  # the one-program finalisation: up to 8192 partial pairs per load, not a loop of 1024s
 REDO_PROGRAMS = 264  # delayed scaling's fallback grid (two per H100/H200 SM): small, so its no-op launch is cheap
 HARDWARE_CAST = True  # compiled kernels: the cvt instruction (benchmarks/NOTES.md, session 4)
 
@@ -94,12 +97,10 @@ def _finalize_scales_kernel(partial_ptr, dgrad_scale_ptr, wgrad_scale_ptr, n_par
 
 
 @triton.jit
-def _history_scales_kernel(history_ptr, dgrad_scale_ptr, wgrad_scale_ptr, D_MAX: tl.constexpr, W_MAX: tl.constexpr):
-    """Delayed scaling: the decode scales from the amax history (amax / fp8_max, 1 for 0)."""
-    d = tl.load(history_ptr)
-    w = tl.load(history_ptr + 1)
-    tl.store(dgrad_scale_ptr, tl.where(d > 0, tl.math.div_rn(d, D_MAX), 1.0))
-    tl.store(wgrad_scale_ptr, tl.where(w > 0, tl.math.div_rn(w, W_MAX), 1.0))
+def _history_scale(history_ptr, index, FP8_MAX: tl.constexpr):
+    """Delayed scaling: one decode scale from the amax history (amax / fp8_max, 1 for 0)."""
+    h = tl.load(history_ptr + index)
+    return tl.where(h > 0, tl.math.div_rn(h, FP8_MAX), 1.0)
 
 
 @triton.jit
@@ -128,43 +129,81 @@ def _delayed_finalize_kernel(
 
 @triton.jit
 def _quantize_tile(
-    tile_m, tile_n, g_ptr, column_scale_ptr, row_scale_ptr, dgrad_scale_ptr, wgrad_scale_ptr, dgrad_ptr, wgrad_t_ptr, partial_ptr, M, N, stride_g,
+    tile_m, tile_n, g_ptr, column_scale_ptr, row_scale_ptr, dgrad_scale_ptr, wgrad_scale_ptr, dgrad_ptr, wgrad_t_ptr, partial_ptr, history_ptr, M, N, stride_g,
     D_MANTISSA: tl.constexpr, D_BIAS: tl.constexpr, D_E4M3FN: tl.constexpr,
     W_MANTISSA: tl.constexpr, W_BIAS: tl.constexpr, W_E4M3FN: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr, PARTIAL_AMAX: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr, PARTIAL_AMAX: tl.constexpr, PACK: tl.constexpr,
+    FROM_HISTORY: tl.constexpr, D_MAX: tl.constexpr, W_MAX: tl.constexpr,
 ):
-    """The two FP8 operands of tile (tile_m, tile_n) with the given scales; PARTIAL_AMAX: also the
-    tile's two maxima (delayed scaling reads dY once). The wgrad operand is computed from the
-    transposed 16-bit tile (Triton may move a 16-bit transpose through shared memory as matrix
-    stores and loads; transposing its FP8 bytes took one byte store per element): the same
-    products, and at the default tile the same code (NOTES.md, session 11)."""
-    rows, cols, mask, g, column_scale, row_scale = _load_tile(g_ptr, column_scale_ptr, row_scale_ptr, tile_m, tile_n, M, N, stride_g, BM, BN)
-    dgrad = g.to(tl.float32) * column_scale[None, :]
-    wgrad = tl.trans(g).to(tl.float32) * row_scale[None, :]  # [BN, BM]
+    """The two FP8 operands of tile (tile_m, tile_n) with the scales at dgrad/wgrad_scale_ptr, or
+    (FROM_HISTORY, delayed scaling) with those of the amax history, which tile (0, 0) then writes
+    there; PARTIAL_AMAX: also the tile's two maxima (delayed scaling reads dY once).
+
+    PACK (1, 2 or 4; M divisible by it): the tile is read as PACK interleaved row sets (rows
+    PACK*i + k), so one thread holds the wgrad bytes of PACK consecutive rows of a column and
+    ORs them into one word; the transposed operand (``wgrad_t_ptr``: [N, M / PACK] words of
+    PACK bytes) then moves through shared memory in words, not one byte store per element
+    (NOTES.md, session 12). The maxima are reduced over the tile flattened (in-thread first, one
+    shuffle tree): a maximum does not depend on the order."""
+    cols = tile_n * BN + tl.arange(0, BN)
+    column_scale = tl.load(column_scale_ptr + cols, mask=cols < N, other=1.0)
+    if FROM_HISTORY:
+        d_scale = _history_scale(history_ptr, 0, D_MAX)
+        w_scale = _history_scale(history_ptr, 1, W_MAX)
+        if (tile_m == 0) & (tile_n == 0):
+            tl.store(dgrad_scale_ptr, d_scale)
+            tl.store(wgrad_scale_ptr, w_scale)
+    else:
+        d_scale = tl.load(dgrad_scale_ptr)
+        w_scale = tl.load(wgrad_scale_ptr)
+    d_inverse = tl.math.div_rn(1.0, d_scale)
+    w_inverse = tl.math.div_rn(1.0, w_scale)
+    words = tile_m * (BM // PACK) + tl.arange(0, BM // PACK)  # word index along M
+    packed = tl.zeros([BN, BM // PACK], dtype=tl.int32)
+    d_max = tl.zeros([BM // PACK, BN], dtype=tl.float32)
+    w_max = tl.zeros([BM // PACK, BN], dtype=tl.float32)
+    for k in tl.static_range(PACK):
+        rows = words * PACK + k
+        mask = (rows[:, None] < M) & (cols[None, :] < N)
+        g = tl.load(g_ptr + rows[:, None].to(tl.int64) * stride_g + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        row_scale = tl.load(row_scale_ptr + rows, mask=rows < M, other=1.0)
+        dgrad = g * column_scale[None, :]
+        wgrad = g * row_scale[:, None]
+        if PARTIAL_AMAX:
+            d_max = _max_keeping_nan(d_max, tl.abs(dgrad))
+            w_max = _max_keeping_nan(w_max, tl.abs(wgrad))
+        dgrad_byte = fp8_cast(dgrad * d_inverse, D_MANTISSA, D_BIAS, D_E4M3FN, HARDWARE_CAST)
+        tl.store(dgrad_ptr + rows[:, None].to(tl.int64) * N + cols[None, :], dgrad_byte.to(tl.uint8), mask=mask)
+        wgrad_byte = fp8_cast(wgrad * w_inverse, W_MANTISSA, W_BIAS, W_E4M3FN, HARDWARE_CAST)
+        packed = packed | (tl.trans(wgrad_byte) << (8 * k))
     if PARTIAL_AMAX:
         out = partial_ptr + (tile_m * tl.cdiv(N, BN) + tile_n) * 2
-        tl.store(out, _tile_absmax(dgrad))
-        tl.store(out + 1, _tile_absmax(wgrad))
-    dgrad_byte = fp8_cast(dgrad * tl.math.div_rn(1.0, tl.load(dgrad_scale_ptr)), D_MANTISSA, D_BIAS, D_E4M3FN, HARDWARE_CAST)
-    tl.store(dgrad_ptr + rows[:, None].to(tl.int64) * N + cols[None, :], dgrad_byte.to(tl.uint8), mask=mask)
-    wgrad_byte = fp8_cast(wgrad * tl.math.div_rn(1.0, tl.load(wgrad_scale_ptr)), W_MANTISSA, W_BIAS, W_E4M3FN, HARDWARE_CAST)
+        tl.store(out, _tile_absmax(d_max))
+        tl.store(out + 1, _tile_absmax(w_max))
     # store the transposed tile in its own layout (rows contiguous), so the writes coalesce
-    transposed = cols[:, None].to(tl.int64) * M + rows[None, :]
-    transposed_mask = (cols[:, None] < N) & (rows[None, :] < M)
-    tl.store(wgrad_t_ptr + transposed, wgrad_byte.to(tl.uint8), mask=transposed_mask)
+    transposed = cols[:, None].to(tl.int64) * (M // PACK) + words[None, :]
+    transposed_mask = (cols[:, None] < N) & (words[None, :] < M // PACK)
+    if PACK == 1:
+        tl.store(wgrad_t_ptr + transposed, packed.to(tl.uint8), mask=transposed_mask)
+    elif PACK == 2:
+        tl.store(wgrad_t_ptr + transposed, packed.to(tl.int16), mask=transposed_mask)
+    else:
+        tl.store(wgrad_t_ptr + transposed, packed, mask=transposed_mask)
 
 
 @triton.jit
 def _folded_quantize_kernel(
-    g_ptr, column_scale_ptr, row_scale_ptr, dgrad_scale_ptr, wgrad_scale_ptr, dgrad_ptr, wgrad_t_ptr, partial_ptr, M, N, stride_g,
+    g_ptr, column_scale_ptr, row_scale_ptr, dgrad_scale_ptr, wgrad_scale_ptr, dgrad_ptr, wgrad_t_ptr, partial_ptr, history_ptr, M, N, stride_g,
     D_MANTISSA: tl.constexpr, D_BIAS: tl.constexpr, D_E4M3FN: tl.constexpr,
     W_MANTISSA: tl.constexpr, W_BIAS: tl.constexpr, W_E4M3FN: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr, PARTIAL_AMAX: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr, PARTIAL_AMAX: tl.constexpr, PACK: tl.constexpr,
+    FROM_HISTORY: tl.constexpr, D_MAX: tl.constexpr, W_MAX: tl.constexpr,
 ):
     """One tile per program (``_quantize_tile``)."""
     _quantize_tile(
         tl.program_id(0), tl.program_id(1), g_ptr, column_scale_ptr, row_scale_ptr, dgrad_scale_ptr, wgrad_scale_ptr, dgrad_ptr, wgrad_t_ptr, partial_ptr,
-        M, N, stride_g, D_MANTISSA, D_BIAS, D_E4M3FN, W_MANTISSA, W_BIAS, W_E4M3FN, BM, BN, HARDWARE_CAST, PARTIAL_AMAX,
+        history_ptr, M, N, stride_g, D_MANTISSA, D_BIAS, D_E4M3FN, W_MANTISSA, W_BIAS, W_E4M3FN, BM, BN, HARDWARE_CAST, PARTIAL_AMAX, PACK,
+        FROM_HISTORY, D_MAX, W_MAX,
     )
 
 
@@ -173,7 +212,7 @@ def _folded_redo_kernel(
     g_ptr, column_scale_ptr, row_scale_ptr, dgrad_scale_ptr, wgrad_scale_ptr, dgrad_ptr, wgrad_t_ptr, redo_ptr, M, N, stride_g,
     D_MANTISSA: tl.constexpr, D_BIAS: tl.constexpr, D_E4M3FN: tl.constexpr,
     W_MANTISSA: tl.constexpr, W_BIAS: tl.constexpr, W_E4M3FN: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr, PACK: tl.constexpr, D_MAX: tl.constexpr, W_MAX: tl.constexpr,
 ):
     """Delayed scaling's fallback: launched on a small persistent grid after every delayed pass,
     it rewrites all tiles with the finalized scales only if ``redo`` is set; otherwise each program
@@ -183,7 +222,8 @@ def _folded_redo_kernel(
         for tile in range(tl.program_id(0), tl.cdiv(M, BM) * tiles_n, tl.num_programs(0)):
             _quantize_tile(
                 tile // tiles_n, tile % tiles_n, g_ptr, column_scale_ptr, row_scale_ptr, dgrad_scale_ptr, wgrad_scale_ptr, dgrad_ptr, wgrad_t_ptr, redo_ptr,
-                M, N, stride_g, D_MANTISSA, D_BIAS, D_E4M3FN, W_MANTISSA, W_BIAS, W_E4M3FN, BM, BN, HARDWARE_CAST, False,
+                redo_ptr, M, N, stride_g, D_MANTISSA, D_BIAS, D_E4M3FN, W_MANTISSA, W_BIAS, W_E4M3FN, BM, BN, HARDWARE_CAST, False, PACK,
+                False, D_MAX, W_MAX,
             )
 
 
@@ -203,12 +243,14 @@ def quantize_grad_folded(
     amax_tile: tuple[int, int] | None = None,
     amax_warps: int | None = None,
     amax_history: torch.Tensor | None = None,
+    pack: int | None = None,
 ) -> tuple[QuantizedTensor, QuantizedTensor]:
     """(Q8(dY·diag(s_W)), Q8(diag(s_X)·dY)) for FP8 `tensor` specs; a scale None is not folded.
 
     The wgrad operand's data is a [M, N] view of its transposed [N, M] storage. tile/num_warps:
     the quantize pass's [rows, columns] tile (defaults: H200 sweeps, benchmarks/NOTES.md);
-    amax_tile/amax_warps: the amax pass's (benchmarks/bench_quant.py --sweep).
+    amax_tile/amax_warps: the amax pass's (benchmarks/bench_quant.py --sweep); pack: rows whose
+    transposed bytes one word holds (1, 2 or 4; default ``PACK`` where M allows, else 1).
 
     amax_history: delayed scaling (``backward.quantize_grad_output_delayed_reference``, bit for
     bit): a float32 [2] device tensor holding the previous call's (dgrad, wgrad) maxima, updated
@@ -228,36 +270,40 @@ def quantize_grad_folded(
     row_scale = (input_scale if input_scale is not None else ones[:m]).float().contiguous()
     block_m, block_n = tile or (BLOCK_M, BLOCK_N)
     warps = num_warps or NUM_WARPS
+    if pack is None:
+        pack = next(p for p in (PACK, 2, 1) if m % p == 0 and block_m % p == 0)
+    if pack not in WORD_DTYPES or m % pack or block_m % pack:
+        raise ValueError(f"quantize_grad_folded: pack must be 1, 2 or 4 and divide M = {m} and the tile's {block_m} rows, got {pack}")
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
     d_mantissa, d_bias, d_e4m3, d_dtype = FP8_LAYOUTS[dgrad_spec.dtype]
     w_mantissa, w_bias, w_e4m3, w_dtype = FP8_LAYOUTS[wgrad_spec.dtype]
     maxima = {"D_MAX": torch.finfo(d_dtype).max, "W_MAX": torch.finfo(w_dtype).max}
-    # two allocations, not views of one: cuBLAS refuses a scale pointer that is not 16-byte aligned
-    dgrad_scale = torch.empty(1, 1, dtype=torch.float32, device=g2d.device)
-    wgrad_scale = torch.empty(1, 1, dtype=torch.float32, device=g2d.device)
+    if amax_history is not None and (amax_history.dtype != torch.float32 or amax_history.shape != (2,) or amax_history.device != g2d.device):
+        raise ValueError(f"quantize_grad_folded: amax_history must be a float32 [2] tensor on {g2d.device}, got {amax_history.dtype} {tuple(amax_history.shape)} on {amax_history.device}")
+    amax_m, amax_n = amax_tile or (AMAX_BLOCK_M, AMAX_BLOCK_N)
+    amax_grid = (triton.cdiv(m, amax_m), triton.cdiv(n, amax_n))
+    n_partial = grid[0] * grid[1] if amax_history is not None else amax_grid[0] * amax_grid[1]
+    # the small fp32 state in one allocation (host time): the two scales 16 bytes apart (cuBLAS
+    # refuses a scale pointer that is not 16-byte aligned), the redo flag, the partial maxima
+    state = torch.empty(12 + 2 * n_partial, dtype=torch.float32, device=g2d.device)
+    dgrad_scale, wgrad_scale = state[0:1].view(1, 1), state[4:5].view(1, 1)
+    redo, partial = state[8:9].view(torch.int32), state[12:]
     dgrad = torch.empty(m, n, dtype=torch.uint8, device=g2d.device)
     wgrad_t = torch.empty(n, m, dtype=torch.uint8, device=g2d.device)
-    operands = (g2d, column_scale, row_scale, dgrad_scale, wgrad_scale, dgrad, wgrad_t)
+    operands = (g2d, column_scale, row_scale, dgrad_scale, wgrad_scale, dgrad, wgrad_t.view(WORD_DTYPES[pack]))
     layout = dict(
         D_MANTISSA=d_mantissa, D_BIAS=d_bias, D_E4M3FN=d_e4m3, W_MANTISSA=w_mantissa, W_BIAS=w_bias, W_E4M3FN=w_e4m3,
-        BM=block_m, BN=block_n, num_warps=warps,
+        BM=block_m, BN=block_n, PACK=pack, num_warps=warps, **maxima,
         HARDWARE_CAST=(HARDWARE_CAST and hardware_fp8_cast()) if hardware_cast is None else hardware_cast,
     )
+    finalize = dict(BLOCK=min(triton.next_power_of_2(n_partial), FINALIZE_BLOCK), num_warps=FINALIZE_WARPS, **maxima)
     if amax_history is None:  # current scaling: an amax pass, the scales, the quantize pass
-        amax_m, amax_n = amax_tile or (AMAX_BLOCK_M, AMAX_BLOCK_N)
-        amax_grid = (triton.cdiv(m, amax_m), triton.cdiv(n, amax_n))
-        partial = torch.empty(amax_grid[0] * amax_grid[1], 2, dtype=torch.float32, device=g2d.device)
         _folded_amax_kernel[amax_grid](g2d, column_scale, row_scale, partial, m, n, g2d.stride(0), BM=amax_m, BN=amax_n, num_warps=amax_warps or AMAX_WARPS)
-        _finalize_scales_kernel[(1,)](partial, dgrad_scale, wgrad_scale, partial.shape[0], BLOCK=1024, **maxima)
-        _folded_quantize_kernel[grid](*operands, partial, m, n, g2d.stride(0), PARTIAL_AMAX=False, **layout)
-    else:  # delayed scaling: the history's scales, one quantize pass taking the maxima, the fallback pass
-        if amax_history.dtype != torch.float32 or amax_history.shape != (2,) or amax_history.device != g2d.device:
-            raise ValueError(f"quantize_grad_folded: amax_history must be a float32 [2] tensor on {g2d.device}, got {amax_history.dtype} {tuple(amax_history.shape)} on {amax_history.device}")
-        partial = torch.empty(grid[0] * grid[1], 2, dtype=torch.float32, device=g2d.device)
-        redo = torch.empty(1, dtype=torch.int32, device=g2d.device)
-        _history_scales_kernel[(1,)](amax_history, dgrad_scale, wgrad_scale, **maxima)
-        _folded_quantize_kernel[grid](*operands, partial, m, n, g2d.stride(0), PARTIAL_AMAX=True, **layout)
-        _delayed_finalize_kernel[(1,)](partial, amax_history, dgrad_scale, wgrad_scale, redo, partial.shape[0], BLOCK=1024, **maxima)
+        _finalize_scales_kernel[(1,)](partial, dgrad_scale, wgrad_scale, n_partial, **finalize)
+        _folded_quantize_kernel[grid](*operands, partial, partial, m, n, g2d.stride(0), PARTIAL_AMAX=False, FROM_HISTORY=False, **layout)
+    else:  # delayed scaling: one quantize pass with the history's scales taking the maxima, the finalisation, the fallback pass
+        _folded_quantize_kernel[grid](*operands, partial, amax_history, m, n, g2d.stride(0), PARTIAL_AMAX=True, FROM_HISTORY=True, **layout)
+        _delayed_finalize_kernel[(1,)](partial, amax_history, dgrad_scale, wgrad_scale, redo, n_partial, **finalize)
         _folded_redo_kernel[(min(grid[0] * grid[1], REDO_PROGRAMS),)](*operands, redo, m, n, g2d.stride(0), **layout)
     shape = torch.Size((m, n))
     return (
