@@ -23,7 +23,7 @@ def mismatches(fast, reference):
     return "; ".join(out)
 
 
-for m, n in ((4096, 1000), (1000, 720), (4096, 1024), (4096, 1008), (256, 1000), (4096, 128)):
+for m, n in ((4096, 1000), (4096, 1004), (4096, 1001), (256, 1000), (4096, 1008), (4096, 1024), (1000, 720), (4096, 128), (8192, 4096), (8192, 11008), (4096, 12288), (8192, 2752), (8192, 5120), (1000, 13824)):
     for pack in (1, 2, 4):
         for seed in (1, 2):
             generator = torch.Generator().manual_seed(seed)
@@ -37,13 +37,13 @@ for m, n in ((4096, 1000), (1000, 720), (4096, 1024), (4096, 1008), (256, 1000),
 
 print("\n| shape | mode | tile/warps | pack | graph us | share of copy | host us per call |")
 print("| --- | --- | --- | --- | --- | --- | --- |")
-for m, n in ((8192, 11008), (16384, 5120), (8192, 4096)):
+for m, n in ((8192, 11008), (16384, 5120)):
     g = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
     ws, xs = torch.rand(n, device="cuda") + 0.5, torch.rand(m, device="cuda") + 0.5
     copy_us = do_bench_cudagraph(lambda: g.clone(), return_mode="median") * 1e3
     history = torch.zeros(2, device="cuda")
     quantize_grad_folded(g, E5M2, E5M2, ws, xs, amax_history=history)
-    for tile, warps in (((64, 128), 4), ((32, 128), 4), ((64, 64), 4), ((128, 64), 4), ((64, 128), 8)):
+    for tile, warps in (((64, 128), 4), ((32, 128), 4), ((128, 64), 4)):
         for pack in (1, 2, 4):
             for mode, extra in (("current", {}), ("delayed", {"amax_history": history})):
                 fn = lambda: quantize_grad_folded(g, E5M2, E5M2, ws, xs, tile=tile, num_warps=warps, pack=pack, **extra)
