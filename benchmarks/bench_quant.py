@@ -197,10 +197,9 @@ def sweep(rows: int, k: int, families: tuple[str, ...] = ("rows", "grad", "block
     if "grad" in families:
         for tile in ((64, 128), (128, 64), (64, 64), (32, 128)):
             for warps in (4, 8):
-                for pack in (1, 2, 4):
-                    options = {"tile": tile, "num_warps": warps, "pack": pack}
-                    report("grad quantize (both)", f"quantize tile {tile} warps {warps} pack {pack}", grad_options=options)
-                    report("grad quantize (delayed)", f"tile {tile} warps {warps} pack {pack}", grad_options=options)
+                options = {"tile": tile, "num_warps": warps}
+                report("grad quantize (both)", f"quantize tile {tile} warps {warps}", grad_options=options)
+                report("grad quantize (delayed)", f"tile {tile} warps {warps}", grad_options=options)
         for tile in ((64, 256), (32, 512)):
             for warps in (4, 8):
                 report("grad quantize (both)", f"amax tile {tile} warps {warps}", grad_options={"amax_tile": tile, "amax_warps": warps})

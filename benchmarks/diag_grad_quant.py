@@ -152,7 +152,7 @@ def main() -> None:
             partial = torch.empty(tiles, 2, device="cuda")
             tag = f"{bm}x{bn}/{warps}"
             production = dict(D_MANTISSA=2, D_BIAS=15, D_E4M3FN=False, W_MANTISSA=2, W_BIAS=15, W_E4M3FN=False, BM=bm, BN=bn,
-                              HARDWARE_CAST=True, PACK=1, FROM_HISTORY=False, D_MAX=57344.0, W_MAX=57344.0, num_warps=warps)
+                              HARDWARE_CAST=True, FROM_HISTORY=False, D_MAX=57344.0, W_MAX=57344.0, num_warps=warps)
             operands = (g, column_scale, row_scale, d_scale, w_scale, dgrad, wgrad_t, partial, partial, m, n, n)
             _folded_quantize_kernel[grid](*operands, PARTIAL_AMAX=True, **production)
             reference = (dgrad.clone(), wgrad_t.clone(), partial.amax(0))

@@ -28,8 +28,6 @@ FP8_LAYOUTS = {"fp8_e5m2": (2, 15, False, torch.float8_e5m2), "fp8_e4m3": (3, 7,
 FP8_TENSOR_SPECS = tuple(QuantSpec(dtype, "tensor") for dtype in FP8_LAYOUTS)
 BLOCK_M, BLOCK_N, NUM_WARPS = 64, 128, 4  # the quantize pass (H200 sweep, NOTES.md session 11: 64x128 +4-6% over 64x64)
 AMAX_BLOCK_M, AMAX_BLOCK_N, AMAX_WARPS = 64, 256, 8  # the amax pass: larger tiles, fewer partial maxima
-PACK = 1  # rows per word of the transposed wgrad operand (NOTES.md, session 12)
-WORD_DTYPES = {1: torch.uint8, 2: torch.int16, 4: torch.int32}
 FINALIZE_BLOCK, FINALIZE_WARPS = 8192, 8  # the one-program finalisation: up to 8192 partial pairs per load, not a loop of 1024s
 REDO_PROGRAMS = 264  # delayed scaling's fallback grid (two per H100/H200 SM): small, so its no-op launch is cheap
 HARDWARE_CAST = True  # compiled kernels: the cvt instruction (benchmarks/NOTES.md, session 4)
@@ -132,19 +130,16 @@ def _quantize_tile(
     tile_m, tile_n, g_ptr, column_scale_ptr, row_scale_ptr, dgrad_scale_ptr, wgrad_scale_ptr, dgrad_ptr, wgrad_t_ptr, partial_ptr, history_ptr, M, N, stride_g,
     D_MANTISSA: tl.constexpr, D_BIAS: tl.constexpr, D_E4M3FN: tl.constexpr,
     W_MANTISSA: tl.constexpr, W_BIAS: tl.constexpr, W_E4M3FN: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr, PARTIAL_AMAX: tl.constexpr, PACK: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr, PARTIAL_AMAX: tl.constexpr,
     FROM_HISTORY: tl.constexpr, D_MAX: tl.constexpr, W_MAX: tl.constexpr,
 ):
     """The two FP8 operands of tile (tile_m, tile_n) with the scales at dgrad/wgrad_scale_ptr, or
     (FROM_HISTORY, delayed scaling) with those of the amax history, which tile (0, 0) then writes
-    there; PARTIAL_AMAX: also the tile's two maxima (delayed scaling reads dY once).
-
-    PACK (1, 2 or 4; M divisible by it): the tile is read as PACK interleaved row sets (rows
-    PACK*i + k), so one thread holds the wgrad bytes of PACK consecutive rows of a column and
-    ORs them into one word; the transposed operand (``wgrad_t_ptr``: [N, M / PACK] words of
-    PACK bytes) then moves through shared memory in words, not one byte store per element
-    (NOTES.md, session 12). The maxima are reduced over the tile flattened (in-thread first, one
-    shuffle tree): a maximum does not depend on the order."""
+    there; PARTIAL_AMAX: also the tile's two maxima (delayed scaling reads dY once), reduced over
+    the tile flattened (in-thread first, then one shuffle tree; a maximum does not depend on the
+    order), not row by row: the maxima's share of the pass fell from ~30% to ~10% (NOTES.md,
+    session 12). The wgrad bytes are transposed as computed (``tl.trans`` is a free
+    reinterpretation) and stored in their own layout, rows contiguous, so the writes coalesce."""
     cols = tile_n * BN + tl.arange(0, BN)
     column_scale = tl.load(column_scale_ptr + cols, mask=cols < N, other=1.0)
     if FROM_HISTORY:
@@ -158,37 +153,22 @@ def _quantize_tile(
         w_scale = tl.load(wgrad_scale_ptr)
     d_inverse = tl.math.div_rn(1.0, d_scale)
     w_inverse = tl.math.div_rn(1.0, w_scale)
-    words = tile_m * (BM // PACK) + tl.arange(0, BM // PACK)  # word index along M
-    packed = tl.zeros([BN, BM // PACK], dtype=tl.int32)
-    d_max = tl.zeros([BM // PACK, BN], dtype=tl.float32)
-    w_max = tl.zeros([BM // PACK, BN], dtype=tl.float32)
-    for k in tl.static_range(PACK):
-        rows = words * PACK + k
-        mask = (rows[:, None] < M) & (cols[None, :] < N)
-        g = tl.load(g_ptr + rows[:, None].to(tl.int64) * stride_g + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        row_scale = tl.load(row_scale_ptr + rows, mask=rows < M, other=1.0)
-        dgrad = g * column_scale[None, :]
-        wgrad = g * row_scale[:, None]
-        if PARTIAL_AMAX:
-            d_max = _max_keeping_nan(d_max, tl.abs(dgrad))
-            w_max = _max_keeping_nan(w_max, tl.abs(wgrad))
-        dgrad_byte = fp8_cast(dgrad * d_inverse, D_MANTISSA, D_BIAS, D_E4M3FN, HARDWARE_CAST)
-        tl.store(dgrad_ptr + rows[:, None].to(tl.int64) * N + cols[None, :], dgrad_byte.to(tl.uint8), mask=mask)
-        wgrad_byte = fp8_cast(wgrad * w_inverse, W_MANTISSA, W_BIAS, W_E4M3FN, HARDWARE_CAST)
-        packed = packed | (tl.trans(wgrad_byte) << (8 * k))
+    rows = tile_m * BM + tl.arange(0, BM)
+    mask = (rows[:, None] < M) & (cols[None, :] < N)
+    g = tl.load(g_ptr + rows[:, None].to(tl.int64) * stride_g + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    row_scale = tl.load(row_scale_ptr + rows, mask=rows < M, other=1.0)
+    dgrad = g * column_scale[None, :]
+    wgrad = g * row_scale[:, None]
     if PARTIAL_AMAX:
         out = partial_ptr + (tile_m * tl.cdiv(N, BN) + tile_n) * 2
-        tl.store(out, _tile_absmax(d_max))
-        tl.store(out + 1, _tile_absmax(w_max))
-    # store the transposed tile in its own layout (rows contiguous), so the writes coalesce
-    transposed = cols[:, None].to(tl.int64) * (M // PACK) + words[None, :]
-    transposed_mask = (cols[:, None] < N) & (words[None, :] < M // PACK)
-    if PACK == 1:
-        tl.store(wgrad_t_ptr + transposed, packed.to(tl.uint8), mask=transposed_mask)
-    elif PACK == 2:
-        tl.store(wgrad_t_ptr + transposed, packed.to(tl.int16), mask=transposed_mask)
-    else:
-        tl.store(wgrad_t_ptr + transposed, packed, mask=transposed_mask)
+        tl.store(out, _tile_absmax(dgrad))
+        tl.store(out + 1, _tile_absmax(wgrad))
+    dgrad_byte = fp8_cast(dgrad * d_inverse, D_MANTISSA, D_BIAS, D_E4M3FN, HARDWARE_CAST)
+    tl.store(dgrad_ptr + rows[:, None].to(tl.int64) * N + cols[None, :], dgrad_byte.to(tl.uint8), mask=mask)
+    wgrad_byte = fp8_cast(wgrad * w_inverse, W_MANTISSA, W_BIAS, W_E4M3FN, HARDWARE_CAST)
+    transposed = cols[:, None].to(tl.int64) * M + rows[None, :]
+    transposed_mask = (cols[:, None] < N) & (rows[None, :] < M)
+    tl.store(wgrad_t_ptr + transposed, tl.trans(wgrad_byte).to(tl.uint8), mask=transposed_mask)
 
 
 @triton.jit
@@ -196,13 +176,13 @@ def _folded_quantize_kernel(
     g_ptr, column_scale_ptr, row_scale_ptr, dgrad_scale_ptr, wgrad_scale_ptr, dgrad_ptr, wgrad_t_ptr, partial_ptr, history_ptr, M, N, stride_g,
     D_MANTISSA: tl.constexpr, D_BIAS: tl.constexpr, D_E4M3FN: tl.constexpr,
     W_MANTISSA: tl.constexpr, W_BIAS: tl.constexpr, W_E4M3FN: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr, PARTIAL_AMAX: tl.constexpr, PACK: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr, PARTIAL_AMAX: tl.constexpr,
     FROM_HISTORY: tl.constexpr, D_MAX: tl.constexpr, W_MAX: tl.constexpr,
 ):
     """One tile per program (``_quantize_tile``)."""
     _quantize_tile(
         tl.program_id(0), tl.program_id(1), g_ptr, column_scale_ptr, row_scale_ptr, dgrad_scale_ptr, wgrad_scale_ptr, dgrad_ptr, wgrad_t_ptr, partial_ptr,
-        history_ptr, M, N, stride_g, D_MANTISSA, D_BIAS, D_E4M3FN, W_MANTISSA, W_BIAS, W_E4M3FN, BM, BN, HARDWARE_CAST, PARTIAL_AMAX, PACK,
+        history_ptr, M, N, stride_g, D_MANTISSA, D_BIAS, D_E4M3FN, W_MANTISSA, W_BIAS, W_E4M3FN, BM, BN, HARDWARE_CAST, PARTIAL_AMAX,
         FROM_HISTORY, D_MAX, W_MAX,
     )
 
@@ -212,7 +192,7 @@ def _folded_redo_kernel(
     g_ptr, column_scale_ptr, row_scale_ptr, dgrad_scale_ptr, wgrad_scale_ptr, dgrad_ptr, wgrad_t_ptr, redo_ptr, M, N, stride_g,
     D_MANTISSA: tl.constexpr, D_BIAS: tl.constexpr, D_E4M3FN: tl.constexpr,
     W_MANTISSA: tl.constexpr, W_BIAS: tl.constexpr, W_E4M3FN: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr, PACK: tl.constexpr, D_MAX: tl.constexpr, W_MAX: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr, D_MAX: tl.constexpr, W_MAX: tl.constexpr,
 ):
     """Delayed scaling's fallback: launched on a small persistent grid after every delayed pass,
     it rewrites all tiles with the finalized scales only if ``redo`` is set; otherwise each program
@@ -222,7 +202,7 @@ def _folded_redo_kernel(
         for tile in range(tl.program_id(0), tl.cdiv(M, BM) * tiles_n, tl.num_programs(0)):
             _quantize_tile(
                 tile // tiles_n, tile % tiles_n, g_ptr, column_scale_ptr, row_scale_ptr, dgrad_scale_ptr, wgrad_scale_ptr, dgrad_ptr, wgrad_t_ptr, redo_ptr,
-                redo_ptr, M, N, stride_g, D_MANTISSA, D_BIAS, D_E4M3FN, W_MANTISSA, W_BIAS, W_E4M3FN, BM, BN, HARDWARE_CAST, False, PACK,
+                redo_ptr, M, N, stride_g, D_MANTISSA, D_BIAS, D_E4M3FN, W_MANTISSA, W_BIAS, W_E4M3FN, BM, BN, HARDWARE_CAST, False,
                 False, D_MAX, W_MAX,
             )
 
@@ -243,14 +223,12 @@ def quantize_grad_folded(
     amax_tile: tuple[int, int] | None = None,
     amax_warps: int | None = None,
     amax_history: torch.Tensor | None = None,
-    pack: int | None = None,
 ) -> tuple[QuantizedTensor, QuantizedTensor]:
     """(Q8(dY·diag(s_W)), Q8(diag(s_X)·dY)) for FP8 `tensor` specs; a scale None is not folded.
 
     The wgrad operand's data is a [M, N] view of its transposed [N, M] storage. tile/num_warps:
     the quantize pass's [rows, columns] tile (defaults: H200 sweeps, benchmarks/NOTES.md);
-    amax_tile/amax_warps: the amax pass's (benchmarks/bench_quant.py --sweep); pack: rows whose
-    transposed bytes one word holds (1, 2 or 4; default ``PACK`` where M allows, else 1).
+    amax_tile/amax_warps: the amax pass's (benchmarks/bench_quant.py --sweep).
 
     amax_history: delayed scaling (``backward.quantize_grad_output_delayed_reference``, bit for
     bit): a float32 [2] device tensor holding the previous call's (dgrad, wgrad) maxima, updated
@@ -270,10 +248,6 @@ def quantize_grad_folded(
     row_scale = (input_scale if input_scale is not None else ones[:m]).float().contiguous()
     block_m, block_n = tile or (BLOCK_M, BLOCK_N)
     warps = num_warps or NUM_WARPS
-    if pack is None:
-        pack = next(p for p in (PACK, 2, 1) if m % p == 0 and block_m % p == 0)
-    if pack not in WORD_DTYPES or m % pack or block_m % pack:
-        raise ValueError(f"quantize_grad_folded: pack must be 1, 2 or 4 and divide M = {m} and the tile's {block_m} rows, got {pack}")
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
     d_mantissa, d_bias, d_e4m3, d_dtype = FP8_LAYOUTS[dgrad_spec.dtype]
     w_mantissa, w_bias, w_e4m3, w_dtype = FP8_LAYOUTS[wgrad_spec.dtype]
@@ -290,10 +264,10 @@ def quantize_grad_folded(
     redo, partial = state[8:9].view(torch.int32), state[12:]
     dgrad = torch.empty(m, n, dtype=torch.uint8, device=g2d.device)
     wgrad_t = torch.empty(n, m, dtype=torch.uint8, device=g2d.device)
-    operands = (g2d, column_scale, row_scale, dgrad_scale, wgrad_scale, dgrad, wgrad_t.view(WORD_DTYPES[pack]))
+    operands = (g2d, column_scale, row_scale, dgrad_scale, wgrad_scale, dgrad, wgrad_t)
     layout = dict(
         D_MANTISSA=d_mantissa, D_BIAS=d_bias, D_E4M3FN=d_e4m3, W_MANTISSA=w_mantissa, W_BIAS=w_bias, W_E4M3FN=w_e4m3,
-        BM=block_m, BN=block_n, PACK=pack, num_warps=warps, **maxima,
+        BM=block_m, BN=block_n, num_warps=warps, **maxima,
         HARDWARE_CAST=(HARDWARE_CAST and hardware_fp8_cast()) if hardware_cast is None else hardware_cast,
     )
     finalize = dict(BLOCK=min(triton.next_power_of_2(n_partial), FINALIZE_BLOCK), num_warps=FINALIZE_WARPS, **maxima)

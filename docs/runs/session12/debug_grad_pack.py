@@ -1,4 +1,4 @@
-"""Session 12 debug: where the word-packed grad quantizer differs from the reference on the GPU
+"""Session 12 debug (ran against commit a8b38e9 with the `pack` option, since removed): where the word-packed grad quantizer differs from the reference on the GPU
 (test_every_transposed_word_width_writes_the_same_bytes failed at 4096x1000 for pack 2 and 4),
 and the pass's GPU time without host gaps (CUDA-graph replay) for each tile and pack."""
 
