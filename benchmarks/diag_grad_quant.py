@@ -1,23 +1,21 @@
 """Where the folded gradient quantizer's single pass loses its bandwidth (issue 14, item 5).
 
-    python benchmarks/diag_grad_quant.py [--shapes 8192x4096 8192x11008]
+    python benchmarks/diag_grad_quant.py [--shapes 8192x11008 16384x5120 8192x4096]
 
 The production kernel (``megatron_fp4.kernels.quantize_grad``) reads dY, writes two FP8 operands
-(one transposed) and, with delayed scaling, the tile's two maxima. Summed over the two passes of
-current scaling it reaches 0.55 of copy (0.82 of copy in bytes it moves), and the one-read
-delayed pass no more (NOTES.md, session 11). This script times, in one run against a device copy,
-the passes alone and design variants of the one pass, each a diagnostic kernel defined here:
+(one transposed) and, with delayed scaling, the tile's two maxima. This script times, in one run
+against a device copy, the production passes alone and design variants of the one pass, each a
+diagnostic kernel defined here (NOTES.md, session 12, calls 1-2, has the readings):
 
   copy-tile            a Triton bf16 tile copy with the quantizer's tiling (the tiling's ceiling)
-  amax pass / quantize pass / delayed pass   the production kernels alone
-  cheap maxima         the delayed pass with the maxima reduced from |dY| per row and per column
-                       and scaled after (max |g s| = |s| max |g|: fp32 rounding is monotone)
-  dgrad only / wgrad only   one of the two stores (what the transposed store costs)
-  TMA                  descriptor load and descriptor stores (the copy engine writes the
-                       transposed tile from shared memory), one tile per program
-  TMA persistent       the same walking tiles with the loads pipelined (``tl.range`` stages)
-
+  quantize / delayed pass   the production kernel without / with the tile's maxima
+  unmasked             one tile per program without masks (even shapes), maxima 0 (none) or 2
+                       (reduced over the flattened tile)
+  persistent           programs walking the tiles with the loads pipelined (``tl.range`` stages;
+                       cp.async or TMA descriptor loads), running maxima in registers
+and checks that each variant's operands and maxima equal the production kernel's.
 Bytes counted as in bench_quant: dY read once (2 B) + two FP8 operands (2 x 1 B) per element.
+The first call's TMA-store and per-row "cheap maxima" variants (slower) are no longer here.
 """
 
 from __future__ import annotations
@@ -30,7 +28,7 @@ import triton.language as tl
 from triton.testing import do_bench
 
 from megatron_fp4.kernels.fp8_rounding import fp8_cast
-from megatron_fp4.kernels.quantize_grad import _folded_amax_kernel, _folded_quantize_kernel
+from megatron_fp4.kernels.quantize_grad import _folded_quantize_kernel
 from megatron_fp4.kernels.quantize_rows import _max_keeping_nan
 
 
