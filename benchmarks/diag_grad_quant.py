@@ -28,7 +28,7 @@ import triton.language as tl
 from triton.testing import do_bench
 
 from megatron_fp4.kernels.fp8_rounding import fp8_cast
-from megatron_fp4.kernels.quantize_grad import _folded_quantize_kernel
+from megatron_fp4.kernels.quantize_grad import _folded_quantize_kernel, _tile_absmax
 from megatron_fp4.kernels.quantize_rows import _max_keeping_nan
 
 
@@ -45,7 +45,7 @@ def _copy_tile_kernel(g_ptr, out_ptr, M, N, BM: tl.constexpr, BN: tl.constexpr):
 def _flat_maxima(dgrad, wgrad):
     """(max |dgrad|, max |wgrad|), each reduced over the tile flattened in any order (in-thread
     first, then one shuffle tree and one cross-warp step), not row by row."""
-    return tl.reduce(tl.abs(dgrad), None, _max_keeping_nan), tl.reduce(tl.abs(wgrad), None, _max_keeping_nan)
+    return _tile_absmax(dgrad), _tile_absmax(wgrad)
 
 
 @triton.jit

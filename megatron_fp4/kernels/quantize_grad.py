@@ -34,21 +34,14 @@ HARDWARE_CAST = True  # compiled kernels: the cvt instruction (benchmarks/NOTES.
 
 
 @triton.jit
-def _load_tile(g_ptr, column_scale_ptr, row_scale_ptr, tile_m, tile_n, M, N, stride_g, BM: tl.constexpr, BN: tl.constexpr):
-    """(rows, cols, mask, the dY tile in its own dtype, its column scales, its row scales)."""
+def _tile(g_ptr, column_scale_ptr, row_scale_ptr, tile_m, tile_n, M, N, stride_g, BM: tl.constexpr, BN: tl.constexpr):
+    """(rows, cols, mask, dY tile times its column scales, dY tile times its row scales), in fp32."""
     rows = tile_m * BM + tl.arange(0, BM)
     cols = tile_n * BN + tl.arange(0, BN)
     mask = (rows[:, None] < M) & (cols[None, :] < N)
-    g = tl.load(g_ptr + rows[:, None].to(tl.int64) * stride_g + cols[None, :], mask=mask, other=0.0)
+    g = tl.load(g_ptr + rows[:, None].to(tl.int64) * stride_g + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     column_scale = tl.load(column_scale_ptr + cols, mask=cols < N, other=1.0)
     row_scale = tl.load(row_scale_ptr + rows, mask=rows < M, other=1.0)
-    return rows, cols, mask, g, column_scale, row_scale
-
-
-@triton.jit
-def _tile(g_ptr, column_scale_ptr, row_scale_ptr, tile_m, tile_n, M, N, stride_g, BM: tl.constexpr, BN: tl.constexpr):
-    rows, cols, mask, g, column_scale, row_scale = _load_tile(g_ptr, column_scale_ptr, row_scale_ptr, tile_m, tile_n, M, N, stride_g, BM, BN)
-    g = g.to(tl.float32)
     return rows, cols, mask, g * column_scale[None, :], g * row_scale[:, None]
 
 
@@ -83,13 +76,19 @@ def _partial_maxima(partial_ptr, n_partial, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _amax_scale(amax, FP8_MAX: tl.constexpr):
+    """A tensor decode scale from its amax: amax / fp8_max, 1 for an all-zero tensor."""
+    return tl.where(amax > 0, tl.math.div_rn(amax, FP8_MAX), 1.0)
+
+
+@triton.jit
 def _finalize_scales_kernel(partial_ptr, dgrad_scale_ptr, wgrad_scale_ptr, n_partial, D_MAX: tl.constexpr, W_MAX: tl.constexpr, BLOCK: tl.constexpr):
     """The two tensor decode scales from the tiles' partial maxima, on the device (no host
     round trip): amax / fp8_max, 1 for an all-zero tensor, NaN if any element was not finite
     (``scaling.absmax_scale``'s rule)."""
     d, w = _partial_maxima(partial_ptr, n_partial, BLOCK)
-    d_scale = tl.where(d > 0, tl.math.div_rn(d, D_MAX), 1.0)
-    w_scale = tl.where(w > 0, tl.math.div_rn(w, W_MAX), 1.0)
+    d_scale = _amax_scale(d, D_MAX)
+    w_scale = _amax_scale(w, W_MAX)
     tl.store(dgrad_scale_ptr, tl.where((d != d) | (d == float("inf")), float("nan"), d_scale))
     tl.store(wgrad_scale_ptr, tl.where((w != w) | (w == float("inf")), float("nan"), w_scale))
 
@@ -97,8 +96,7 @@ def _finalize_scales_kernel(partial_ptr, dgrad_scale_ptr, wgrad_scale_ptr, n_par
 @triton.jit
 def _history_scale(history_ptr, index, FP8_MAX: tl.constexpr):
     """Delayed scaling: one decode scale from the amax history (amax / fp8_max, 1 for 0)."""
-    h = tl.load(history_ptr + index)
-    return tl.where(h > 0, tl.math.div_rn(h, FP8_MAX), 1.0)
+    return _amax_scale(tl.load(history_ptr + index), FP8_MAX)
 
 
 @triton.jit
@@ -114,8 +112,8 @@ def _delayed_finalize_kernel(
     w_history = tl.load(history_ptr + 1)
     d_finite = (d == d) & (d != float("inf"))
     w_finite = (w == w) & (w != float("inf"))
-    d_current = tl.where(d_finite, tl.where(d > 0, tl.math.div_rn(d, D_MAX), 1.0), float("nan"))
-    w_current = tl.where(w_finite, tl.where(w > 0, tl.math.div_rn(w, W_MAX), 1.0), float("nan"))
+    d_current = tl.where(d_finite, _amax_scale(d, D_MAX), float("nan"))
+    w_current = tl.where(w_finite, _amax_scale(w, W_MAX), float("nan"))
     d_redo = ~(d <= d_history)  # NaN compares false: redone
     w_redo = ~(w <= w_history)
     tl.store(dgrad_scale_ptr, tl.where(d_redo, d_current, tl.load(dgrad_scale_ptr)))
@@ -140,8 +138,6 @@ def _quantize_tile(
     order), not row by row: the maxima's share of the pass fell from ~30% to ~10% (NOTES.md,
     session 12). The wgrad bytes are transposed as computed (``tl.trans`` is a free
     reinterpretation) and stored in their own layout, rows contiguous, so the writes coalesce."""
-    cols = tile_n * BN + tl.arange(0, BN)
-    column_scale = tl.load(column_scale_ptr + cols, mask=cols < N, other=1.0)
     if FROM_HISTORY:
         d_scale = _history_scale(history_ptr, 0, D_MAX)
         w_scale = _history_scale(history_ptr, 1, W_MAX)
@@ -153,12 +149,7 @@ def _quantize_tile(
         w_scale = tl.load(wgrad_scale_ptr)
     d_inverse = tl.math.div_rn(1.0, d_scale)
     w_inverse = tl.math.div_rn(1.0, w_scale)
-    rows = tile_m * BM + tl.arange(0, BM)
-    mask = (rows[:, None] < M) & (cols[None, :] < N)
-    g = tl.load(g_ptr + rows[:, None].to(tl.int64) * stride_g + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    row_scale = tl.load(row_scale_ptr + rows, mask=rows < M, other=1.0)
-    dgrad = g * column_scale[None, :]
-    wgrad = g * row_scale[:, None]
+    rows, cols, mask, dgrad, wgrad = _tile(g_ptr, column_scale_ptr, row_scale_ptr, tile_m, tile_n, M, N, stride_g, BM, BN)
     if PARTIAL_AMAX:
         out = partial_ptr + (tile_m * tl.cdiv(N, BN) + tile_n) * 2
         tl.store(out, _tile_absmax(dgrad))
