@@ -34,6 +34,7 @@ import torch
 import triton
 from triton.testing import do_bench, do_bench_cudagraph
 
+from megatron_fp4.backward import new_grad_amax_state
 from megatron_fp4.kernels.codes_to_fp8 import codes_to_fp8_t
 from megatron_fp4.kernels.dge_grad import dge_scale_grad
 from megatron_fp4.kernels.quantize_blocks import quantize_blocks
@@ -74,7 +75,7 @@ def _inputs(rows: int, k: int) -> tuple:
     scale = x.float().abs().amax(dim=1, keepdim=True) / 6
     seed = new_seed(x.device)  # the Philox key of stochastic rounding
     rht = rht_matrix(1234, device=x.device)  # the 16x16 RHT for sign seed 1234
-    history = torch.zeros(2, device="cuda")  # delayed scaling's state: after the first call, steady (no fallback pass)
+    history = new_grad_amax_state("cuda")  # delayed scaling's state: after the first call, steady (no fallback pass)
     quantize_grad_folded(x, E5M2, E5M2, column_scale, row_scale, amax_history=history)
     return x, bounds, column_scale, row_scale, codes, grad_w, scale, seed, rht, history
 

@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 from triton.testing import do_bench
 
+from megatron_fp4.backward import new_grad_amax_state
 from megatron_fp4.kernels.fp8_rounding import fp8_cast
 from megatron_fp4.kernels.quantize_grad import _folded_quantize_kernel, _tile_absmax
 from megatron_fp4.kernels.quantize_rows import _max_keeping_nan
@@ -125,7 +126,7 @@ def main() -> None:
         dgrad = torch.empty(m, n, dtype=torch.uint8, device="cuda")
         wgrad_t = torch.empty(n, m, dtype=torch.uint8, device="cuda")
         out = torch.empty_like(g)
-        history = torch.zeros(2, device="cuda")
+        history = new_grad_amax_state("cuda")
         quantize_grad_folded(g, e5m2, e5m2, column_scale, row_scale, amax_history=history)
         copy_gbs = m * n * 4 / do_bench(g.clone, return_mode="median") / 1e6
         rows = []
@@ -143,20 +144,23 @@ def main() -> None:
             print(f"  {shape} {name}: operands equal {same}, maxima equal {same_max}", flush=True)
 
         timed("quantize_grad_folded current scaling (3 launches)", lambda: quantize_grad_folded(g, e5m2, e5m2, column_scale, row_scale))
-        timed("quantize_grad_folded delayed (4 launches)", lambda: quantize_grad_folded(g, e5m2, e5m2, column_scale, row_scale, amax_history=history))
+        timed("quantize_grad_folded delayed (2 launches)", lambda: quantize_grad_folded(g, e5m2, e5m2, column_scale, row_scale, amax_history=history))
         for bm, bn, warps in ((64, 128, 4), (64, 64, 4), (128, 64, 4), (32, 128, 4), (64, 128, 8)):
             grid = (m // bm, n // bn)
             tiles = grid[0] * grid[1]
             partial = torch.empty(tiles, 2, device="cuda")
             tag = f"{bm}x{bn}/{warps}"
             production = dict(D_MANTISSA=2, D_BIAS=15, D_E4M3FN=False, W_MANTISSA=2, W_BIAS=15, W_E4M3FN=False, BM=bm, BN=bn,
-                              HARDWARE_CAST=True, FROM_HISTORY=False, D_MAX=57344.0, W_MAX=57344.0, num_warps=warps)
-            operands = (g, column_scale, row_scale, d_scale, w_scale, dgrad, wgrad_t, partial, partial, m, n, n)
-            _folded_quantize_kernel[grid](*operands, PARTIAL_AMAX=True, **production)
-            reference = (dgrad.clone(), wgrad_t.clone(), partial.amax(0))
+                              HARDWARE_CAST=True, D_MAX=57344.0, W_MAX=57344.0, num_warps=warps)
+            state = new_grad_amax_state("cuda")  # the delayed pass's history (0: scales 1) and running maxima
+            operands = (g, column_scale, row_scale, d_scale, w_scale, dgrad, wgrad_t, state, m, n, n)
+            _folded_quantize_kernel[grid](*operands, DELAYED=True, **production)
+            maxima_reference = state[2:4].clone()
+            _folded_quantize_kernel[grid](*operands, DELAYED=False, **production)  # the scales the variants use
+            reference = (dgrad.clone(), wgrad_t.clone(), maxima_reference)
             timed(f"copy-tile {tag}", lambda: _copy_tile_kernel[grid](g, out, m, n, BM=bm, BN=bn, num_warps=warps))
-            timed(f"quantize pass {tag}", lambda: _folded_quantize_kernel[grid](*operands, PARTIAL_AMAX=False, **production))
-            timed(f"delayed pass (flat maxima) {tag}", lambda: _folded_quantize_kernel[grid](*operands, PARTIAL_AMAX=True, **production))
+            timed(f"quantize pass {tag}", lambda: _folded_quantize_kernel[grid](*operands, DELAYED=False, **production))
+            timed(f"delayed pass (flat maxima) {tag}", lambda: _folded_quantize_kernel[grid](*operands, DELAYED=True, **production))
             flat = (g, column_scale, row_scale, d_scale, w_scale, dgrad, wgrad_t, partial, m, n)
             for maxima in (0, 2):
                 timed(f"unmasked one tile/program maxima {maxima} {tag}", lambda: _flat_kernel[grid](*flat, BM=bm, BN=bn, MAXIMA=maxima, num_warps=warps))

@@ -30,8 +30,30 @@ from .quantize import FP8_DTYPES, QuantizedTensor, QuantSpec, encode_multiplier,
 from .scaling import absmax_scale
 
 FP8_TENSOR_SPECS = tuple(QuantSpec(dtype, "tensor") for dtype in FP8_DTYPES)
+# Delayed gradient scaling's per-layer state, float32: [0:2] the previous call's (dgrad, wgrad)
+# maxima (the history); [2:8] the fused kernel's scratch (this call's running maxima, its
+# finalisation ticket), zero between calls. The scratch lives with the history so that the kernel
+# needs no zeroing launch and no state shared between layers or streams.
+GRAD_AMAX_STATE_SIZE = 8
 
-__all__ = ["can_fold", "fold_scale", "quantize_grad_output", "quantize_grad_output_reference", "quantize_grad_output_delayed_reference"]
+__all__ = [
+    "GRAD_AMAX_STATE_SIZE", "can_fold", "fold_scale", "new_grad_amax_state", "quantize_grad_output", "quantize_grad_output_reference",
+    "quantize_grad_output_delayed_reference", "validate_grad_amax_state",
+]
+
+
+def new_grad_amax_state(device: torch.device | str | None = None) -> torch.Tensor:
+    """A fresh delayed-scaling state (empty history: the first call takes the current scales)."""
+    return torch.zeros(GRAD_AMAX_STATE_SIZE, dtype=torch.float32, device=device)
+
+
+def validate_grad_amax_state(state: torch.Tensor, device: torch.device, who: str) -> None:
+    """A clear error for a state that is not ``new_grad_amax_state``'s float32 [8] on ``device``."""
+    if state.dtype != torch.float32 or state.shape != (GRAD_AMAX_STATE_SIZE,) or state.device != device or not state.is_contiguous():
+        raise ValueError(
+            f"{who}: amax_history must be a contiguous float32 [{GRAD_AMAX_STATE_SIZE}] tensor on {device} (megatron_fp4.backward.new_grad_amax_state), "
+            f"got {state.dtype} {tuple(state.shape)} on {state.device}"
+        )
 
 
 def can_fold(operand: QuantizedTensor | None) -> bool:
@@ -109,18 +131,19 @@ def quantize_grad_output_delayed_reference(
     name: str = "linear grad_output",
 ) -> tuple[QuantizedTensor, QuantizedTensor]:
     """``quantize_grad_output_reference`` with delayed scaling (``FP4Recipe.grad_amax="delayed"``):
-    each FP8 `tensor` operand takes its scale from the previous call's maximum (``amax_history``,
-    float32 [2] for dgrad and wgrad, updated in place), unless this call's maximum exceeds it or is
+    each FP8 `tensor` operand takes its scale from the previous call's maximum (``amax_history``:
+    ``new_grad_amax_state``'s tensor, whose [0:2] hold dgrad's and wgrad's, updated in place), unless this call's maximum exceeds it or is
     not finite, where the operand takes its current scale (so nothing saturates and a NaN is never
     hidden). A fused kernel can then read dY once. On an E5M2 (or E4M3) grid the scale only places
     the range: a larger one than needed loses precision only below the format's smallest normal."""
     if not (dgrad_spec in FP8_TENSOR_SPECS and wgrad_spec in FP8_TENSOR_SPECS):
         raise ValueError(f"delayed gradient scaling needs FP8 tensor specs, got {dgrad_spec.describe()}, {wgrad_spec.describe()}")
+    validate_grad_amax_state(amax_history, g2d.device, name)
     if check:
         quantize(g2d, dgrad_spec, check_finite=True, name=name)  # raises on NaN/Inf, naming the tensor
     dgrad, dgrad_history = _quantize_with_history(_fold(g2d, weight_scale, None), dgrad_spec, amax_history[0])
     wgrad, wgrad_history = _quantize_with_history(_fold(g2d, None, input_scale), wgrad_spec, amax_history[1])
-    amax_history.copy_(torch.stack([dgrad_history, wgrad_history]))
+    amax_history[:2].copy_(torch.stack([dgrad_history, wgrad_history]))
     return dgrad, wgrad
 
 

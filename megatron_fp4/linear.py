@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import health, weight_cache
-from .backward import fold_scale, quantize_grad_output
+from .backward import fold_scale, new_grad_amax_state, quantize_grad_output
 from .dge import dge_derivative
 from .gemm import GemmBackend, get_backend
 from .fused_inputs import (
@@ -66,7 +66,7 @@ class FP4GemmState:
     """
 
     def __init__(self, recipe: FP4Recipe, backend: GemmBackend, name: str = "linear", grad_amax_history: torch.Tensor | None = None) -> None:
-        """grad_amax_history: the layer's float32 [2] output-gradient maxima for
+        """grad_amax_history: the layer's output-gradient maxima (``backward.new_grad_amax_state``) for
         ``recipe.grad_amax == "delayed"`` (updated in place by each backward)."""
         if recipe.grad_amax == "delayed" and grad_amax_history is None:
             raise ValueError(f"{name}: --fp4-grad-amax delayed needs the layer's amax history (FP4 layers keep one)")
@@ -265,7 +265,7 @@ def fp4_linear(
 ) -> torch.Tensor:
     """Functional FP4 linear. ``recipe`` defaults to `paper`; a recipe that quantizes nothing
     (`bf16`) runs ``F.linear`` itself, so it is nn.Linear exactly. grad_amax_history: the float32
-    [2] state a ``grad_amax="delayed"`` recipe keeps between backward passes (``FP4Linear`` owns one)."""
+    state (``backward.new_grad_amax_state``) a ``grad_amax="delayed"`` recipe keeps between backward passes (``FP4Linear`` owns one)."""
     recipe = recipe or FP4Recipe.paper()
     if not recipe.changes_linear:
         return F.linear(x, weight, bias)
@@ -295,7 +295,7 @@ class FP4Linear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
         # delayed output-gradient scaling's state (recipe.grad_amax); not checkpointed: a resumed run
         # starts from zeros, whose first backward takes the current scales
-        self.register_buffer("fp4_grad_amax", torch.zeros(2, device=device), persistent=False)
+        self.register_buffer("fp4_grad_amax", new_grad_amax_state(device), persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -314,7 +314,7 @@ class FP4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fp4_grad_amax.device != self.weight.device:  # e.g. wrapped from an nn.Linear (built on meta)
-            self.fp4_grad_amax = torch.zeros(2, device=self.weight.device)
+            self.fp4_grad_amax = new_grad_amax_state(self.weight.device)
         return fp4_linear(x, self.weight, self.bias, self.recipe, self.backend, self.fp4_grad_amax)
 
     def extra_repr(self) -> str:

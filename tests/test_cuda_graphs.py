@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from conftest import requires_cuda
+from megatron_fp4.backward import new_grad_amax_state
 from megatron_fp4.linear import fp4_linear
 from megatron_fp4.occ import OCCConfig
 from megatron_fp4.recipe import FP4Recipe, get_recipe
@@ -140,7 +141,7 @@ def test_delayed_gradient_scaling_replays_with_its_history():
     rewrites the operands with current scales)."""
     recipe = FP4Recipe.paper(grad_amax="delayed")
     x, w, g = _inputs()
-    history_graph, history_eager = torch.zeros(2, device="cuda"), torch.zeros(2, device="cuda")
+    history_graph, history_eager = new_grad_amax_state("cuda"), new_grad_amax_state("cuda")
     static_x, static_w, static_g = x.clone().requires_grad_(), w.clone().requires_grad_(), g.clone()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())

@@ -1,8 +1,8 @@
 """Fused FP8 quantization of the output gradient for both backward GEMMs, reference beside it.
 
 dY [M, N] is read twice (an amax pass with its own larger tiles, then a quantize pass), or once
-with delayed scaling (``amax_history``: the previous call's maxima give the scales; a fallback
-pass rewrites an operand that saturated); writes
+with delayed scaling (``amax_history``: the previous call's maxima give the scales; the
+finalisation rewrites an operand that saturated); writes
     dgrad operand  Q8(dY · diag(s_W))    FP8 [M, N], row-major    (A of dX = A · C_W)
     wgrad operand  Q8(diag(s_X) · dY)    FP8 [N, M], row-major    (A of dW = A · C_X: already
                                           transposed, as the FP8 GEMM wants it)
@@ -17,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..backward import validate_grad_amax_state
 from ..quantize import QuantizedTensor, QuantSpec
 from .fp8_rounding import fp8_cast, hardware_fp8_cast
 from .quantize_rows import _max_keeping_nan
@@ -29,7 +30,7 @@ FP8_TENSOR_SPECS = tuple(QuantSpec(dtype, "tensor") for dtype in FP8_LAYOUTS)
 BLOCK_M, BLOCK_N, NUM_WARPS = 64, 128, 4  # the quantize pass (H200 sweep, NOTES.md session 11: 64x128 +4-6% over 64x64)
 AMAX_BLOCK_M, AMAX_BLOCK_N, AMAX_WARPS = 64, 256, 8  # the amax pass: larger tiles, fewer partial maxima
 FINALIZE_BLOCK, FINALIZE_WARPS = 8192, 8  # the one-program finalisation: up to 8192 partial pairs per load, not a loop of 1024s
-REDO_PROGRAMS = 264  # delayed scaling's fallback grid (two per H100/H200 SM): small, so its no-op launch is cheap
+FINALIZE_PROGRAMS = 264  # delayed scaling's finalisation grid (two per H100/H200 SM): small, so its usual no-op is cheap
 HARDWARE_CAST = True  # compiled kernels: the cvt instruction (benchmarks/NOTES.md, session 4)
 
 
@@ -94,66 +95,33 @@ def _finalize_scales_kernel(partial_ptr, dgrad_scale_ptr, wgrad_scale_ptr, n_par
 
 
 @triton.jit
-def _history_scale(history_ptr, index, FP8_MAX: tl.constexpr):
+def _history_scale(state_ptr, index, FP8_MAX: tl.constexpr):
     """Delayed scaling: one decode scale from the amax history (amax / fp8_max, 1 for 0)."""
-    return _amax_scale(tl.load(history_ptr + index), FP8_MAX)
-
-
-@triton.jit
-def _delayed_finalize_kernel(
-    partial_ptr, history_ptr, dgrad_scale_ptr, wgrad_scale_ptr, redo_ptr, n_partial, D_MAX: tl.constexpr, W_MAX: tl.constexpr, BLOCK: tl.constexpr
-):
-    """After the delayed-scale quantize pass: this gradient's maxima (from the tiles' partials).
-    Where one exceeds its history (the operand saturated) or is not finite, that operand's scale
-    becomes the current one (NaN if not finite) and ``redo`` is set, so the redo pass rewrites
-    the operands; the history takes the finite maxima for the next call."""
-    d, w = _partial_maxima(partial_ptr, n_partial, BLOCK)
-    d_history = tl.load(history_ptr)
-    w_history = tl.load(history_ptr + 1)
-    d_finite = (d == d) & (d != float("inf"))
-    w_finite = (w == w) & (w != float("inf"))
-    d_current = tl.where(d_finite, _amax_scale(d, D_MAX), float("nan"))
-    w_current = tl.where(w_finite, _amax_scale(w, W_MAX), float("nan"))
-    d_redo = ~(d <= d_history)  # NaN compares false: redone
-    w_redo = ~(w <= w_history)
-    tl.store(dgrad_scale_ptr, tl.where(d_redo, d_current, tl.load(dgrad_scale_ptr)))
-    tl.store(wgrad_scale_ptr, tl.where(w_redo, w_current, tl.load(wgrad_scale_ptr)))
-    tl.store(redo_ptr, (d_redo | w_redo).to(tl.int32))
-    tl.store(history_ptr, tl.where(d_finite, d, d_history))
-    tl.store(history_ptr + 1, tl.where(w_finite, w, w_history))
+    return _amax_scale(tl.load(state_ptr + index), FP8_MAX)
 
 
 @triton.jit
 def _quantize_tile(
-    tile_m, tile_n, g_ptr, column_scale_ptr, row_scale_ptr, dgrad_scale_ptr, wgrad_scale_ptr, dgrad_ptr, wgrad_t_ptr, partial_ptr, history_ptr, M, N, stride_g,
+    tile_m, tile_n, d_scale, w_scale, g_ptr, column_scale_ptr, row_scale_ptr, dgrad_ptr, wgrad_t_ptr, state_ptr, M, N, stride_g,
     D_MANTISSA: tl.constexpr, D_BIAS: tl.constexpr, D_E4M3FN: tl.constexpr,
     W_MANTISSA: tl.constexpr, W_BIAS: tl.constexpr, W_E4M3FN: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr, PARTIAL_AMAX: tl.constexpr,
-    FROM_HISTORY: tl.constexpr, D_MAX: tl.constexpr, W_MAX: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr, RUNNING_AMAX: tl.constexpr,
 ):
-    """The two FP8 operands of tile (tile_m, tile_n) with the scales at dgrad/wgrad_scale_ptr, or
-    (FROM_HISTORY, delayed scaling) with those of the amax history, which tile (0, 0) then writes
-    there; PARTIAL_AMAX: also the tile's two maxima (delayed scaling reads dY once), reduced over
-    the tile flattened (in-thread first, then one shuffle tree; a maximum does not depend on the
-    order), not row by row: the maxima's share of the pass fell from ~30% to ~10% (NOTES.md,
-    session 12). The wgrad bytes are transposed as computed (``tl.trans`` is a free
-    reinterpretation) and stored in their own layout, rows contiguous, so the writes coalesce."""
-    if FROM_HISTORY:
-        d_scale = _history_scale(history_ptr, 0, D_MAX)
-        w_scale = _history_scale(history_ptr, 1, W_MAX)
-        if (tile_m == 0) & (tile_n == 0):
-            tl.store(dgrad_scale_ptr, d_scale)
-            tl.store(wgrad_scale_ptr, w_scale)
-    else:
-        d_scale = tl.load(dgrad_scale_ptr)
-        w_scale = tl.load(wgrad_scale_ptr)
+    """The two FP8 operands of tile (tile_m, tile_n) with decode scales d_scale / w_scale.
+    RUNNING_AMAX (delayed scaling reads dY once): the tile's two maxima also go into the running
+    maxima at state_ptr[2:4], an atomic max on their bits (for floats >= 0, NaN included, integer
+    order is float order; a maximum does not depend on the order, so the result is exact). Each
+    is reduced over the tile flattened (in-thread first, then one shuffle tree), not row by row:
+    the maxima's share of the pass fell from ~30% to ~10% (NOTES.md, session 12). The wgrad bytes
+    are transposed as computed (``tl.trans`` is a free reinterpretation) and stored in their own
+    layout, rows contiguous, so the writes coalesce."""
     d_inverse = tl.math.div_rn(1.0, d_scale)
     w_inverse = tl.math.div_rn(1.0, w_scale)
     rows, cols, mask, dgrad, wgrad = _tile(g_ptr, column_scale_ptr, row_scale_ptr, tile_m, tile_n, M, N, stride_g, BM, BN)
-    if PARTIAL_AMAX:
-        out = partial_ptr + (tile_m * tl.cdiv(N, BN) + tile_n) * 2
-        tl.store(out, _tile_absmax(dgrad))
-        tl.store(out + 1, _tile_absmax(wgrad))
+    if RUNNING_AMAX:
+        running = state_ptr.to(tl.pointer_type(tl.int32)) + 2
+        tl.atomic_max(running, _tile_absmax(dgrad).to(tl.int32, bitcast=True), sem="relaxed")
+        tl.atomic_max(running + 1, _tile_absmax(wgrad).to(tl.int32, bitcast=True), sem="relaxed")
     dgrad_byte = fp8_cast(dgrad * d_inverse, D_MANTISSA, D_BIAS, D_E4M3FN, HARDWARE_CAST)
     tl.store(dgrad_ptr + rows[:, None].to(tl.int64) * N + cols[None, :], dgrad_byte.to(tl.uint8), mask=mask)
     wgrad_byte = fp8_cast(wgrad * w_inverse, W_MANTISSA, W_BIAS, W_E4M3FN, HARDWARE_CAST)
@@ -164,38 +132,71 @@ def _quantize_tile(
 
 @triton.jit
 def _folded_quantize_kernel(
-    g_ptr, column_scale_ptr, row_scale_ptr, dgrad_scale_ptr, wgrad_scale_ptr, dgrad_ptr, wgrad_t_ptr, partial_ptr, history_ptr, M, N, stride_g,
+    g_ptr, column_scale_ptr, row_scale_ptr, dgrad_scale_ptr, wgrad_scale_ptr, dgrad_ptr, wgrad_t_ptr, state_ptr, M, N, stride_g,
     D_MANTISSA: tl.constexpr, D_BIAS: tl.constexpr, D_E4M3FN: tl.constexpr,
     W_MANTISSA: tl.constexpr, W_BIAS: tl.constexpr, W_E4M3FN: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr, PARTIAL_AMAX: tl.constexpr,
-    FROM_HISTORY: tl.constexpr, D_MAX: tl.constexpr, W_MAX: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr, DELAYED: tl.constexpr, D_MAX: tl.constexpr, W_MAX: tl.constexpr,
 ):
-    """One tile per program (``_quantize_tile``)."""
+    """One tile per program (``_quantize_tile``): with the scales at dgrad/wgrad_scale_ptr
+    (current scaling), or (DELAYED) with those of the history at state_ptr[0:2], taking the
+    running maxima; the finalisation kernel then writes the scales."""
+    if DELAYED:
+        d_scale = _history_scale(state_ptr, 0, D_MAX)
+        w_scale = _history_scale(state_ptr, 1, W_MAX)
+    else:
+        d_scale = tl.load(dgrad_scale_ptr)
+        w_scale = tl.load(wgrad_scale_ptr)
     _quantize_tile(
-        tl.program_id(0), tl.program_id(1), g_ptr, column_scale_ptr, row_scale_ptr, dgrad_scale_ptr, wgrad_scale_ptr, dgrad_ptr, wgrad_t_ptr, partial_ptr,
-        history_ptr, M, N, stride_g, D_MANTISSA, D_BIAS, D_E4M3FN, W_MANTISSA, W_BIAS, W_E4M3FN, BM, BN, HARDWARE_CAST, PARTIAL_AMAX,
-        FROM_HISTORY, D_MAX, W_MAX,
+        tl.program_id(0), tl.program_id(1), d_scale, w_scale, g_ptr, column_scale_ptr, row_scale_ptr, dgrad_ptr, wgrad_t_ptr, state_ptr,
+        M, N, stride_g, D_MANTISSA, D_BIAS, D_E4M3FN, W_MANTISSA, W_BIAS, W_E4M3FN, BM, BN, HARDWARE_CAST, DELAYED,
     )
 
 
 @triton.jit
-def _folded_redo_kernel(
-    g_ptr, column_scale_ptr, row_scale_ptr, dgrad_scale_ptr, wgrad_scale_ptr, dgrad_ptr, wgrad_t_ptr, redo_ptr, M, N, stride_g,
+def _delayed_finalize_kernel(
+    g_ptr, column_scale_ptr, row_scale_ptr, dgrad_scale_ptr, wgrad_scale_ptr, dgrad_ptr, wgrad_t_ptr, state_ptr, M, N, stride_g,
     D_MANTISSA: tl.constexpr, D_BIAS: tl.constexpr, D_E4M3FN: tl.constexpr,
     W_MANTISSA: tl.constexpr, W_BIAS: tl.constexpr, W_E4M3FN: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr, D_MAX: tl.constexpr, W_MAX: tl.constexpr,
 ):
-    """Delayed scaling's fallback: launched on a small persistent grid after every delayed pass,
-    it rewrites all tiles with the finalized scales only if ``redo`` is set; otherwise each program
-    loads one flag and ends (no host decision, nothing read)."""
-    if tl.load(redo_ptr) != 0:
+    """After the delayed-scale quantize pass, on a small grid: this gradient's maxima (the running
+    maxima at state_ptr[2:4]) against the history (state_ptr[0:2]). Where one exceeds its history
+    (the operand saturated) or is not finite, that operand's scale becomes the current one (NaN if
+    not finite) and every program rewrites its share of the tiles with the final scales; otherwise
+    each program reads four numbers and ends (no host decision, nothing else read).
+
+    Then the state for the next call: each program takes a ticket (``state_ptr[4]``, an atomic
+    add that orders what the program read before it) and the one holding the last ticket, when
+    every other program has read the state, writes the final scales, the history (the finite
+    maxima) and zeros the running maxima and the ticket. So the finalisation needs no launch of
+    its own and no program reads a value another writes."""
+    d = tl.load(state_ptr + 2)
+    w = tl.load(state_ptr + 3)
+    d_history = tl.load(state_ptr)
+    w_history = tl.load(state_ptr + 1)
+    d_finite = (d == d) & (d != float("inf"))
+    w_finite = (w == w) & (w != float("inf"))
+    d_redo = ~(d <= d_history)  # NaN compares false: redone
+    w_redo = ~(w <= w_history)
+    d_scale = tl.where(d_redo, tl.where(d_finite, _amax_scale(d, D_MAX), float("nan")), _amax_scale(d_history, D_MAX))
+    w_scale = tl.where(w_redo, tl.where(w_finite, _amax_scale(w, W_MAX), float("nan")), _amax_scale(w_history, W_MAX))
+    if d_redo | w_redo:
         tiles_n = tl.cdiv(N, BN)
         for tile in range(tl.program_id(0), tl.cdiv(M, BM) * tiles_n, tl.num_programs(0)):
             _quantize_tile(
-                tile // tiles_n, tile % tiles_n, g_ptr, column_scale_ptr, row_scale_ptr, dgrad_scale_ptr, wgrad_scale_ptr, dgrad_ptr, wgrad_t_ptr, redo_ptr,
-                redo_ptr, M, N, stride_g, D_MANTISSA, D_BIAS, D_E4M3FN, W_MANTISSA, W_BIAS, W_E4M3FN, BM, BN, HARDWARE_CAST, False,
-                False, D_MAX, W_MAX,
+                tile // tiles_n, tile % tiles_n, d_scale, w_scale, g_ptr, column_scale_ptr, row_scale_ptr, dgrad_ptr, wgrad_t_ptr, state_ptr,
+                M, N, stride_g, D_MANTISSA, D_BIAS, D_E4M3FN, W_MANTISSA, W_BIAS, W_E4M3FN, BM, BN, HARDWARE_CAST, False,
             )
+    tl.debug_barrier()  # every thread of this program has read the state before its ticket is taken
+    ticket_ptr = state_ptr.to(tl.pointer_type(tl.int32)) + 4
+    if tl.atomic_add(ticket_ptr, 1, sem="acq_rel") == tl.num_programs(0) - 1:
+        tl.store(dgrad_scale_ptr, d_scale)
+        tl.store(wgrad_scale_ptr, w_scale)
+        tl.store(state_ptr, tl.where(d_finite, d, d_history))
+        tl.store(state_ptr + 1, tl.where(w_finite, w, w_history))
+        tl.store(state_ptr + 2, 0.0)
+        tl.store(state_ptr + 3, 0.0)
+        tl.store(ticket_ptr, 0)
 
 
 def supports_grad_specs(dgrad_spec: QuantSpec, wgrad_spec: QuantSpec) -> bool:
@@ -222,10 +223,12 @@ def quantize_grad_folded(
     amax_tile/amax_warps: the amax pass's (benchmarks/bench_quant.py --sweep).
 
     amax_history: delayed scaling (``backward.quantize_grad_output_delayed_reference``, bit for
-    bit): a float32 [2] device tensor holding the previous call's (dgrad, wgrad) maxima, updated
-    in place. dY is read once, quantized with the history's scales while this call's maxima are
-    taken; an operand whose maximum exceeds its history (it saturated), or is not finite, is
-    written again with its current scale by a pass that does nothing otherwise.
+    bit): the layer's ``backward.new_grad_amax_state`` tensor, whose [0:2] hold the previous
+    call's (dgrad, wgrad) maxima, updated in place (its [2:8], the kernels' scratch, are zero
+    again when the call's kernels end). dY is read once, quantized with the history's scales
+    while this call's maxima are taken; an operand whose maximum exceeds its history (it
+    saturated), or is not finite, is written again with its current scale by the finalisation,
+    which otherwise only reads four numbers: two launches, no partial maxima.
     """
     if not supports_grad_specs(dgrad_spec, wgrad_spec):
         raise ValueError(f"quantize_grad_folded: FP8 tensor specs only, got {dgrad_spec.describe()}, {wgrad_spec.describe()}")
@@ -243,16 +246,15 @@ def quantize_grad_folded(
     d_mantissa, d_bias, d_e4m3, d_dtype = FP8_LAYOUTS[dgrad_spec.dtype]
     w_mantissa, w_bias, w_e4m3, w_dtype = FP8_LAYOUTS[wgrad_spec.dtype]
     maxima = {"D_MAX": torch.finfo(d_dtype).max, "W_MAX": torch.finfo(w_dtype).max}
-    if amax_history is not None and (amax_history.dtype != torch.float32 or amax_history.shape != (2,) or amax_history.device != g2d.device):
-        raise ValueError(f"quantize_grad_folded: amax_history must be a float32 [2] tensor on {g2d.device}, got {amax_history.dtype} {tuple(amax_history.shape)} on {amax_history.device}")
+    if amax_history is not None:
+        validate_grad_amax_state(amax_history, g2d.device, "quantize_grad_folded")
     amax_m, amax_n = amax_tile or (AMAX_BLOCK_M, AMAX_BLOCK_N)
     amax_grid = (triton.cdiv(m, amax_m), triton.cdiv(n, amax_n))
-    n_partial = grid[0] * grid[1] if amax_history is not None else amax_grid[0] * amax_grid[1]
+    n_partial = 0 if amax_history is not None else amax_grid[0] * amax_grid[1]
     # the small fp32 state in one allocation (host time): the two scales 16 bytes apart (cuBLAS
-    # refuses a scale pointer that is not 16-byte aligned), the redo flag, the partial maxima
-    state = torch.empty(12 + 2 * n_partial, dtype=torch.float32, device=g2d.device)
-    dgrad_scale, wgrad_scale = state[0:1].view(1, 1), state[4:5].view(1, 1)
-    redo, partial = state[8:9].view(torch.int32), state[12:]
+    # refuses a scale pointer that is not 16-byte aligned), then current scaling's partial maxima
+    state = torch.empty(8 + 2 * n_partial, dtype=torch.float32, device=g2d.device)
+    dgrad_scale, wgrad_scale, partial = state[0:1].view(1, 1), state[4:5].view(1, 1), state[8:]
     dgrad = torch.empty(m, n, dtype=torch.uint8, device=g2d.device)
     wgrad_t = torch.empty(n, m, dtype=torch.uint8, device=g2d.device)
     operands = (g2d, column_scale, row_scale, dgrad_scale, wgrad_scale, dgrad, wgrad_t)
@@ -261,15 +263,14 @@ def quantize_grad_folded(
         BM=block_m, BN=block_n, num_warps=warps, **maxima,
         HARDWARE_CAST=(HARDWARE_CAST and hardware_fp8_cast()) if hardware_cast is None else hardware_cast,
     )
-    finalize = dict(BLOCK=min(triton.next_power_of_2(n_partial), FINALIZE_BLOCK), num_warps=FINALIZE_WARPS, **maxima)
     if amax_history is None:  # current scaling: an amax pass, the scales, the quantize pass
+        finalize = dict(BLOCK=min(triton.next_power_of_2(n_partial), FINALIZE_BLOCK), num_warps=FINALIZE_WARPS, **maxima)
         _folded_amax_kernel[amax_grid](g2d, column_scale, row_scale, partial, m, n, g2d.stride(0), BM=amax_m, BN=amax_n, num_warps=amax_warps or AMAX_WARPS)
         _finalize_scales_kernel[(1,)](partial, dgrad_scale, wgrad_scale, n_partial, **finalize)
-        _folded_quantize_kernel[grid](*operands, partial, partial, m, n, g2d.stride(0), PARTIAL_AMAX=False, FROM_HISTORY=False, **layout)
-    else:  # delayed scaling: one quantize pass with the history's scales taking the maxima, the finalisation, the fallback pass
-        _folded_quantize_kernel[grid](*operands, partial, amax_history, m, n, g2d.stride(0), PARTIAL_AMAX=True, FROM_HISTORY=True, **layout)
-        _delayed_finalize_kernel[(1,)](partial, amax_history, dgrad_scale, wgrad_scale, redo, n_partial, **finalize)
-        _folded_redo_kernel[(min(grid[0] * grid[1], REDO_PROGRAMS),)](*operands, redo, m, n, g2d.stride(0), **layout)
+        _folded_quantize_kernel[grid](*operands, partial, m, n, g2d.stride(0), DELAYED=False, **layout)
+    else:  # delayed scaling: one quantize pass with the history's scales taking the maxima, then the finalisation (and fallback)
+        _folded_quantize_kernel[grid](*operands, amax_history, m, n, g2d.stride(0), DELAYED=True, **layout)
+        _delayed_finalize_kernel[(min(grid[0] * grid[1], FINALIZE_PROGRAMS),)](*operands, amax_history, m, n, g2d.stride(0), **layout)
     shape = torch.Size((m, n))
     return (
         QuantizedTensor(dgrad.view(d_dtype), dgrad_scale, None, dgrad_spec, shape, torch.float32),

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from megatron.core.tensor_parallel import mappings
 from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
 
+from ..backward import new_grad_amax_state
 from ..fused_inputs import rms_norm_backward, rms_norm_fusable, swiglu_backward, swiglu_fusable
 from ..gemm import get_backend
 from ..linear import FP4GemmState
@@ -130,7 +131,7 @@ class _FP4LinearMixin:
         if not hasattr(self, "fp4_grad_amax"):  # delayed output-gradient scaling's state (recipe.grad_amax);
             # not checkpointed: a resumed run starts from zeros, whose first backward takes the current scales.
             # (Placed on the GEMM's device at the first forward: the weight may be shared or not yet placed.)
-            self.register_buffer("fp4_grad_amax", torch.zeros(2), persistent=False)
+            self.register_buffer("fp4_grad_amax", new_grad_amax_state(), persistent=False)
         for operand in ("fprop_input", "fprop_weight"):
             block = getattr(self.fp4_recipe, operand).block_size
             if block and local_k % block:
@@ -149,7 +150,7 @@ class _FP4LinearMixin:
         if grad_output_buffer is not None:
             raise ValueError(f"{type(self).__name__}: --defer-embedding-wgrad-compute is not supported by FP4 layers")
         if self.fp4_grad_amax.device != weight.device:  # once, before any CUDA-graph warm-up
-            self.fp4_grad_amax = torch.zeros(2, device=weight.device)
+            self.fp4_grad_amax = new_grad_amax_state(weight.device)
         norm = getattr(self, "_fused_rms_norm", None)  # (RMSNorm module,): ``megatron.fused_norm``
         return FP4ParallelLinearFunction.apply(
             input, weight, bias, self.fp4_recipe, get_backend(),

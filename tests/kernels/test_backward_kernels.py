@@ -14,9 +14,10 @@ triton = pytest.importorskip("triton")
 if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("Triton kernels need a GPU or TRITON_INTERPRET=1", allow_module_level=True)
 
-from megatron_fp4.backward import quantize_grad_output_delayed_reference, quantize_grad_output_reference  # noqa: E402
+from megatron_fp4.backward import new_grad_amax_state, quantize_grad_output_delayed_reference, quantize_grad_output_reference  # noqa: E402
 from megatron_fp4.kernels.codes_to_fp8 import codes_to_fp8_t, codes_to_fp8_t_reference  # noqa: E402
 from megatron_fp4.kernels.dge_grad import dge_scale_grad, dge_scale_grad_reference  # noqa: E402
+from megatron_fp4.kernels import quantize_grad as quantize_grad_module  # noqa: E402
 from megatron_fp4.kernels.quantize_grad import quantize_grad_folded  # noqa: E402
 from megatron_fp4.quantize import QuantSpec, quantize  # noqa: E402
 
@@ -56,19 +57,22 @@ def test_folded_grad_quantizer_is_bit_exact(shape, dtype, specs):
                 assert torch.equal(bits(f), bits(r)) and torch.equal(f.scale, r.scale), options
 
 
+@pytest.mark.parametrize("finalize_programs", [None, 1])  # 1: one finalisation program rewrites every tile (its loop)
 @pytest.mark.parametrize("specs", [(E5M2, E5M2)] + ([(E4M3, E5M2)] if DEVICE == "cuda" else []))  # CPU: one pair (interpreter time)
-def test_delayed_scaling_is_bit_exact_and_falls_back_when_it_would_saturate(specs):
+def test_delayed_scaling_is_bit_exact_and_falls_back_when_it_would_saturate(specs, finalize_programs, monkeypatch):
     """Delayed scaling over a sequence of gradients, kernel against reference, operands, scales
-    and the updated history bit for bit: the first call (empty history: the current scale), a
-    smaller gradient (the history's larger scale, no rewrite), a larger one in one operand only
-    (the fallback rewrites it with its current scale), one that stays put, and a NaN (NaN scale,
-    history kept)."""
+    and the updated state bit for bit (so the kernels' scratch is zero again after each call):
+    the first call (empty history: the current scale), a smaller gradient (the history's larger
+    scale, no rewrite), a larger one in one operand only (the finalisation rewrites it with its
+    current scale), one that stays put, and a NaN (NaN scale, history kept)."""
+    if finalize_programs is not None:
+        monkeypatch.setattr(quantize_grad_module, "FINALIZE_PROGRAMS", finalize_programs)
     m, n = SHAPES[1]
     generator = torch.Generator().manual_seed(4)
     weight_scale = (torch.rand(n, generator=generator) * 0.1 + 1e-3).to(DEVICE)
     input_scale = (torch.rand(m, generator=generator) * 10 + 1e-2).to(DEVICE)
-    history_fast = torch.zeros(2, device=DEVICE)
-    history_reference = torch.zeros(2, device=DEVICE)
+    history_fast = new_grad_amax_state(DEVICE)
+    history_reference = new_grad_amax_state(DEVICE)
     base = torch.randn(m, n, generator=generator)
     larger_in_dgrad_only = base.clone()
     larger_in_dgrad_only[:, 0] *= 50  # dgrad folds a column scale: the larger column dominates there
@@ -89,8 +93,8 @@ def test_delayed_scaling_is_bit_exact_and_falls_back_when_it_would_saturate(spec
             assert (fast[0].scale > quantize_grad_output_reference(g, *specs, weight_scale, input_scale)[0].scale).all()
         if step == 4:  # the history keeps the last finite maxima
             assert torch.isfinite(history_fast).all()
-    with pytest.raises(ValueError, match="amax_history must be a float32"):
-        quantize_grad_folded(g, *specs, weight_scale, input_scale, amax_history=torch.zeros(3, device=DEVICE))
+    with pytest.raises(ValueError, match=r"amax_history must be a contiguous float32 \[8\] tensor .*new_grad_amax_state"):
+        quantize_grad_folded(g, *specs, weight_scale, input_scale, amax_history=torch.zeros(2, device=DEVICE))  # a [2] history of earlier versions
 
 
 @pytest.mark.parametrize("spec, top, edges", [
