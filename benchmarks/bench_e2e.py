@@ -65,6 +65,8 @@ RECIPE_FLAGS.update({f"{name}-unfused": f"{RECIPE_FLAGS[name]} {UNFUSED_FLAGS}" 
 RECIPE_FLAGS.update({f"{name}-nofq": f"{RECIPE_FLAGS[name]} --no-fp4-quantize-fusion" for name in ("paper", "direct", "paper-graph", "direct-graph")})
 # "-delayed" rows: the output gradient's FP8 scales from the layer's previous backward (--fp4-grad-amax delayed: dY read once)
 RECIPE_FLAGS.update({f"{name}-delayed": f"{RECIPE_FLAGS[name]} --fp4-grad-amax delayed" for name in ("paper", "direct", "paper-graph", "direct-graph")})
+# ... with the previous maximum exactly (no headroom: falls back whenever the gradient grew)
+RECIPE_FLAGS.update({f"{name}-delayed-m0": f"{RECIPE_FLAGS[name]} --fp4-grad-amax delayed --fp4-grad-amax-margin 0" for name in ("paper", "direct", "paper-graph", "direct-graph")})
 # environment per recipe row: the opt-in weight cache on (megatron_fp4.weight_cache) to measure what it saves
 RECIPE_ENV = {f"{name}{graph}": {"MEGATRON_FP4_WEIGHT_CACHE": "1"} for name in ("direct-weight-cache", "paper-no-occ-weight-cache") for graph in ("", "-graph")}
 # kernel-name fragments (lower case) per family, checked in this order
@@ -117,6 +119,7 @@ def profile_step(step) -> tuple[float, dict[str, float], dict[str, float]]:
 def measure(argv: list[str], warmup: int, steps: int) -> dict:
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
+    from megatron_fp4.backward import delayed_fallback_rate
     from megatron_fp4.training import cuda_graphs
     from megatron_fp4.training.arguments import parse_args
     from megatron_fp4.training.data import build_datasets, micro_batches
@@ -150,7 +153,10 @@ def measure(argv: list[str], warmup: int, steps: int) -> dict:
     torch.cuda.synchronize()
     optimizer_ms = (time.perf_counter() - start) * 1000 / steps
     busy_ms, families, others = profile_step(step)
-    result = {"wall_ms": wall_ms, "busy_ms": busy_ms, "families": families, "others": others, "loss": loss, "optimizer_ms": optimizer_ms,
+    states = [module.fp4_grad_amax for chunk in (model if isinstance(model, list) else [model]) for module in chunk.modules()
+              if getattr(getattr(module, "fp4_recipe", None), "grad_amax", None) == "delayed" and hasattr(module, "fp4_grad_amax")]
+    fallbacks = delayed_fallback_rate(states) if states else None  # delayed scaling: (fallbacks, calls) over every step run here
+    result = {"wall_ms": wall_ms, "busy_ms": busy_ms, "families": families, "others": others, "loss": loss, "optimizer_ms": optimizer_ms, "fallbacks": fallbacks,
               "tokens_per_s": args.global_batch_size * args.seq_length / wall_ms * 1000,
               "memory_gib": torch.cuda.max_memory_allocated() / 2**30}
     del model, optimizer, batches, train_data, step
@@ -298,6 +304,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         print(f"| {shape} | {layers} | {seq} | {attention} | {recipe} | {r['tokens_per_s']:,.0f} | {same:.2f}x | {flash:.2f}x | {graphed:.2f}x | "
                               f"{r['wall_ms']:.1f} | {r['busy_ms']:.1f} | " + " | ".join(f"{f.get(k, 0.0):.1f}" for k in ("GEMM", "quantize", "sort/select", "attention", "other"))
                               + f" | {r['optimizer_ms']:.1f} | {r['memory_gib']:.1f} |", flush=True)
+                        if r["fallbacks"] is not None:  # outside the table: a line of its own
+                            fell, calls = r["fallbacks"]
+                            print(f"  {shape} {layers} {recipe}: delayed scaling fell back in {fell} of {calls} layer backward calls ({fell / max(calls, 1):.1%})", flush=True)
                         results.append({"shape": shape, "layers": layers, "seq": seq, "attention": attention, "recipe": recipe, **r})
     if len(set(options.layers)) > 1:
         print_marginal_layer_table(results, options.project_layers)

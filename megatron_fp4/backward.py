@@ -31,13 +31,16 @@ from .scaling import absmax_scale
 
 FP8_TENSOR_SPECS = tuple(QuantSpec(dtype, "tensor") for dtype in FP8_DTYPES)
 # Delayed gradient scaling's per-layer state, float32: [0:2] the previous call's (dgrad, wgrad)
-# maxima (the history); [2:8] the fused kernel's scratch (this call's running maxima, its
-# finalisation ticket), zero between calls. The scratch lives with the history so that the kernel
-# needs no zeroing launch and no state shared between layers or streams.
+# maxima (the history); [2:5] the fused kernel's scratch (this call's running maxima, its
+# finalisation ticket), zero between calls; [5] how many calls fell back to the current scales
+# (an operand would have saturated or was not finite: dY written a second time), [6] how many
+# calls there were (``delayed_fallback_rate``); [7] unused. The scratch
+# lives with the history so that the kernel needs no zeroing launch and shares nothing between
+# layers or streams.
 GRAD_AMAX_STATE_SIZE = 8
 
 __all__ = [
-    "GRAD_AMAX_STATE_SIZE", "can_fold", "fold_scale", "new_grad_amax_state", "quantize_grad_output", "quantize_grad_output_reference",
+    "GRAD_AMAX_STATE_SIZE", "can_fold", "delayed_fallback_rate", "fold_scale", "new_grad_amax_state", "quantize_grad_output", "quantize_grad_output_reference",
     "quantize_grad_output_delayed_reference", "validate_grad_amax_state",
 ]
 
@@ -45,6 +48,13 @@ __all__ = [
 def new_grad_amax_state(device: torch.device | str | None = None) -> torch.Tensor:
     """A fresh delayed-scaling state (empty history: the first call takes the current scales)."""
     return torch.zeros(GRAD_AMAX_STATE_SIZE, dtype=torch.float32, device=device)
+
+
+def delayed_fallback_rate(states) -> tuple[int, int]:
+    """(fallbacks, calls) summed over delayed-scaling states (e.g. every FP4 layer's
+    ``fp4_grad_amax``): how often the previous maximum's scale did not serve."""
+    totals = torch.stack([state[5:7].double().cpu() for state in states]).sum(0) if states else torch.zeros(2)
+    return int(totals[0]), int(totals[1])
 
 
 def validate_grad_amax_state(state: torch.Tensor, device: torch.device, who: str) -> None:
@@ -107,17 +117,20 @@ def quantize_grad_output_reference(
     return dgrad, wgrad
 
 
-def _quantize_with_history(folded: torch.Tensor, spec: QuantSpec, history: torch.Tensor) -> tuple[QuantizedTensor, torch.Tensor]:
-    """FP8 `tensor` quantization of fp32 ``folded`` with the scale of the amax ``history`` (0-d),
-    or with its own scale where its maximum exceeds the history (it would saturate) or is not
-    finite; returns the operand and the next history (the maximum where finite)."""
+def _quantize_with_history(folded: torch.Tensor, spec: QuantSpec, history: torch.Tensor, margin: int) -> tuple[QuantizedTensor, torch.Tensor, torch.Tensor]:
+    """FP8 `tensor` quantization of fp32 ``folded`` with the scale of the amax ``history`` (0-d)
+    times 2^margin, or with its own scale where its maximum exceeds that (it would saturate) or is
+    not finite; returns the operand, the next history (the maximum where finite) and whether it
+    fell back to its own scale."""
     fp8 = FP8_DTYPES[spec.dtype]
     amax = folded.abs().amax()
+    limit = history * 2.0**margin  # a power of two: exact (or inf, which never serves as a scale)
     current = absmax_scale(amax, torch.finfo(fp8).max)
-    delayed = absmax_scale(history, torch.finfo(fp8).max)
-    scale = torch.where(amax <= history, delayed, current).reshape(1, 1)  # NaN compares false: current
+    delayed = absmax_scale(limit, torch.finfo(fp8).max)
+    use_delayed = (amax <= limit) & torch.isfinite(limit)  # NaN compares false: current
+    scale = torch.where(use_delayed, delayed, current).reshape(1, 1)
     data = (folded * encode_multiplier(scale)).to(fp8)
-    return QuantizedTensor(data, scale, None, spec, folded.shape, torch.float32), torch.where(torch.isfinite(amax), amax, history)
+    return QuantizedTensor(data, scale, None, spec, folded.shape, torch.float32), torch.where(torch.isfinite(amax), amax, history), ~use_delayed
 
 
 def quantize_grad_output_delayed_reference(
@@ -129,21 +142,27 @@ def quantize_grad_output_delayed_reference(
     amax_history: torch.Tensor,
     check: bool = False,
     name: str = "linear grad_output",
+    amax_margin: int = 0,
 ) -> tuple[QuantizedTensor, QuantizedTensor]:
     """``quantize_grad_output_reference`` with delayed scaling (``FP4Recipe.grad_amax="delayed"``):
-    each FP8 `tensor` operand takes its scale from the previous call's maximum (``amax_history``:
-    ``new_grad_amax_state``'s tensor, whose [0:2] hold dgrad's and wgrad's, updated in place), unless this call's maximum exceeds it or is
-    not finite, where the operand takes its current scale (so nothing saturates and a NaN is never
-    hidden). A fused kernel can then read dY once. On an E5M2 (or E4M3) grid the scale only places
-    the range: a larger one than needed loses precision only below the format's smallest normal."""
+    each FP8 `tensor` operand takes its scale from the previous call's maximum times 2^amax_margin
+    (``amax_history``: ``new_grad_amax_state``'s tensor, whose [0:2] hold dgrad's and wgrad's
+    maxima, updated in place, and [5] counts the calls that fell back), unless this call's
+    maximum exceeds that or is not finite, where the operand takes its current scale (so nothing
+    saturates and a NaN is never hidden). A fused kernel can then read dY once. The margin
+    (``FP4Recipe.grad_amax_margin``) makes the fallback rare when the gradient grows a little from
+    one step to the next; on an E5M2 (or E4M3) grid a larger scale than needed loses precision only
+    below the format's smallest normal, one binade per unit of margin."""
     if not (dgrad_spec in FP8_TENSOR_SPECS and wgrad_spec in FP8_TENSOR_SPECS):
         raise ValueError(f"delayed gradient scaling needs FP8 tensor specs, got {dgrad_spec.describe()}, {wgrad_spec.describe()}")
     validate_grad_amax_state(amax_history, g2d.device, name)
     if check:
         quantize(g2d, dgrad_spec, check_finite=True, name=name)  # raises on NaN/Inf, naming the tensor
-    dgrad, dgrad_history = _quantize_with_history(_fold(g2d, weight_scale, None), dgrad_spec, amax_history[0])
-    wgrad, wgrad_history = _quantize_with_history(_fold(g2d, None, input_scale), wgrad_spec, amax_history[1])
+    dgrad, dgrad_history, dgrad_fell_back = _quantize_with_history(_fold(g2d, weight_scale, None), dgrad_spec, amax_history[0], amax_margin)
+    wgrad, wgrad_history, wgrad_fell_back = _quantize_with_history(_fold(g2d, None, input_scale), wgrad_spec, amax_history[1], amax_margin)
     amax_history[:2].copy_(torch.stack([dgrad_history, wgrad_history]))
+    amax_history[5] += (dgrad_fell_back | wgrad_fell_back).float()
+    amax_history[6] += 1
     return dgrad, wgrad
 
 
@@ -156,12 +175,13 @@ def quantize_grad_output(
     check: bool = False,
     name: str = "linear grad_output",
     amax_history: torch.Tensor | None = None,
+    amax_margin: int = 0,
 ) -> tuple[QuantizedTensor, QuantizedTensor]:
-    """The references above (delayed scaling with ``amax_history``), through the fused kernel on
-    CUDA where it applies (same bits)."""
-    fast = quantize_grad_fast(g2d, dgrad_spec, wgrad_spec, weight_scale, input_scale, check, name, amax_history)
+    """The references above (delayed scaling with ``amax_history`` and ``amax_margin``), through
+    the fused kernel on CUDA where it applies (same bits)."""
+    fast = quantize_grad_fast(g2d, dgrad_spec, wgrad_spec, weight_scale, input_scale, check, name, amax_history, amax_margin)
     if fast is not None:
         return fast
     if amax_history is not None:
-        return quantize_grad_output_delayed_reference(g2d, dgrad_spec, wgrad_spec, weight_scale, input_scale, amax_history, check, name)
+        return quantize_grad_output_delayed_reference(g2d, dgrad_spec, wgrad_spec, weight_scale, input_scale, amax_history, check, name, amax_margin)
     return quantize_grad_output_reference(g2d, dgrad_spec, wgrad_spec, weight_scale, input_scale, check, name)

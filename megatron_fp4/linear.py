@@ -177,7 +177,7 @@ class FP4GemmState:
         self.folded = (weight_scale is not None, input_scale is not None)
         return quantize_grad_output(
             g2d, recipe.dgrad_grad_output, recipe.wgrad_grad_output, weight_scale, input_scale, self.check, f"{self.name} output gradient",
-            amax_history=self.grad_amax_history,
+            amax_history=self.grad_amax_history, amax_margin=recipe.grad_amax_margin,
         )
 
     def grad_input(self, gq_dgrad: QuantizedTensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:

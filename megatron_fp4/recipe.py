@@ -61,6 +61,7 @@ class DGEConfig:
 
 
 GRAD_AMAX_CHOICES = ("current", "delayed")
+MAX_AMAX_MARGIN = 8  # binades of delayed-scaling headroom: beyond ~8, E5M2's low end would lose real values
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,10 @@ class FP4Recipe:
     maximum: dY is read twice) or ``delayed`` (the previous backward's maximum, per layer, falling
     back to the current one wherever the gradient would saturate or is not finite: dY is read once;
     ``backward.quantize_grad_output_delayed_reference``). FP8 tensor output-gradient specs only.
+    grad_amax_margin: delayed scaling's headroom in binades (Megatron's ``--fp8-margin`` idea):
+    the history's scale serves any maximum up to the history times 2^margin, so a gradient that
+    grows a little from one step to the next (most steps) does not fall back and read dY again;
+    each binade costs precision only below the FP8 format's smallest normal. Ignored by ``current``.
     """
 
     name: str = "custom"
@@ -98,10 +103,13 @@ class FP4Recipe:
     wgrad_hadamard: bool = False
     hadamard_seed: int | None = 0
     grad_amax: str = "current"
+    grad_amax_margin: int = 1
 
     def __post_init__(self) -> None:
         if self.grad_amax not in GRAD_AMAX_CHOICES:
             raise ValueError(f"FP4Recipe.grad_amax={self.grad_amax!r} (--fp4-grad-amax); allowed: {list(GRAD_AMAX_CHOICES)}")
+        if not (isinstance(self.grad_amax_margin, int) and not isinstance(self.grad_amax_margin, bool) and 0 <= self.grad_amax_margin <= MAX_AMAX_MARGIN):
+            raise ValueError(f"FP4Recipe.grad_amax_margin={self.grad_amax_margin!r} (--fp4-grad-amax-margin); allowed: integers 0 to {MAX_AMAX_MARGIN}")
         if self.grad_amax == "delayed" and not all(
             spec.dtype.startswith("fp8") and spec.granularity == "tensor" for spec in (self.dgrad_grad_output, self.wgrad_grad_output)
         ):
@@ -159,7 +167,7 @@ class FP4Recipe:
         fold = "backward scales folded into dY" if self.fold_backward_scales else "backward scales unfolded"
         if self.wgrad_along_tokens:
             fold = "wgrad operands quantized along the tokens" + (f" after a 16x16 RHT (sign seed {self.hadamard_seed})" if self.wgrad_hadamard else "")
-        amax = "; delayed output-gradient scales" if self.grad_amax == "delayed" else ""
+        amax = f"; delayed output-gradient scales (margin {self.grad_amax_margin})" if self.grad_amax == "delayed" else ""
         return f"{self.name}: {ops}; {dge}; {occ_text}; {fold}{amax}"
 
     # ---- presets -------------------------------------------------------------------------

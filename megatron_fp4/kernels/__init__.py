@@ -87,9 +87,9 @@ def quantize_fast(
     return quantize_rows(x, bounds)
 
 
-def quantize_grad_fast(g2d, dgrad_spec, wgrad_spec, weight_scale, input_scale, check: bool, name: str, amax_history=None):
+def quantize_grad_fast(g2d, dgrad_spec, wgrad_spec, weight_scale, input_scale, check: bool, name: str, amax_history=None, amax_margin: int = 0):
     """The fused folded gradient quantizer on CUDA for FP8 `tensor` specs (delayed scaling with
-    ``amax_history``), else None (caller runs the reference, ``megatron_fp4.backward``)."""
+    ``amax_history`` and ``amax_margin``), else None (caller runs the reference, ``megatron_fp4.backward``)."""
     if not (g2d.is_cuda and triton_available()):
         return None
     from .quantize_grad import quantize_grad_folded, supports_grad_specs
@@ -98,7 +98,7 @@ def quantize_grad_fast(g2d, dgrad_spec, wgrad_spec, weight_scale, input_scale, c
         return None
     if (check or check_finite_enabled()) and not torch.isfinite(g2d).all():
         quantize(g2d, dgrad_spec, check_finite=True, name=name)  # raises, naming the tensor
-    return quantize_grad_folded(g2d, dgrad_spec, wgrad_spec, weight_scale, input_scale, amax_history=amax_history)
+    return quantize_grad_folded(g2d, dgrad_spec, wgrad_spec, weight_scale, input_scale, amax_history=amax_history, amax_margin=amax_margin)
 
 
 def dge_scale_grad_fast(

@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from ..backward import validate_grad_amax_state
+from ..recipe import MAX_AMAX_MARGIN
 from ..quantize import QuantizedTensor, QuantSpec
 from .fp8_rounding import fp8_cast, hardware_fp8_cast
 from .quantize_rows import _max_keeping_nan
@@ -95,9 +96,10 @@ def _finalize_scales_kernel(partial_ptr, dgrad_scale_ptr, wgrad_scale_ptr, n_par
 
 
 @triton.jit
-def _history_scale(state_ptr, index, FP8_MAX: tl.constexpr):
-    """Delayed scaling: one decode scale from the amax history (amax / fp8_max, 1 for 0)."""
-    return _amax_scale(tl.load(state_ptr + index), FP8_MAX)
+def _history_limit(state_ptr, index, MARGIN_FACTOR: tl.constexpr):
+    """Delayed scaling: the largest maximum one operand's history scale takes without saturating,
+    the history times 2^margin (a power of two: exact, or inf, which never serves as a scale)."""
+    return tl.load(state_ptr + index) * MARGIN_FACTOR
 
 
 @triton.jit
@@ -136,13 +138,14 @@ def _folded_quantize_kernel(
     D_MANTISSA: tl.constexpr, D_BIAS: tl.constexpr, D_E4M3FN: tl.constexpr,
     W_MANTISSA: tl.constexpr, W_BIAS: tl.constexpr, W_E4M3FN: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr, DELAYED: tl.constexpr, D_MAX: tl.constexpr, W_MAX: tl.constexpr,
+    MARGIN_FACTOR: tl.constexpr,
 ):
     """One tile per program (``_quantize_tile``): with the scales at dgrad/wgrad_scale_ptr
-    (current scaling), or (DELAYED) with those of the history at state_ptr[0:2], taking the
-    running maxima; the finalisation kernel then writes the scales."""
+    (current scaling), or (DELAYED) with those of the history at state_ptr[0:2] times
+    MARGIN_FACTOR, taking the running maxima; the finalisation kernel then writes the scales."""
     if DELAYED:
-        d_scale = _history_scale(state_ptr, 0, D_MAX)
-        w_scale = _history_scale(state_ptr, 1, W_MAX)
+        d_scale = _amax_scale(_history_limit(state_ptr, 0, MARGIN_FACTOR), D_MAX)
+        w_scale = _amax_scale(_history_limit(state_ptr, 1, MARGIN_FACTOR), W_MAX)
     else:
         d_scale = tl.load(dgrad_scale_ptr)
         w_scale = tl.load(wgrad_scale_ptr)
@@ -158,28 +161,32 @@ def _delayed_finalize_kernel(
     D_MANTISSA: tl.constexpr, D_BIAS: tl.constexpr, D_E4M3FN: tl.constexpr,
     W_MANTISSA: tl.constexpr, W_BIAS: tl.constexpr, W_E4M3FN: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, HARDWARE_CAST: tl.constexpr, D_MAX: tl.constexpr, W_MAX: tl.constexpr,
+    MARGIN_FACTOR: tl.constexpr,
 ):
     """After the delayed-scale quantize pass, on a small grid: this gradient's maxima (the running
-    maxima at state_ptr[2:4]) against the history (state_ptr[0:2]). Where one exceeds its history
-    (the operand saturated) or is not finite, that operand's scale becomes the current one (NaN if
+    maxima at state_ptr[2:4]) against the history's limits (state_ptr[0:2] times 2^margin). Where
+    one exceeds its limit (the operand saturated), the limit is not finite, or the maximum is not
+    finite, that operand's scale becomes the current one (NaN if
     not finite) and every program rewrites its share of the tiles with the final scales; otherwise
     each program reads four numbers and ends (no host decision, nothing else read).
 
     Then the state for the next call: each program takes a ticket (``state_ptr[4]``, an atomic
     add that orders what the program read before it) and the one holding the last ticket, when
     every other program has read the state, writes the final scales, the history (the finite
-    maxima) and zeros the running maxima and the ticket. So the finalisation needs no launch of
+    maxima), counts the call (state_ptr[6]) and a fallback (state_ptr[5]) and zeros the running maxima and the ticket. So the finalisation needs no launch of
     its own and no program reads a value another writes."""
     d = tl.load(state_ptr + 2)
     w = tl.load(state_ptr + 3)
     d_history = tl.load(state_ptr)
     w_history = tl.load(state_ptr + 1)
+    d_limit = _history_limit(state_ptr, 0, MARGIN_FACTOR)
+    w_limit = _history_limit(state_ptr, 1, MARGIN_FACTOR)
     d_finite = (d == d) & (d != float("inf"))
     w_finite = (w == w) & (w != float("inf"))
-    d_redo = ~(d <= d_history)  # NaN compares false: redone
-    w_redo = ~(w <= w_history)
-    d_scale = tl.where(d_redo, tl.where(d_finite, _amax_scale(d, D_MAX), float("nan")), _amax_scale(d_history, D_MAX))
-    w_scale = tl.where(w_redo, tl.where(w_finite, _amax_scale(w, W_MAX), float("nan")), _amax_scale(w_history, W_MAX))
+    d_redo = ~(d <= d_limit) | (d_limit == float("inf"))  # NaN compares false: redone
+    w_redo = ~(w <= w_limit) | (w_limit == float("inf"))
+    d_scale = tl.where(d_redo, tl.where(d_finite, _amax_scale(d, D_MAX), float("nan")), _amax_scale(d_limit, D_MAX))
+    w_scale = tl.where(w_redo, tl.where(w_finite, _amax_scale(w, W_MAX), float("nan")), _amax_scale(w_limit, W_MAX))
     if d_redo | w_redo:
         tiles_n = tl.cdiv(N, BN)
         for tile in range(tl.program_id(0), tl.cdiv(M, BM) * tiles_n, tl.num_programs(0)):
@@ -197,6 +204,8 @@ def _delayed_finalize_kernel(
         tl.store(state_ptr + 2, 0.0)
         tl.store(state_ptr + 3, 0.0)
         tl.store(ticket_ptr, 0)
+        tl.store(state_ptr + 5, tl.load(state_ptr + 5) + (d_redo | w_redo).to(tl.float32))
+        tl.store(state_ptr + 6, tl.load(state_ptr + 6) + 1.0)
 
 
 def supports_grad_specs(dgrad_spec: QuantSpec, wgrad_spec: QuantSpec) -> bool:
@@ -215,6 +224,7 @@ def quantize_grad_folded(
     amax_tile: tuple[int, int] | None = None,
     amax_warps: int | None = None,
     amax_history: torch.Tensor | None = None,
+    amax_margin: int = 0,
 ) -> tuple[QuantizedTensor, QuantizedTensor]:
     """(Q8(dY·diag(s_W)), Q8(diag(s_X)·dY)) for FP8 `tensor` specs; a scale None is not folded.
 
@@ -228,7 +238,8 @@ def quantize_grad_folded(
     again when the call's kernels end). dY is read once, quantized with the history's scales
     while this call's maxima are taken; an operand whose maximum exceeds its history (it
     saturated), or is not finite, is written again with its current scale by the finalisation,
-    which otherwise only reads four numbers: two launches, no partial maxima.
+    which otherwise only reads four numbers: two launches, no partial maxima. amax_margin: the
+    history's scale is taken for its maximum times 2^amax_margin (``FP4Recipe.grad_amax_margin``).
     """
     if not supports_grad_specs(dgrad_spec, wgrad_spec):
         raise ValueError(f"quantize_grad_folded: FP8 tensor specs only, got {dgrad_spec.describe()}, {wgrad_spec.describe()}")
@@ -248,6 +259,8 @@ def quantize_grad_folded(
     maxima = {"D_MAX": torch.finfo(d_dtype).max, "W_MAX": torch.finfo(w_dtype).max}
     if amax_history is not None:
         validate_grad_amax_state(amax_history, g2d.device, "quantize_grad_folded")
+    if not (isinstance(amax_margin, int) and 0 <= amax_margin <= MAX_AMAX_MARGIN):
+        raise ValueError(f"quantize_grad_folded: amax_margin must be an integer in [0, {MAX_AMAX_MARGIN}] (--fp4-grad-amax-margin), got {amax_margin!r}")
     amax_m, amax_n = amax_tile or (AMAX_BLOCK_M, AMAX_BLOCK_N)
     amax_grid = (triton.cdiv(m, amax_m), triton.cdiv(n, amax_n))
     n_partial = 0 if amax_history is not None else amax_grid[0] * amax_grid[1]
@@ -260,7 +273,7 @@ def quantize_grad_folded(
     operands = (g2d, column_scale, row_scale, dgrad_scale, wgrad_scale, dgrad, wgrad_t)
     layout = dict(
         D_MANTISSA=d_mantissa, D_BIAS=d_bias, D_E4M3FN=d_e4m3, W_MANTISSA=w_mantissa, W_BIAS=w_bias, W_E4M3FN=w_e4m3,
-        BM=block_m, BN=block_n, num_warps=warps, **maxima,
+        BM=block_m, BN=block_n, num_warps=warps, MARGIN_FACTOR=float(2**amax_margin), **maxima,
         HARDWARE_CAST=(HARDWARE_CAST and hardware_fp8_cast()) if hardware_cast is None else hardware_cast,
     )
     if amax_history is None:  # current scaling: an amax pass, the scales, the quantize pass

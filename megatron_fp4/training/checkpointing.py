@@ -71,6 +71,7 @@ def recipe_record(recipe, bf16_layers: tuple[int, ...] = ()) -> dict | None:
     fields.pop("check_finite", None)  # a debugging switch, not arithmetic
     if fields.get("grad_amax") == "current":  # the only arithmetic before the field existed (session 10):
         fields.pop("grad_amax")  # earlier checkpoints' records match, and resume
+        fields.pop("grad_amax_margin", None)  # (the margin only shapes delayed scaling)
     return {"recipe": fields, "bf16_layers": list(bf16_layers)}
 
 

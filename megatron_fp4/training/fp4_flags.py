@@ -86,6 +86,11 @@ def add_fp4_knob_arguments(group) -> None:
         "backward's, falling back where it would saturate (delayed: dY read once; opt-in, measured no faster on an H200 yet)",
     )
     group.add_argument(
+        "--fp4-grad-amax-margin", type=int, default=None, metavar="BINADES",
+        help="delayed scaling's headroom: the previous maximum's scale serves gradients up to 2^BINADES times larger "
+        "before falling back to the current scale (default 1; 0 = the previous maximum exactly)",
+    )
+    group.add_argument(
         "--fp4-2d-weight-blocks", action=argparse.BooleanOptionalAction, default=None,
         help="nvfp4 weights in 16x16 tiles (W and W^T alike; default on) instead of 1x16 blocks",
     )
@@ -112,6 +117,7 @@ def fp4_knobs_given(args) -> list[str]:
         "--fp4-rht": args.fp4_rht is not None, "--fp4-rht-seed": args.fp4_rht_seed is not None,
         "--fp4-stochastic-rounding": args.fp4_stochastic_rounding is not None,
         "--fp4-2d-weight-blocks": args.fp4_2d_weight_blocks is not None,
+        "--fp4-grad-amax": args.fp4_grad_amax is not None, "--fp4-grad-amax-margin": args.fp4_grad_amax_margin is not None,
     }
     return [flag for flag, present in given.items() if present]
 
@@ -173,6 +179,11 @@ def apply_fp4_knobs(recipe: FP4Recipe, args) -> FP4Recipe:
     recipe = recipe.replace(occ=occ, fold_backward_scales=not args.no_fp4_fold_backward_scales)
     if getattr(args, "fp4_grad_amax", None):
         recipe = recipe.replace(grad_amax=args.fp4_grad_amax)  # validated: names the flag for block recipes
+    margin = getattr(args, "fp4_grad_amax_margin", None)
+    if margin is not None:
+        if recipe.grad_amax != "delayed":
+            raise ValueError("--fp4-grad-amax-margin applies to --fp4-grad-amax delayed (current scaling has no history to keep headroom over)")
+        recipe = recipe.replace(grad_amax_margin=margin)  # validated: names the flag and the allowed range
     return _apply_block_recipe_switches(recipe, args)
 
 

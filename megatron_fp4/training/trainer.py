@@ -23,6 +23,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
 from .. import dge_probe, health, weight_cache
+from ..backward import delayed_fallback_rate
 from . import cuda_graphs
 from ..gemm import BACKEND_ENV, get_backend
 from ..megatron import build_fp4_gpt_model, enable_cpu_runtime
@@ -135,6 +136,13 @@ def _run_schedule(model, batches, args, forward_only: bool) -> float | None:
     loss = torch.stack([entry["lm loss"] for entry in losses]).mean()
     dist.all_reduce(loss, group=parallel_state.get_data_parallel_group())
     return loss.item() / parallel_state.get_data_parallel_world_size()
+
+
+def _delayed_scaling_states(model) -> list[torch.Tensor]:
+    """The FP4 layers' delayed output-gradient scaling states (``--fp4-grad-amax delayed``)."""
+    chunks = model if isinstance(model, (list, tuple)) else [model]
+    return [module.fp4_grad_amax for chunk in chunks for module in chunk.modules()
+            if getattr(getattr(module, "fp4_recipe", None), "grad_amax", None) == "delayed" and hasattr(module, "fp4_grad_amax")]
 
 
 def _log_health(stats: dict[str, dict[str, float]], iteration: int) -> None:
@@ -263,6 +271,7 @@ def pretrain(args) -> list[dict]:
         health_interval = 0  # measured on the host: not inside a graph (an explicit interval was refused)
         _log(f"CUDA graph: the forward and backward of each step as one graph after {args.cuda_graph_warmup_steps} eager "
              "steps; FP4 health telemetry off")
+    delayed_scaling = getattr(config.fp4_quant_recipe, "grad_amax", None) == "delayed"
     while iteration < args.train_iters:
         batches = micro_batches(train_data, consumed, args.global_batch_size, args.micro_batch_size, dp_rank, dp_size, device)
         collect = bool(config.fp4_quant_recipe.changes_linear and health_interval and (iteration + 1) % health_interval == 0)
@@ -279,12 +288,18 @@ def pretrain(args) -> list[dict]:
             tokens_per_second = window_iterations * tokens_per_iteration / max(elapsed, 1e-9)
             done = (time.time() - run_start) / max(iteration - start_iteration, 1)
             record["tokens/s"] = tokens_per_second
+            fell_back = ""
+            delayed_states = _delayed_scaling_states(model) if delayed_scaling else []  # (a layer may re-place its state at its first forward)
+            if delayed_states:  # how often the previous backward's scale did not serve (dY written twice), since the start
+                fallbacks, calls = delayed_fallback_rate(delayed_states)
+                record["delayed grad scale fallbacks"] = fallbacks / max(calls, 1)
+                fell_back = f" | delayed grad scales fell back {fallbacks}/{calls}"
             _log(
                 f" iteration {iteration:>7}/{args.train_iters} | consumed tokens {consumed * args.seq_length:>11} | "
                 f"lm loss {loss if loss is not None else float('nan'):.4f} | lr {record['lr']:.3e} | "
                 f"grad norm {grad_norm:.3f} | tokens/s {tokens_per_second:,.0f} | "
                 f"ETA {_format_seconds(done * (args.train_iters - iteration))}"
-                + (f" | max memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.type == "cuda" else "")
+                + (f" | max memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.type == "cuda" else "") + fell_back
             )
             window_start, window_iterations = time.time(), 0
         if has_validation and (iteration % args.eval_interval == 0 or iteration == args.train_iters):

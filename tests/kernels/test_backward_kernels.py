@@ -57,9 +57,10 @@ def test_folded_grad_quantizer_is_bit_exact(shape, dtype, specs):
                 assert torch.equal(bits(f), bits(r)) and torch.equal(f.scale, r.scale), options
 
 
-@pytest.mark.parametrize("finalize_programs", [None, 1])  # 1: one finalisation program rewrites every tile (its loop)
+# finalize_programs 1: one finalisation program rewrites every tile (its loop); margin: the history's headroom in binades
+@pytest.mark.parametrize("finalize_programs, margin", [(None, 0), (1, 1)] + ([(None, 1), (1, 0)] if DEVICE == "cuda" else []))
 @pytest.mark.parametrize("specs", [(E5M2, E5M2)] + ([(E4M3, E5M2)] if DEVICE == "cuda" else []))  # CPU: one pair (interpreter time)
-def test_delayed_scaling_is_bit_exact_and_falls_back_when_it_would_saturate(specs, finalize_programs, monkeypatch):
+def test_delayed_scaling_is_bit_exact_and_falls_back_when_it_would_saturate(specs, finalize_programs, margin, monkeypatch):
     """Delayed scaling over a sequence of gradients, kernel against reference, operands, scales
     and the updated state bit for bit (so the kernels' scratch is zero again after each call):
     the first call (empty history: the current scale), a smaller gradient (the history's larger
@@ -80,8 +81,8 @@ def test_delayed_scaling_is_bit_exact_and_falls_back_when_it_would_saturate(spec
     with_nan[3, 5] = float("nan")
     for step, g in enumerate([base, base * 0.25, larger_in_dgrad_only, base * 0.5, with_nan, base]):
         g = g.to(torch.bfloat16).to(DEVICE)
-        fast = quantize_grad_folded(g, *specs, weight_scale, input_scale, amax_history=history_fast)
-        reference = quantize_grad_output_delayed_reference(g, *specs, weight_scale, input_scale, history_reference)
+        fast = quantize_grad_folded(g, *specs, weight_scale, input_scale, amax_history=history_fast, amax_margin=margin)
+        reference = quantize_grad_output_delayed_reference(g, *specs, weight_scale, input_scale, history_reference, amax_margin=margin)
         for a, b in zip(fast, reference):
             if step == 4:  # NaN scale: every element decodes to NaN (NaN byte patterns may differ)
                 assert torch.isnan(a.scale).all() and torch.isnan(b.scale).all()
@@ -91,8 +92,11 @@ def test_delayed_scaling_is_bit_exact_and_falls_back_when_it_would_saturate(spec
         assert torch.equal(history_fast, history_reference), step
         if step == 1:  # the history's (larger) scale, not this gradient's
             assert (fast[0].scale > quantize_grad_output_reference(g, *specs, weight_scale, input_scale)[0].scale).all()
+            assert history_fast[5] == 1  # only the first call fell back so far
         if step == 4:  # the history keeps the last finite maxima
             assert torch.isfinite(history_fast).all()
+    with pytest.raises(ValueError, match=r"amax_margin must be an integer in \[0, 8\] \(--fp4-grad-amax-margin\), got 9"):
+        quantize_grad_folded(g, *specs, weight_scale, input_scale, amax_history=history_fast, amax_margin=9)
     with pytest.raises(ValueError, match=r"amax_history must be a contiguous float32 \[8\] tensor .*new_grad_amax_state"):
         quantize_grad_folded(g, *specs, weight_scale, input_scale, amax_history=torch.zeros(2, device=DEVICE))  # a [2] history of earlier versions
 
