@@ -46,11 +46,14 @@ def test_every_benchmark_row_is_a_command_line_the_trainer_accepts(monkeypatch):
     for recipe in bench_e2e.RECIPE_FLAGS:
         args = parse_args(bench_e2e.trainer_flags("1.3B", 2048, 2, 4, 4, recipe, "flash", 32000))
         unfused = recipe.endswith("-unfused")
-        base = recipe.removesuffix("-unfused").removesuffix("-nofq").removesuffix("-delayed")
-        # "-nofq": the SwiGLU written out for fc2's quantizer; "-delayed": delayed output-gradient scales
+        base = recipe.removesuffix("-unfused").removesuffix("-nofq").removesuffix("-delayed-m0").removesuffix("-delayed")
+        # "-nofq": the SwiGLU written out for fc2's quantizer; "-delayed": delayed output-gradient
+        # scales with the default headroom, "-delayed-m0" without
         assert args.fp4_quantize_fusion == (not recipe.endswith("-nofq")), recipe
         if args.fp4_quant_recipe is not None:
-            assert (args.fp4_quant_recipe.grad_amax == "delayed") == recipe.endswith("-delayed"), recipe
+            delayed = recipe.endswith(("-delayed", "-delayed-m0"))
+            assert (args.fp4_quant_recipe.grad_amax == "delayed") == delayed, recipe
+            assert args.fp4_quant_recipe.grad_amax_margin == (0 if recipe.endswith("-m0") else 1), recipe
         assert cuda_graphs.enabled(args) == base.endswith("-graph"), recipe
         assert (args.fp4_quant_recipe is not None) == (base not in ("bf16", "bf16-graph")), recipe
         # fused rows: the trainer's fusions plus the fused loss; "-unfused" rows: none of them

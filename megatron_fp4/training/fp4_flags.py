@@ -83,7 +83,8 @@ def add_fp4_knob_arguments(group) -> None:
     group.add_argument(
         "--fp4-grad-amax", choices=["current", "delayed"], default=None,
         help="output-gradient FP8 scales from this gradient's maximum (current, default) or the layer's previous "
-        "backward's, falling back where it would saturate (delayed: dY read once; opt-in, measured no faster on an H200 yet)",
+        "backward's, falling back where it would saturate (delayed: dY read once; opt-in: on an H200 its quantizer is "
+        "0.74 of copy bandwidth against 0.58, within noise end to end)",
     )
     group.add_argument(
         "--fp4-grad-amax-margin", type=int, default=None, metavar="BINADES",
