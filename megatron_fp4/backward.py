@@ -34,7 +34,7 @@ FP8_TENSOR_SPECS = tuple(QuantSpec(dtype, "tensor") for dtype in FP8_DTYPES)
 # maxima (the history); [2:5] the fused kernel's scratch (this call's running maxima, its
 # finalisation ticket), zero between calls; [5] how many calls fell back to the current scales
 # (an operand would have saturated or was not finite: dY written a second time), [6] how many
-# calls there were (``delayed_fallback_rate``); [7] unused. The scratch
+# calls there were (both since ``delayed_fallback_rate`` last reset them); [7] unused. The scratch
 # lives with the history so that the kernel needs no zeroing launch and shares nothing between
 # layers or streams.
 GRAD_AMAX_STATE_SIZE = 8
@@ -50,10 +50,17 @@ def new_grad_amax_state(device: torch.device | str | None = None) -> torch.Tenso
     return torch.zeros(GRAD_AMAX_STATE_SIZE, dtype=torch.float32, device=device)
 
 
-def delayed_fallback_rate(states) -> tuple[int, int]:
+def delayed_fallback_rate(states, reset: bool = False) -> tuple[int, int]:
     """(fallbacks, calls) summed over delayed-scaling states (e.g. every FP4 layer's
-    ``fp4_grad_amax``): how often the previous maximum's scale did not serve."""
-    totals = torch.stack([state[5:7].double().cpu() for state in states]).sum(0) if states else torch.zeros(2)
+    ``fp4_grad_amax``): how often the previous maximum's scale did not serve. reset: zero the
+    counts after reading them (the trainer does at each log line: float32 counts are exact only
+    up to 2^24 calls, fewer than a long run's)."""
+    if not states:
+        return 0, 0
+    totals = torch.stack([state[5:7] for state in states]).double().sum(0).cpu()
+    if reset:
+        for state in states:
+            state[5:7].zero_()
     return int(totals[0]), int(totals[1])
 
 

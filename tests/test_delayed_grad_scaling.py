@@ -117,7 +117,8 @@ def test_fp4_linear_keeps_and_uses_its_history(device):
     delayed(xi).float().square().sum().backward()
     assert not torch.equal(delayed.fp4_grad_amax, history)  # this backward's maxima for the next
     assert delayed.fp4_grad_amax[5] == 1 and delayed.fp4_grad_amax[6] == 2  # a smaller gradient: the history's scales, no fallback
-    assert delayed_fallback_rate([delayed.fp4_grad_amax, current.fp4_grad_amax]) == (1, 2)
+    assert delayed_fallback_rate([delayed.fp4_grad_amax, current.fp4_grad_amax], reset=True) == (1, 2)
+    assert delayed_fallback_rate([delayed.fp4_grad_amax]) == (0, 0) and delayed.fp4_grad_amax[0] > 0  # counts reset, history kept
     xr = (x * 0.5).requires_grad_()
     current(xr).float().square().sum().backward()
     assert relative_error(xi.grad.float(), xr.grad.float()) < 0.05  # another FP8 scale, the same grid

@@ -290,8 +290,8 @@ def pretrain(args) -> list[dict]:
             record["tokens/s"] = tokens_per_second
             fell_back = ""
             delayed_states = _delayed_scaling_states(model) if delayed_scaling else []  # (a layer may re-place its state at its first forward)
-            if delayed_states:  # how often the previous backward's scale did not serve (dY written twice), since the start
-                fallbacks, calls = delayed_fallback_rate(delayed_states)
+            if delayed_states:  # how often the previous backward's scale did not serve (dY written twice), since the last log line
+                fallbacks, calls = delayed_fallback_rate(delayed_states, reset=True)
                 record["delayed grad scale fallbacks"] = fallbacks / max(calls, 1)
                 fell_back = f" | delayed grad scales fell back {fallbacks}/{calls}"
             _log(

@@ -69,6 +69,19 @@ def test_bf16_dge_is_logged_as_what_it_runs_and_records_dge_statistics(corpus, c
     assert "DGE factor mean" in out
 
 
+def test_delayed_scaling_fallbacks_are_logged_per_interval(corpus, capsys):
+    """With --fp4-grad-amax delayed the log line counts the layer backward calls since the last
+    line (8 FP4 layers x 2 micro-batches per iteration, 2 iterations per line) and how many fell
+    back; the first iteration's calls always do (empty history)."""
+    records = run(corpus, "--train-iters 4 --log-interval 2 --fp4-grad-amax delayed")
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if "delayed grad scales fell back" in line]
+    assert len(lines) == 2 and all(line.rstrip().endswith("/32") for line in lines), lines
+    first = int(lines[0].split("fell back ")[1].split("/")[0])
+    assert 8 <= first <= 32  # each layer's first call falls back
+    assert 0 < records[1]["delayed grad scale fallbacks"] <= 1 and "delayed grad scale fallbacks" not in records[0]
+
+
 def test_logged_loss_does_not_depend_on_the_micro_batch_split(corpus):
     """megatron-core divides the returned loss in place by the number of micro-batches; the
     logged loss must be the plain mean (it once came out halved with two micro-batches)."""
