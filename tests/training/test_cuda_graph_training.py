@@ -24,7 +24,8 @@ def _relative(a: float, b: float) -> float:
     return abs(a - b) / max(abs(b), 1e-12)
 
 
-@pytest.mark.parametrize("recipe", ["paper", "direct", "nvfp4"])
+# the last: delayed output-gradient scales, whose state the graph updates and the log line reads and resets between replays
+@pytest.mark.parametrize("recipe", ["paper", "direct", "nvfp4", "paper --fp4-grad-amax delayed"])
 def test_graphed_training_follows_the_eager_run(corpus, monkeypatch, recipe):
     captured = []
     reset = cuda_graphs.reset
