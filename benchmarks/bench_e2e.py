@@ -124,7 +124,7 @@ def measure(argv: list[str], warmup: int, steps: int) -> dict:
     from megatron_fp4.training.arguments import parse_args
     from megatron_fp4.training.data import build_datasets, micro_batches
     from megatron_fp4.training.tokenizer import build_tokenizer
-    from megatron_fp4.training.trainer import build_training, train_step
+    from megatron_fp4.training.trainer import build_training, delayed_scaling_states, train_step
 
     args = parse_args(argv)
     device = torch.device("cuda", torch.cuda.current_device())
@@ -153,8 +153,7 @@ def measure(argv: list[str], warmup: int, steps: int) -> dict:
     torch.cuda.synchronize()
     optimizer_ms = (time.perf_counter() - start) * 1000 / steps
     busy_ms, families, others = profile_step(step)
-    states = [module.fp4_grad_amax for chunk in (model if isinstance(model, list) else [model]) for module in chunk.modules()
-              if getattr(getattr(module, "fp4_recipe", None), "grad_amax", None) == "delayed" and hasattr(module, "fp4_grad_amax")]
+    states = delayed_scaling_states(model)
     fallbacks = delayed_fallback_rate(states) if states else None  # delayed scaling: (fallbacks, calls) over every step run here
     result = {"wall_ms": wall_ms, "busy_ms": busy_ms, "families": families, "others": others, "loss": loss, "optimizer_ms": optimizer_ms, "fallbacks": fallbacks,
               "tokens_per_s": args.global_batch_size * args.seq_length / wall_ms * 1000,

@@ -151,7 +151,7 @@ def main() -> None:
             partial = torch.empty(tiles, 2, device="cuda")
             tag = f"{bm}x{bn}/{warps}"
             production = dict(D_MANTISSA=2, D_BIAS=15, D_E4M3FN=False, W_MANTISSA=2, W_BIAS=15, W_E4M3FN=False, BM=bm, BN=bn,
-                              HARDWARE_CAST=True, D_MAX=57344.0, W_MAX=57344.0, num_warps=warps)
+                              HARDWARE_CAST=True, D_MAX=57344.0, W_MAX=57344.0, MARGIN_FACTOR=1.0, num_warps=warps)
             state = new_grad_amax_state("cuda")  # the delayed pass's history (0: scales 1) and running maxima
             operands = (g, column_scale, row_scale, d_scale, w_scale, dgrad, wgrad_t, state, m, n, n)
             _folded_quantize_kernel[grid](*operands, DELAYED=True, **production)

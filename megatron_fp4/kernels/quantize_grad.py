@@ -166,21 +166,22 @@ def _delayed_finalize_kernel(
     """After the delayed-scale quantize pass, on a small grid: this gradient's maxima (the running
     maxima at state_ptr[2:4]) against the history's limits (state_ptr[0:2] times 2^margin). Where
     one exceeds its limit (the operand saturated), the limit is not finite, or the maximum is not
-    finite, that operand's scale becomes the current one (NaN if
-    not finite) and every program rewrites its share of the tiles with the final scales; otherwise
-    each program reads four numbers and ends (no host decision, nothing else read).
+    finite, that operand's scale becomes the current one (NaN if not finite) and every program
+    rewrites its share of the tiles with the final scales; otherwise each program reads four
+    numbers and ends (no host decision, nothing else read).
 
     Then the state for the next call: each program takes a ticket (``state_ptr[4]``, an atomic
     add that orders what the program read before it) and the one holding the last ticket, when
     every other program has read the state, writes the final scales, the history (the finite
-    maxima), counts the call (state_ptr[6]) and a fallback (state_ptr[5]) and zeros the running maxima and the ticket. So the finalisation needs no launch of
-    its own and no program reads a value another writes."""
+    maxima), counts the call (state_ptr[6]) and a fallback (state_ptr[5]), and zeroes the running
+    maxima and the ticket. So the finalisation needs no launch of its own and no program reads a
+    value another writes."""
     d = tl.load(state_ptr + 2)
     w = tl.load(state_ptr + 3)
     d_history = tl.load(state_ptr)
     w_history = tl.load(state_ptr + 1)
-    d_limit = _history_limit(state_ptr, 0, MARGIN_FACTOR)
-    w_limit = _history_limit(state_ptr, 1, MARGIN_FACTOR)
+    d_limit = d_history * MARGIN_FACTOR  # as ``_history_limit``
+    w_limit = w_history * MARGIN_FACTOR
     d_finite = (d == d) & (d != float("inf"))
     w_finite = (w == w) & (w != float("inf"))
     d_redo = ~(d <= d_limit) | (d_limit == float("inf"))  # NaN compares false: redone
@@ -273,7 +274,8 @@ def quantize_grad_folded(
     operands = (g2d, column_scale, row_scale, dgrad_scale, wgrad_scale, dgrad, wgrad_t)
     layout = dict(
         D_MANTISSA=d_mantissa, D_BIAS=d_bias, D_E4M3FN=d_e4m3, W_MANTISSA=w_mantissa, W_BIAS=w_bias, W_E4M3FN=w_e4m3,
-        BM=block_m, BN=block_n, num_warps=warps, MARGIN_FACTOR=float(2**amax_margin), **maxima,
+        BM=block_m, BN=block_n, num_warps=warps, **maxima,
+        MARGIN_FACTOR=float(2**amax_margin) if amax_history is not None else 1.0,  # (current scaling: one compiled variant)
         HARDWARE_CAST=(HARDWARE_CAST and hardware_fp8_cast()) if hardware_cast is None else hardware_cast,
     )
     if amax_history is None:  # current scaling: an amax pass, the scales, the quantize pass

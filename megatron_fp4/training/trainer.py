@@ -138,7 +138,7 @@ def _run_schedule(model, batches, args, forward_only: bool) -> float | None:
     return loss.item() / parallel_state.get_data_parallel_world_size()
 
 
-def _delayed_scaling_states(model) -> list[torch.Tensor]:
+def delayed_scaling_states(model) -> list[torch.Tensor]:
     """The FP4 layers' delayed output-gradient scaling states (``--fp4-grad-amax delayed``)."""
     chunks = model if isinstance(model, (list, tuple)) else [model]
     return [module.fp4_grad_amax for chunk in chunks for module in chunk.modules()
@@ -289,7 +289,7 @@ def pretrain(args) -> list[dict]:
             done = (time.time() - run_start) / max(iteration - start_iteration, 1)
             record["tokens/s"] = tokens_per_second
             fell_back = ""
-            delayed_states = _delayed_scaling_states(model) if delayed_scaling else []  # (a layer may re-place its state at its first forward)
+            delayed_states = delayed_scaling_states(model) if delayed_scaling else []  # (a layer may re-place its state at its first forward)
             if delayed_states:  # how often the previous backward's scale did not serve (dY written twice), since the last log line
                 fallbacks, calls = delayed_fallback_rate(delayed_states, reset=True)
                 record["delayed grad scale fallbacks"] = fallbacks / max(calls, 1)
