@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .occ import OCCConfig, occ_bounds, occ_bounds_of_sample, occ_sample_positions
+from .occ import OCCConfig, occ_bounds, occ_bounds_of_sample, occ_norm_bounds_on_device, occ_sample_positions, stacked_bounds
 from .quantize import QuantizedTensor, QuantSpec, quantize
 
 __all__ = [
@@ -98,9 +98,9 @@ def quantize_swiglu_input(
     activation = torch.empty(rows, width // 2, dtype=pre_activation.dtype, device=pre_activation.device) if keep_activation else None
     bounds = swiglu_occ_bounds(pre_activation, occ) if occ.enabled else None
     if occ.inline:
-        xq = quantize_rows_inline(pre_activation, torch.stack([bounds[0].reshape(()), bounds[1].reshape(())]), swiglu=True, activation_out=activation)
+        xq = quantize_rows_inline(pre_activation, stacked_bounds(bounds), swiglu=True, activation_out=activation)
     else:
-        stacked = None if bounds is None else torch.stack([bounds[0].reshape(()), bounds[1].reshape(())])
+        stacked = None if bounds is None else stacked_bounds(bounds)
         xq = quantize_rows(pre_activation, stacked, swiglu=True, activation_out=activation)
     if check_finite and not torch.isfinite(xq.scale).all():  # a row held NaN/Inf: name it as quantize does
         quantize(swiglu_reference(pre_activation), ROW_SPEC, check_finite=True, name=name)
@@ -151,6 +151,9 @@ def rms_norm_occ_bounds(x2d: torch.Tensor, weight: torch.Tensor, rstd: torch.Ten
     tensor is small enough for exact quantiles, exactly as ``occ_bounds`` of the materialized one."""
     rows, k = x2d.shape
     positions = occ_sample_positions(rows * k, config, x2d.device)
+    device = occ_norm_bounds_on_device(x2d, weight, rstd, positions, config)  # CUDA: gathered, normalized and ranked in two launches
+    if device is not None:
+        return device
     if positions is None:
         return occ_bounds(rms_norm_reference(x2d, weight, rstd), config)
     row, column = positions // k, positions % k
@@ -169,7 +172,7 @@ def quantize_rms_norm_input(
     rstd = rms_rstd(x2d, eps)
     activation = torch.empty_like(x2d) if keep_activation else None
     bounds = rms_norm_occ_bounds(x2d, weight, rstd, occ) if occ.enabled else None
-    stacked = None if bounds is None else torch.stack([bounds[0].reshape(()), bounds[1].reshape(())])
+    stacked = None if bounds is None else stacked_bounds(bounds)
     norm = {"norm_weight": weight, "norm_rstd": rstd, "activation_out": activation}
     xq = quantize_rows_inline(x2d, stacked, **norm) if occ.inline else quantize_rows(x2d, stacked, **norm)
     if check_finite and not torch.isfinite(xq.scale).all():  # a row held NaN/Inf: name it as quantize does

@@ -52,6 +52,8 @@ __all__ = [
     "OCCConfig",
     "occ_sample_positions",
     "occ_bounds_of_sample",
+    "stacked_bounds",
+    "occ_norm_bounds_on_device",
     "SparseResidual",
     "HotChannelResidual",
     "FP8Residual",
@@ -209,8 +211,55 @@ def _tensor_thresholds(source: torch.Tensor, config: OCCConfig) -> tuple[torch.T
 def occ_bounds_of_sample(sample: torch.Tensor, config: OCCConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Tensor-scope clamp bounds in the sample's dtype from the values at ``occ_sample_positions``
     (or all values): what ``occ_bounds`` returns for the tensor they were taken from."""
+    device = _device_bounds(sample.reshape(-1), None, config)
+    if device is not None:
+        return device
     low, high = _tensor_thresholds(sample.reshape(-1).float(), config)
     return low.to(sample.dtype), high.to(sample.dtype)
+
+
+def _device_bounds(
+    values: torch.Tensor, positions: torch.Tensor | None, config: OCCConfig, norm: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Tensor-scope bounds of the 16-bit CUDA ``values`` (at the flat ``positions``, if given; with
+    ``norm`` = (weight, rstd), of RMSNorm(values) there) by the order-statistics kernels
+    (``kernels.order_statistics``: two launches, equal as numbers to the sort), as two views of
+    one [2] tensor (``stacked_bounds`` reuses it); None where the reference runs (CPU, fp32, row
+    scope)."""
+    if not (values.is_cuda and config.scope == "tensor"):
+        return None
+    from .kernels import triton_available
+
+    if not triton_available():
+        return None
+    from .kernels.order_statistics import order_statistic_bounds, supports_order_statistics
+
+    if not supports_order_statistics(values) or (norm is not None and values.stride(-1) != 1) or values.numel() >= 2**30:
+        return None  # (the kernels index in int32)
+    count = values.numel() if positions is None else positions.numel()
+    bounds = order_statistic_bounds(values, _rank(count, 1 - config.alpha), _rank(count, config.alpha), config.symmetric, positions, norm)
+    return bounds[0], bounds[1]
+
+
+def occ_norm_bounds_on_device(
+    x2d: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor, positions: torch.Tensor | None, config: OCCConfig,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """OCC's bounds of RMSNorm(x) at ``positions`` (or everywhere), computed and ranked on the
+    device in two launches, or None where ``fused_inputs.rms_norm_occ_bounds`` computes them."""
+    return _device_bounds(x2d, positions, config, (weight, rstd))
+
+
+def stacked_bounds(bounds: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """(low, high) as one [2] tensor, the form the fused quantizers take: the [2] tensor the
+    device bounds are views of (no launch), else a stack."""
+    low, high = bounds
+    base = getattr(low, "_base", None)
+    if (
+        base is not None and high._base is base and base.shape == (2,) and low.dim() == high.dim() == 0
+        and low.storage_offset() == base.storage_offset() and high.storage_offset() == base.storage_offset() + 1
+    ):
+        return base
+    return torch.stack([low.reshape(()), high.reshape(())])
 
 
 def _matmul_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -526,7 +575,7 @@ def quantize_with_inline_outliers(x2d: torch.Tensor, low: torch.Tensor, high: to
         if triton_available():
             from .kernels.quantize_rows import quantize_rows_inline
 
-            return quantize_rows_inline(x2d, torch.stack([low.reshape(()), high.reshape(())]))
+            return quantize_rows_inline(x2d, stacked_bounds((low, high)))
     return quantize_with_inline_outliers_reference(x2d, low, high)
 
 
@@ -553,7 +602,13 @@ class OCCResult:
 
 
 def occ_bounds(x2d: torch.Tensor, config: OCCConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """The clamp bounds in x's dtype (what the clamp compares against)."""
+    """The clamp bounds in x's dtype (what the clamp compares against): on CUDA for 16-bit
+    tensor-scope bounds by the order-statistics kernels (the sample gathered there), else the sort."""
+    if config.scope == "tensor":
+        flat = x2d.reshape(-1)
+        device = _device_bounds(flat, occ_sample_positions(flat.numel(), config, flat.device), config)
+        if device is not None:
+            return device
     low, high = occ_thresholds(x2d, config)
     return low.to(x2d.dtype), high.to(x2d.dtype)
 

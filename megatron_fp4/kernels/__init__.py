@@ -83,7 +83,9 @@ def quantize_fast(
         return quantize(x, spec, check_finite=check_finite, name=name)
     if checking and not torch.isfinite(x).all():
         quantize(x, spec, check_finite=True, name=name)  # raises, naming the tensor
-    bounds = None if clamp is None else torch.stack([clamp[0].reshape(()), clamp[1].reshape(())])
+    from ..occ import stacked_bounds
+
+    bounds = None if clamp is None else stacked_bounds(clamp)
     return quantize_rows(x, bounds)
 
 
