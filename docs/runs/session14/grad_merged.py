@@ -16,7 +16,7 @@ from megatron_fp4.kernels.fp8_rounding import fp8_cast  # noqa: E402
 
 @triton.jit
 def var_kernel(g_ptr, column_scale_ptr, row_scale_ptr, dgrad_ptr, wgrad_t_ptr, state_ptr, M, N, stride_g,
-               BM: tl.constexpr, BN: tl.constexpr, EVEN: tl.constexpr, MERGED: tl.constexpr, TRANSPOSE_F32: tl.constexpr, MAXIMA: tl.constexpr):
+               BM: tl.constexpr, BN: tl.constexpr, EVEN: tl.constexpr, MERGED: tl.constexpr, TRANSPOSE_F32: tl.constexpr, MAXIMA: tl.constexpr, SPREAD: tl.constexpr = 0):
     d_inverse = tl.math.div_rn(1.0, q._amax_scale(q._history_limit(state_ptr, 0, 2.0), 57344.0))
     w_inverse = tl.math.div_rn(1.0, q._amax_scale(q._history_limit(state_ptr, 1, 2.0), 57344.0))
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
@@ -31,16 +31,26 @@ def var_kernel(g_ptr, column_scale_ptr, row_scale_ptr, dgrad_ptr, wgrad_t_ptr, s
         g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         column_scale = tl.load(column_scale_ptr + cols, mask=cols < N, other=1.0)
         row_scale = tl.load(row_scale_ptr + rows, mask=rows < M, other=1.0)
-    if MERGED:
+    if MERGED:  # maxima and cast on the encoded values g * (c * inv)
         dgrad = g * (column_scale * d_inverse)[None, :]
         wgrad = g * (row_scale * w_inverse)[:, None]
-    else:
-        dgrad = g * column_scale[None, :] * d_inverse
-        wgrad = g * row_scale[:, None] * w_inverse
+    else:  # production: maxima on the folded values g * c, cast of (g * c) * inv
+        dgrad = g * column_scale[None, :]
+        wgrad = g * row_scale[:, None]
     if MAXIMA:
         running = state_ptr.to(tl.pointer_type(tl.int32)) + 2
-        tl.atomic_max(running, q._tile_absmax(dgrad).to(tl.int32, bitcast=True), sem="relaxed")
-        tl.atomic_max(running + 1, q._tile_absmax(wgrad).to(tl.int32, bitcast=True), sem="relaxed")
+        if SPREAD == 1:  # 64 addresses, 128 bytes apart
+            running = running + (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) % 64 * 32
+        if SPREAD == 2:  # one slot per program, plain stores
+            slot = running + (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * 2
+            tl.store(slot, q._tile_absmax(dgrad).to(tl.int32, bitcast=True))
+            tl.store(slot + 1, q._tile_absmax(wgrad).to(tl.int32, bitcast=True))
+        else:
+            tl.atomic_max(running, q._tile_absmax(dgrad).to(tl.int32, bitcast=True), sem="relaxed")
+            tl.atomic_max(running + 1, q._tile_absmax(wgrad).to(tl.int32, bitcast=True), sem="relaxed")
+    if not MERGED:
+        dgrad = dgrad * d_inverse
+        wgrad = wgrad * w_inverse
     dgrad_byte = fp8_cast(dgrad, 2, 15, False, True).to(tl.uint8)
     if EVEN:
         tl.store(dgrad_ptr + rows[:, None].to(tl.int64) * N + cols[None, :], dgrad_byte)
@@ -58,22 +68,23 @@ def var_kernel(g_ptr, column_scale_ptr, row_scale_ptr, dgrad_ptr, wgrad_t_ptr, s
 
 
 b.GRAPH = True
-print("| shape | production pass | merged | merged, no masks | merged, no masks, no maxima |")
-print("| --- | --- | --- | --- | --- |")
+print("| shape | production pass | merged | merged, no masks | merged, no masks, no maxima | unmerged (production arithmetic) here | merged, 64 atomic addresses | merged, per-program stores |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- |")
 for rows, k in ((8192, 4096), (16384, 5120), (8192, 11008), (16384, 13824)):
     copy = rows * k * 4 / b.median_ms(torch.randn(rows, k, device="cuda", dtype=torch.bfloat16).clone) / 1e6
     x, _, column_scale, row_scale = b._inputs(rows, k)[:4]
     grid = (triton.cdiv(rows, q.BLOCK_M), triton.cdiv(k, q.BLOCK_N))
-    state = torch.zeros(8, device="cuda")
+    state = torch.zeros(8 + 2 * 4096 * 64, device="cuda")
     state[0:2] = 1e6
     scales = torch.ones(8, device="cuda")
     dgrad, wgrad_t = torch.empty(rows, k, dtype=torch.uint8, device="cuda"), torch.empty(k, rows, dtype=torch.uint8, device="cuda")
     layout = dict(D_MANTISSA=2, D_BIAS=15, D_E4M3FN=False, W_MANTISSA=2, W_BIAS=15, W_E4M3FN=False, BM=q.BLOCK_M, BN=q.BLOCK_N,
                   num_warps=q.NUM_WARPS, HARDWARE_CAST=True, D_MAX=57344.0, W_MAX=57344.0, MARGIN_FACTOR=2.0)
     runs = [lambda: q._folded_quantize_kernel[grid](x, column_scale, row_scale, scales[0:1], scales[4:5], dgrad, wgrad_t, state, rows, k, k, DELAYED=True, **layout)]
-    for even, maxima in ((False, True), (True, True), (True, False)):
-        runs.append(lambda even=even, maxima=maxima: var_kernel[grid](x, column_scale, row_scale, dgrad, wgrad_t, state, rows, k, k, BM=q.BLOCK_M, BN=q.BLOCK_N,
-                                                                      EVEN=even, MERGED=True, TRANSPOSE_F32=False, MAXIMA=maxima, num_warps=q.NUM_WARPS))
+    for even, maxima, merged, spread in ((False, True, True, 0), (True, True, True, 0), (True, False, True, 0), (False, True, False, 0), (False, True, True, 1), (False, True, True, 2)):
+        runs.append(lambda even=even, maxima=maxima, merged=merged, spread=spread: var_kernel[grid](
+            x, column_scale, row_scale, dgrad, wgrad_t, state, rows, k, k, BM=q.BLOCK_M, BN=q.BLOCK_N,
+            EVEN=even, MERGED=merged, TRANSPOSE_F32=False, MAXIMA=maxima, SPREAD=spread, num_warps=q.NUM_WARPS))
     shares = [rows * k * 4 / b.median_ms(run) / 1e6 / copy for run in runs]
     print(f"| {rows}x{k} | " + " | ".join(f"{s:.2f}" for s in shares) + " |", flush=True)
     b._inputs.cache_clear()
