@@ -21,7 +21,8 @@ b.GRAPH = True
 
 @triton.jit
 def _axes_pass_kernel(g_ptr, column_scale_ptr, row_scale_ptr, dgrad_ptr, wgrad_t_ptr, state_ptr, M, N, stride_g,
-                      BM: tl.constexpr, BN: tl.constexpr, MARGIN_FACTOR: tl.constexpr, D_MAX: tl.constexpr, W_MAX: tl.constexpr):
+                      BM: tl.constexpr, BN: tl.constexpr, MARGIN_FACTOR: tl.constexpr, D_MAX: tl.constexpr, W_MAX: tl.constexpr,
+                      MANTISSA: tl.constexpr, BIAS: tl.constexpr, E4M3FN: tl.constexpr, HARDWARE_CAST: tl.constexpr):
     d_inverse = tl.math.div_rn(1.0, q._amax_scale(q._history_limit(state_ptr, 0, MARGIN_FACTOR), D_MAX))
     w_inverse = tl.math.div_rn(1.0, q._amax_scale(q._history_limit(state_ptr, 1, MARGIN_FACTOR), W_MAX))
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
@@ -36,9 +37,9 @@ def _axes_pass_kernel(g_ptr, column_scale_ptr, row_scale_ptr, dgrad_ptr, wgrad_t
     running = state_ptr.to(tl.pointer_type(tl.int32)) + 2
     tl.atomic_max(running, d_max.to(tl.int32, bitcast=True), sem="relaxed")
     tl.atomic_max(running + 1, w_max.to(tl.int32, bitcast=True), sem="relaxed")
-    dgrad_byte = fp8_cast(g * column_scale[None, :] * d_inverse, 2, 15, False, True)
+    dgrad_byte = fp8_cast(g * column_scale[None, :] * d_inverse, MANTISSA, BIAS, E4M3FN, HARDWARE_CAST)
     tl.store(dgrad_ptr + rows[:, None].to(tl.int64) * N + cols[None, :], dgrad_byte.to(tl.uint8), mask=mask)
-    wgrad_byte = fp8_cast(g * row_scale[:, None] * w_inverse, 2, 15, False, True)
+    wgrad_byte = fp8_cast(g * row_scale[:, None] * w_inverse, MANTISSA, BIAS, E4M3FN, HARDWARE_CAST)
     transposed = cols[:, None].to(tl.int64) * M + rows[None, :]
     tl.store(wgrad_t_ptr + transposed, tl.trans(wgrad_byte).to(tl.uint8), mask=(cols[:, None] < N) & (rows[None, :] < M))
 
@@ -62,7 +63,8 @@ for rows, k in ((8192, 4096), (16384, 5120), (8192, 11008), (16384, 13824)):
             run = lambda: q._folded_quantize_kernel[grid](x, column_scale, row_scale, scales[0:1], scales[4:5], dgrad, wgrad_t, state, rows, k, k, DELAYED=True, **layout)  # noqa: E731
         else:
             run = lambda: _axes_pass_kernel[grid](x, column_scale, row_scale, dgrad, wgrad_t, state, rows, k, k, BM=q.BLOCK_M, BN=q.BLOCK_N,  # noqa: E731
-                                                  MARGIN_FACTOR=2.0, D_MAX=57344.0, W_MAX=57344.0, num_warps=q.NUM_WARPS)
+                                                  MARGIN_FACTOR=2.0, D_MAX=57344.0, W_MAX=57344.0, MANTISSA=2, BIAS=15, E4M3FN=False, HARDWARE_CAST=True,
+                                                  num_warps=q.NUM_WARPS)
         run()
         torch.cuda.synchronize()
         results[name] = (dgrad.clone(), wgrad_t.clone(), state[2:4].clone())
