@@ -72,8 +72,8 @@ def var_kernel(g_ptr, column_scale_ptr, row_scale_ptr, dgrad_ptr, wgrad_t_ptr, s
 
 
 b.GRAPH = True
-print("| shape | production pass | merged | merged, no masks | merged, no masks, no maxima | unmerged (production arithmetic) here | merged, 64 atomic addresses | merged, per-program stores |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+print("| shape | production pass | merged | merged, no masks | merged, no masks, no maxima | unmerged (production arithmetic) here | merged, 64 atomic addresses | merged, per-program stores | production pass, timed last |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for rows, k in ((8192, 4096), (16384, 5120), (8192, 11008), (16384, 13824)):
     copy = rows * k * 4 / b.median_ms(torch.randn(rows, k, device="cuda", dtype=torch.bfloat16).clone) / 1e6
     x, _, column_scale, row_scale = b._inputs(rows, k)[:4]
@@ -89,6 +89,7 @@ for rows, k in ((8192, 4096), (16384, 5120), (8192, 11008), (16384, 13824)):
         runs.append(lambda even=even, maxima=maxima, merged=merged, spread=spread: var_kernel[grid](
             x, column_scale, row_scale, dgrad, wgrad_t, state, rows, k, k, BM=q.BLOCK_M, BN=q.BLOCK_N,
             EVEN=even, MERGED=merged, TRANSPOSE_F32=False, MAXIMA=maxima, SPREAD=spread, MANTISSA=2, BIAS=15, E4M3FN=False, HARDWARE_CAST=True, num_warps=q.NUM_WARPS))
+    runs.append(runs[0])  # the production pass again, after the variants: does the order matter?
     shares = [rows * k * 4 / b.median_ms(run) / 1e6 / copy for run in runs]
     print(f"| {rows}x{k} | " + " | ".join(f"{s:.2f}" for s in shares) + " |", flush=True)
     b._inputs.cache_clear()
