@@ -11,6 +11,12 @@ instructions per element).
 
 The build specializes like the JIT does for LLaMA shapes: pointers 16-byte aligned and integer
 arguments divisible by 16 (without that hint loads are not vectorized and the counts mislead).
+
+It uses the Triton installed where it runs. Versions lay out the same source differently: a
+variant that Triton 3.9 built with 160 registers took 214 under 3.6, the device's, and ran at
+0.59 of copy bandwidth against the package kernel's 0.75 (benchmarks/NOTES.md, session 14). To
+read the device's code, install its Triton into a folder of its own and put that first on
+``sys.path`` before importing triton (``pip install --no-deps --target /tmp/t36 triton==3.6.0``).
 """
 
 from __future__ import annotations
