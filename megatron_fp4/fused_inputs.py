@@ -32,7 +32,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .occ import OCCConfig, occ_bounds, occ_bounds_of_sample, occ_norm_bounds_on_device, occ_sample_positions, stacked_bounds
+from .occ import (
+    OCCConfig, occ_bounds, occ_bounds_of_sample, occ_norm_bounds_on_device, occ_sample_positions, stacked_bounds,
+)
 from .quantize import QuantizedTensor, QuantSpec, quantize
 
 __all__ = [
