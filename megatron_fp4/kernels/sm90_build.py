@@ -15,8 +15,9 @@ arguments divisible by 16 (without that hint loads are not vectorized and the co
 It uses the Triton installed where it runs. Versions lay out the same source differently: a
 variant that Triton 3.9 built with 160 registers took 214 under 3.6, the device's, and ran at
 0.59 of copy bandwidth against the package kernel's 0.75 (benchmarks/NOTES.md, session 14). To
-read the device's code, install its Triton into a folder of its own and put that first on
-``sys.path`` before importing triton (``pip install --no-deps --target /tmp/t36 triton==3.6.0``).
+read the device's code, install its Triton into a folder of its own and put that first on the
+path: ``pip install --no-deps --target /tmp/t36 triton==3.6.0``, then
+``PYTHONPATH=/tmp/t36 python -m megatron_fp4.kernels.sm90_build``.
 """
 
 from __future__ import annotations
