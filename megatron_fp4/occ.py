@@ -237,8 +237,8 @@ def _device_bounds(
         return None
     from .kernels.order_statistics import order_statistic_bounds, supports_order_statistics
 
-    if not supports_order_statistics(values) or (norm is not None and values.stride(-1) != 1) or values.numel() >= 2**30:
-        return None  # (the kernels index in int32)
+    if not supports_order_statistics(values, norm):
+        return None
     count = values.numel() if positions is None else positions.numel()
     bounds = order_statistic_bounds(values, _rank(count, 1 - config.alpha), _rank(count, config.alpha), config.symmetric, positions, norm)
     return bounds[0], bounds[1]

@@ -2,10 +2,10 @@
 
 OCC clamps at the α and 1-α quantiles of the activation (or of a fixed-seed sample of it,
 ``megatron_fp4.occ``). The reference takes them with ``torch.sort`` of the values in fp32: on a
-GPU a gather, a cast, a radix sort of several launches, two casts back and a stack, ~20 kernels
-and ~0.3 ms of host time per FP4 linear (benchmarks/NOTES.md, session 14). Here two small
-launches select them directly from the 16-bit values (bf16 or fp16, the dtype the clamp
-compares in), gathering the sample themselves:
+GPU a gather, a cast, a radix sort of several launches, two casts back and a stack: ~15 of the 32
+kernels of a `paper` linear's fwd+bwd and ~0.2 ms of its host time (benchmarks/NOTES.md, session
+14: 32 -> 17 kernels, 1859 -> 1641 us). Here two small launches select them directly from the
+16-bit values (bf16 or fp16, the dtype the clamp compares in), gathering the sample themselves:
 
   key(u) = ~u for negative bit patterns u, u | 0x8000 for positive ones (integer order of keys is
   the order of the values), NaN -> 0xFFFF (``torch.sort`` puts every NaN last);
@@ -40,11 +40,22 @@ NUM_WARPS = 4
 MAX_PROGRAMS = 128  # a 2^18 sample: 128 programs of one step each
 SCRATCH_SIZE = 769  # [0:256] high bytes, [256:512] / [512:768] low bytes per rank, [768] ticket
 DTYPE_CODES = {torch.bfloat16: 0, torch.float16: 1}
+MAX_INDEX = 2**31 - 2 * BLOCK  # int32 offsets, with a step's padding past the end
 
 
-def supports_order_statistics(values: torch.Tensor) -> bool:
-    """16-bit floats (the activation dtypes OCC's bounds are compared in) with at least one value."""
-    return values.dtype in DTYPE_CODES and values.numel() > 0
+def _extent(values: torch.Tensor, norm) -> int:
+    """Elements the kernels address: the flat values, or with ``norm`` x's rows at their stride."""
+    if norm is None or values.dim() != 2 or values.numel() == 0:
+        return values.numel()
+    return (values.shape[0] - 1) * values.stride(0) + values.shape[1]
+
+
+def supports_order_statistics(values: torch.Tensor, norm=None) -> bool:
+    """Whether the kernels take ``values``: 16-bit floats (the activation dtypes OCC's bounds are
+    compared in), at least one value, addresses within the kernels' int32 indexing, and with
+    ``norm`` a 2-D tensor with unit column stride. Where not, OCC sorts (``occ._tensor_thresholds``)."""
+    shape_ok = norm is None or (values.dim() == 2 and values.stride(-1) == 1)
+    return values.dtype in DTYPE_CODES and values.numel() > 0 and shape_ok and _extent(values, norm) < MAX_INDEX
 
 
 @triton.jit
@@ -179,18 +190,20 @@ def order_statistic_bounds(
     (weight [K], rstd [rows] fp32): rank RMSNorm(values) for values [rows, K] instead, computed at
     the positions (``fused_inputs.rms_norm_occ_bounds``). Equal as numbers to
     ``torch.sort(values.float())`` at those ranks (see the module docstring for zeros' sign and NaN)."""
-    if not supports_order_statistics(values):
+    if values.dtype not in DTYPE_CODES or values.numel() == 0:
         raise ValueError(f"order_statistic_bounds: needs a non-empty bf16/fp16 tensor, got {values.dtype} with {values.numel()} values")
     if norm is not None and (values.dim() != 2 or values.stride(-1) != 1):
         raise ValueError(f"order_statistic_bounds: norm needs 2-D values with unit column stride, got {tuple(values.shape)} strides {values.stride()}")
+    if not supports_order_statistics(values, norm):
+        raise ValueError(f"order_statistic_bounds: {_extent(values, norm)} addressed values exceed the kernels' int32 indexing ({MAX_INDEX})")
     k, stride = (values.shape[1], values.stride(0)) if norm is not None else (1, 1)
     flat = values if norm is not None else values.reshape(-1)
     n = values.numel() if positions is None else positions.numel()
+    if n >= MAX_INDEX:
+        raise ValueError(f"order_statistic_bounds: {n} positions exceed the kernels' int32 indexing ({MAX_INDEX})")
     for name, rank in (("rank_low", rank_low), ("rank_high", rank_high)):
         if not 1 <= rank <= n:
             raise ValueError(f"order_statistic_bounds: {name}={rank} outside 1..{n}")
-    if max(n, values.numel()) >= 2**31 - 2 * BLOCK:
-        raise ValueError(f"order_statistic_bounds: {max(n, values.numel())} values exceed the kernels' int32 indexing")
     out = torch.empty(2, dtype=values.dtype, device=values.device)
     scratch = torch.zeros(SCRATCH_SIZE, dtype=torch.int32, device=values.device)  # one memset; nothing shared between calls
     programs = min(triton.cdiv(n, BLOCK), MAX_PROGRAMS)

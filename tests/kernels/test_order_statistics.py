@@ -132,3 +132,16 @@ def test_order_statistics_of_the_rms_norm(dtype, gather):
     count = ranked.numel()
     bounds = order_statistic_bounds(x, _rank(count, 0.01), _rank(count, 0.99), symmetric=False, positions=positions, norm=(weight, rstd))
     assert same_number(bounds[0], ordered[_rank(count, 0.01) - 1]) and same_number(bounds[1], ordered[_rank(count, 0.99) - 1])
+
+
+def test_applicability_follows_the_addressed_extent():
+    """The kernels index in int32: a strided norm input counts the rows' stride, not only its values."""
+    from megatron_fp4.kernels.order_statistics import MAX_INDEX, supports_order_statistics
+
+    x = torch.empty(4, 8, dtype=torch.bfloat16)
+    norm = (torch.ones(8), torch.ones(4))
+    assert supports_order_statistics(x) and supports_order_statistics(x, norm)
+    assert not supports_order_statistics(x.float()) and not supports_order_statistics(x[:0])
+    assert not supports_order_statistics(x.t(), norm)  # columns not contiguous
+    wide = torch.empty_strided((3, 8), (MAX_INDEX // 2, 1), dtype=torch.bfloat16, device="meta")
+    assert supports_order_statistics(wide) and not supports_order_statistics(wide, norm)
