@@ -16,7 +16,8 @@ copy's bandwidth reached (the issue's target: 0.85):
                        reads x once more for the tensor absmax, not counted)
   NVFP4 recipe         the same bytes, for the recipe kernel's layouts: 16x16 weight tiles; 1x16
                        blocks with stochastic rounding (dgrad's dY); along the tokens with the RHT
-                       and stochastic rounding (wgrad's dY^T and X^T)
+                       and stochastic rounding (wgrad's dY^T), with the RHT only (wgrad's X^T);
+                       MXFP4 along the tokens (`mxfp4`'s wgrad operands)
 The copy moves 2 B read + 2 B written per bf16 element. A second table times fc2's operand made
 from the SwiGLU pre-activation, fused against megatron-core's SwiGLU then the quantizer; a third the
 QKV / fc1 operand made from the residual stream with the RMSNorm fused, against torch's RMSNorm then
@@ -85,6 +86,7 @@ def kernels(rows: int, k: int, **options) -> dict[str, tuple]:
     x, bounds, column_scale, row_scale, codes, grad_w, scale, seed, rht, history = _inputs(rows, k)
     elements = rows * k
     row_options = options.get("row_options", {})
+    recipe_options = options.get("recipe_options", {})
     return {
         "row quantize": (lambda: quantize_rows(x, **row_options), elements * 3.5 + rows * 4),
         "row inline (OCC)": (lambda: quantize_rows_inline(x, bounds, **row_options), elements * 3 + rows * 4),
@@ -97,9 +99,11 @@ def kernels(rows: int, k: int, **options) -> dict[str, tuple]:
         "DGE on dW": (lambda: dge_scale_grad(grad_w, x, scale, 5.0, 3.0), elements * 10),
         "NVFP4 blocks": (lambda: quantize_blocks(x, NVFP4, **options.get("block_options", {})), elements * (2 + 0.5 + 1 / 16)),
         "MXFP4 blocks": (lambda: quantize_blocks(x, MXFP4, **options.get("block_options", {})), elements * (2 + 0.5 + 1 / 32)),
-        "NVFP4 16x16 tiles": (lambda: quantize_nvfp4(x, tiles=True), elements * (2 + 0.5 + 1 / 256)),
-        "NVFP4 1x16 SR": (lambda: quantize_nvfp4(x, seed=seed), elements * (2 + 0.5 + 1 / 16)),
-        "NVFP4 tokens RHT SR": (lambda: quantize_nvfp4(x, along_tokens=True, rht=rht, seed=seed), elements * (2 + 0.5 + 1 / 16)),
+        "NVFP4 16x16 tiles": (lambda: quantize_nvfp4(x, tiles=True, **recipe_options), elements * (2 + 0.5 + 1 / 256)),
+        "NVFP4 1x16 SR": (lambda: quantize_nvfp4(x, seed=seed, **recipe_options), elements * (2 + 0.5 + 1 / 16)),
+        "NVFP4 tokens RHT SR": (lambda: quantize_nvfp4(x, along_tokens=True, rht=rht, seed=seed, **recipe_options), elements * (2 + 0.5 + 1 / 16)),
+        "NVFP4 tokens RHT": (lambda: quantize_nvfp4(x, along_tokens=True, rht=rht, **recipe_options), elements * (2 + 0.5 + 1 / 16)),
+        "MXFP4 tokens": (lambda: quantize_nvfp4(x, along_tokens=True, block_format="mxfp4", **recipe_options), elements * (2 + 0.5 + 1 / 32)),
     }
 
 
@@ -158,14 +162,17 @@ def norm_table() -> None:
                 print(f"| {rows}x{hidden} | {name} | {unfused_ms * 1e3:.0f} | {fused_ms * 1e3:.0f} | {unfused_ms / fused_ms:.2f}x | {share:.2f} |", flush=True)
 
 
-def main() -> None:
-    names = list(kernels(16, 64))
+def main(shapes=SHAPES, only: list[str] | None = None) -> None:
+    """The table: each kernel's share of copy bandwidth per shape (``only``: the kernels whose
+    names contain one of these strings)."""
+    names = [name for name in kernels(16, 64) if not only or any(part in name for part in only)]
     print(f"# {torch.cuda.get_device_name()}; share of device-copy bandwidth, same run")
     print("| shape | copy GB/s | " + " | ".join(names) + " |")
     print("| --- | --- | " + " | ".join("---" for _ in names) + " |")
-    for rows, k in SHAPES:
+    for rows, k in shapes:
         copy_gbs = rows * k * 4 / median_ms(torch.randn(rows, k, device="cuda", dtype=torch.bfloat16).clone) / 1e6
-        shares = [nbytes / median_ms(fn) / 1e6 / copy_gbs for fn, nbytes in kernels(rows, k).values()]
+        jobs = kernels(rows, k)
+        shares = [jobs[name][1] / median_ms(jobs[name][0]) / 1e6 / copy_gbs for name in names]
         print(f"| {rows}x{k} | {copy_gbs:.0f} | " + " | ".join(f"{share:.2f}" for share in shares) + " |", flush=True)
         torch.cuda.empty_cache()
 
@@ -204,6 +211,10 @@ def sweep(rows: int, k: int, families: tuple[str, ...] = ("rows", "grad", "block
         for tile in ((64, 256), (32, 512)):
             for warps in (4, 8):
                 report("grad quantize (both)", f"amax tile {tile} warps {warps}", grad_options={"amax_tile": tile, "amax_warps": warps})
+    if "recipe" in families:  # the recipe kernel's program tile, per layout (rows, columns of O, warps)
+        for name in ("MXFP4 tokens", "NVFP4 tokens RHT", "NVFP4 tokens RHT SR", "NVFP4 1x16 SR", "NVFP4 16x16 tiles"):
+            for tile in ((64, 64, 4), (256, 32, 4), (128, 64, 4), (64, 128, 4), (32, 256, 4), (256, 64, 8), (128, 32, 4)):
+                report(name, f"tile {tile}", recipe_options={"tile": tile})
     if "blocks" in families:
         for blocks in (32, 64, 128, 256):
             for name in ("NVFP4 blocks", "MXFP4 blocks"):
@@ -216,15 +227,18 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--sweep-shapes", nargs="+", default=["8192x4096", "8192x11008"], help="ROWSxK shapes to sweep")
-    parser.add_argument("--sweep-families", nargs="+", default=["rows", "grad", "blocks"], choices=["rows", "swiglu", "grad", "blocks"])
+    parser.add_argument("--sweep-families", nargs="+", default=["rows", "grad", "blocks"], choices=["rows", "swiglu", "grad", "blocks", "recipe"])
     parser.add_argument("--no-table", action="store_true", help="only the sweep")
     parser.add_argument("--graph", action="store_true", help="time CUDA-graph replays (the kernels alone, no host time)")
+    parser.add_argument("--shapes", nargs="+", help="ROWSxK shapes of the table (default: the LLaMA shapes)")
+    parser.add_argument("--only", nargs="+", help="the table's kernels whose names contain one of these; no fused-input tables")
     args = parser.parse_args()
     GRAPH = args.graph
     if not args.no_table:
-        main()
-        swiglu_table()
-        norm_table()
+        main([tuple(int(v) for v in shape.split("x")) for shape in args.shapes] if args.shapes else SHAPES, args.only)
+        if not args.only:
+            swiglu_table()
+            norm_table()
     if args.sweep:
         for shape in args.sweep_shapes:
             sweep(*(int(v) for v in shape.split("x")), families=tuple(args.sweep_families))

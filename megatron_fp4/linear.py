@@ -190,7 +190,9 @@ class FP4GemmState:
         in fp32 and returned in ``out_dtype``."""
         if self.recipe.wgrad_along_tokens:  # (R dY)^T (R X) = dY^T X in exact arithmetic
             gq_t = self._quantize_along_tokens(g2d, self.recipe.wgrad_grad_output, "output gradient")
-            grad_w = self.backend.fprop(gq_t, self.x_saved, torch.float32)  # the A B^T GEMM: dY^T X over tokens
+            # the A B^T GEMM: dY^T X over the tokens, written in the gradient's dtype unless DGE follows
+            # (the same rounding as a cast afterwards, without an fp32 pass over dW)
+            grad_w = self.backend.fprop(gq_t, self.x_saved, torch.float32 if self.w_fprop_scale is not None else out_dtype)
             if self.w_fprop_scale is not None:
                 dge, fmt = self.recipe.dge, self.recipe.fprop_weight.format
                 self._record_dge(grad_w, weight)

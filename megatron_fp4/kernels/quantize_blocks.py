@@ -34,6 +34,18 @@ PREFETCH = True
 INTERPRETER_PROGRAMS = 3  # under TRITON_INTERPRET: a few programs, so the tests walk the work loop
 
 
+def flat_items(rows: int, blocks_per_row: int, preferred: int) -> int:
+    """Blocks per work item when a contiguous tensor is walked as one run of blocks (items may
+    span rows): the largest power of two up to ``preferred`` that divides the total, so no item is
+    partial. Items of one row each wasted up to 37% of the work where the row's block count is no
+    power of two (LLaMA-13B's K = 5120: 320 NVFP4 / 160 MXFP4 blocks in items of 256 / 128;
+    benchmarks/NOTES.md, session 15). Speed only."""
+    groups, total = max(1, preferred), rows * blocks_per_row
+    while groups > 1 and total % groups:
+        groups //= 2
+    return groups
+
+
 def persistent_grid(items: int, device: torch.device, programs_per_sm: int | None = None) -> int:
     """Programs of the persistent kernel over ``items`` work items: ``programs_per_sm`` per
     multiprocessor (each walks items pid, pid + P, ...), never more than there are items."""
@@ -121,7 +133,10 @@ def _quantize_blocks_kernel(
         else:
             byte, scale = _mxfp4_scale(amax)
         tl.store(scale_ptr + row * (K // BLOCK) + blocks, byte.to(tl.uint8), mask=block_mask)
-        multiplier = tl.where(scale == 0, 0.0, tl.math.div_rn(1.0, scale))  # ``quantize.encode_multiplier``
+        if NVFP4:
+            multiplier = tl.where(scale == 0, 0.0, tl.math.div_rn(1.0, scale))  # ``quantize.encode_multiplier``
+        else:  # 1 / 2^e is the power of two 2^-e, exactly what the division gives (NaN for 0xFF), without it
+            multiplier = tl.where(byte == 0xFF, float("nan"), _power_of_two(127 - byte))
         _, code = _e2m1_round(x * multiplier[:, None])
         codes = code.to(tl.uint8)
         low, high = tl.split(tl.reshape(codes, (GROUPS, BLOCK // 2, 2)))
@@ -184,11 +199,16 @@ def quantize_blocks(
     nvfp4 = spec.granularity == "nvfp4"
     # absmax_scale(tensor_absmax(x2d), ...) in one launch after the partial maxima
     global_scale = tensor_scale_from_partials(_partial_absmax(x2d), spec.format.max_value * E4M3_MAX) if nvfp4 else None
-    groups = min(blocks_per_program or BLOCKS_PER_PROGRAM[spec.granularity], triton.next_power_of_2(k // block))
-    chunks = triton.cdiv(k // block, groups)
-    items = rows * chunks
+    preferred = blocks_per_program or BLOCKS_PER_PROGRAM[spec.granularity]
+    groups = flat_items(rows, k // block, preferred)
+    if x2d.is_contiguous() and groups >= min(preferred, 32):  # one run of blocks, items of `groups` blocks
+        view, view_k, chunks = x2d.reshape(-1, groups * block), groups * block, 1
+    else:  # items within rows (strided rows; or a block count with few factors of two): the last item of a row masked
+        groups = min(preferred, triton.next_power_of_2(k // block))
+        view, view_k, chunks = x2d, k, triton.cdiv(k // block, groups)
+    items = view.shape[0] * chunks
     _quantize_blocks_kernel[(persistent_grid(items, x.device, programs_per_sm),)](
-        x2d, codes, scale_bytes, global_scale if nvfp4 else codes, k, x2d.stride(0), items, chunks,
+        view, codes, scale_bytes, global_scale if nvfp4 else codes, view_k, view.stride(0), items, chunks,
         NVFP4=nvfp4, BLOCK=block, GROUPS=groups, PREFETCH=PREFETCH if prefetch is None else prefetch, num_warps=4,
     )
     scale = scale_bytes.view(torch.float8_e4m3fn) if nvfp4 else scale_bytes

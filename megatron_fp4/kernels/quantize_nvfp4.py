@@ -34,14 +34,29 @@ import triton.language as tl
 
 from ..quantize import QuantizedTensor, QuantSpec
 from ..scaling import E4M3_MAX
-from .quantize_blocks import _mxfp4_scale, _nvfp4_scale
+from .quantize_blocks import _mxfp4_scale, _nvfp4_scale, _power_of_two
 from .quantize_rows import _e2m1_round, _max_keeping_nan
 from .tensor_scale import tensor_scale_from_partials
 
 __all__ = ["quantize_nvfp4", "supports_nvfp4_spec"]
 
 BLOCK = 16
-TILE_R, TILE_C = 64, 64
+TILE_R, TILE_C = 64, 64  # a program's tile of O (rows, columns) where no layout below says otherwise
+# (rows of O, columns of O, warps) per program, by (along_tokens, rht, stochastic, tiles, mx):
+# chosen by the sm90 build's instructions per element under the device's Triton 3.6 (session 15:
+# MXFP4 along the tokens 33.5 -> 22.6, NVFP4 16x16 tiles 34.8 -> 22.6; the stochastic layouts gain
+# < 10% and need ~210 registers) and the H200 sweep (``bench_quant.py --sweep --sweep-families
+# recipe``, NOTES.md session 15: the RHT layout is fastest at 64x64, the others within 0.02 of the
+# best at these). Speed only.
+TILE_BY_LAYOUT = {
+    (True, False, False, False, True): (256, 32, 4),  # MXFP4 along the tokens (wgrad's X^T, dY^T)
+    (False, False, False, True, False): (32, 256, 4),  # NVFP4 16x16 weight tiles
+}
+
+
+def default_tile(along_tokens: bool, rht: bool, stochastic: bool, tiles: bool, mx: bool) -> tuple[int, int, int]:
+    """(rows, columns, warps) of one program's tile of O for this layout (``TILE_BY_LAYOUT``)."""
+    return TILE_BY_LAYOUT.get((along_tokens, rht, stochastic, tiles, mx), (TILE_R, TILE_C, 4))
 TENSOR_CORE_RHT = True  # BF16 inputs: the RHT as a BF16 tensor-core dot (exact products, fp32 sums; NOTES.md, session 9)
 
 
@@ -67,7 +82,7 @@ def _operand_tile(x_ptr, rht_ptr, M, N, stride_x, r0, c0, ALONG_TOKENS: tl.const
             groups = tl.reshape(tl.trans(x), (BR * BC // 16, 16))
             o = tl.reshape(tl.dot(groups, r_t, out_dtype=tl.float32), (BR, BC))
         else:
-            o = tl.trans(x.to(tl.float32))  # [BR, BC]
+            o = tl.trans(x).to(tl.float32)  # [BR, BC]: transposed in x's dtype (half the shared memory of fp32)
             if RHT == 1:  # fp32 on the CUDA cores
                 k = tl.arange(0, 16)
                 r_t = tl.load(rht_ptr + k[None, :] * 16 + k[:, None])  # R^T: element [j, i] = R[i, j]
@@ -162,7 +177,10 @@ def _quantize_kernel(
         byte, scale = _mxfp4_scale(tl.where(amax == float("inf"), float("nan"), amax))
     else:
         byte, scale = _nvfp4_scale(amax, tl.load(global_scale_ptr))
-    multiplier = tl.where(scale == 0, 0.0, tl.math.div_rn(1.0, scale))  # ``quantize.encode_multiplier``
+    if MX:  # 1 / 2^e is the power of two 2^-e, exactly what the division gives (NaN for 0xFF), without it
+        multiplier = tl.where(byte == 0xFF, float("nan"), _power_of_two(127 - byte))
+    else:
+        multiplier = tl.where(scale == 0, 0.0, tl.math.div_rn(1.0, scale))  # ``quantize.encode_multiplier``
     if TILES:
         tile_rows = r0 // 16 + tl.arange(0, BR // 16)
         tile_cols = c0 // 16 + tl.arange(0, BC // 16)
@@ -201,13 +219,15 @@ def quantize_nvfp4(
     rht: torch.Tensor | None = None,
     seed: torch.Tensor | None = None,
     block_format: str = "nvfp4",
+    tile: tuple[int, int, int] | None = None,
 ) -> QuantizedTensor:
     """NVFP4 codes of x2d [M, C] (``along_tokens``: of (R16 x2d)^T [C, M], ``rht`` the 16x16 R16 or
     None), 16x16 ``tiles`` or 1x16 blocks, stochastic rounding with the Philox ``seed``
     (``stochastic.new_seed``: int64 [2] on x2d's device; None: round to nearest). See the module
     docstring. ``block_format="mxfp4"``: OCP MXFP4 instead (1x32 blocks, E8M0 scales, no tensor
     scale), with the same layouts except the tiles: MXFP4's weight-gradient operands along the
-    tokens without a transposed copy."""
+    tokens without a transposed copy. tile: (rows, columns, warps) of O per program, powers of two
+    of at least 32 (default: ``default_tile``; speed only)."""
     if block_format not in ("nvfp4", "mxfp4"):
         raise ValueError(f"quantize_nvfp4: block_format must be 'nvfp4' or 'mxfp4', got {block_format!r}")
     mx = block_format == "mxfp4"
@@ -231,11 +251,15 @@ def quantize_nvfp4(
     rht_matrix = (rht.float().contiguous().to(device) if rht is not None else torch.empty(16, 16, device=device))
     # the transform's mode: BF16 inputs on tensor cores where compiled (the interpreter's BF16 dots are not exact)
     rht_mode = 0 if rht is None else (2 if TENSOR_CORE_RHT and x2d.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") != "1" else 1)
-    grid = (triton.cdiv(out_rows, TILE_R), triton.cdiv(out_cols, TILE_C))
+    tile_rows, tile_cols, warps = tile or default_tile(along_tokens, rht is not None, seed is not None, tiles, mx)
+    if min(tile_rows, tile_cols) < 32 or tile_rows & (tile_rows - 1) or tile_cols & (tile_cols - 1):
+        raise ValueError(f"quantize_nvfp4: tile rows and columns must be powers of two >= 32, got {tile}")
+    grid = (triton.cdiv(out_rows, tile_rows), triton.cdiv(out_cols, tile_cols))
+    launch = {} if os.environ.get("TRITON_INTERPRET") == "1" else {"num_warps": warps}
     global_scale = None
     if not mx:  # NVFP4's tensor scale needs the whole tensor's maximum first
         partial = torch.empty(grid[0] * grid[1], dtype=torch.float32, device=device)
-        _partial_absmax_kernel[grid](x2d, rht_matrix, partial, m, n, x2d.stride(0), ALONG_TOKENS=along_tokens, RHT=rht_mode, BR=TILE_R, BC=TILE_C)
+        _partial_absmax_kernel[grid](x2d, rht_matrix, partial, m, n, x2d.stride(0), ALONG_TOKENS=along_tokens, RHT=rht_mode, BR=tile_rows, BC=tile_cols, **launch)
         global_scale = tensor_scale_from_partials(partial, 6.0 * E4M3_MAX)  # absmax_scale's rule, one launch
     codes = torch.empty(out_rows, out_cols // 2, dtype=torch.uint8, device=device)
     scale_shape = (out_rows // BLOCK, out_cols // BLOCK) if tiles else (out_rows, out_cols // block)
@@ -243,8 +267,7 @@ def quantize_nvfp4(
     _quantize_kernel[grid](
         x2d, rht_matrix, seed.contiguous() if seed is not None else rht_matrix, global_scale if global_scale is not None else rht_matrix,
         codes, scale_bytes, m, n, x2d.stride(0),
-        ALONG_TOKENS=along_tokens, RHT=rht_mode, TILES=tiles, STOCHASTIC=seed is not None, BR=TILE_R, BC=TILE_C, MX=mx,
-        **({} if os.environ.get("TRITON_INTERPRET") == "1" else {"num_warps": 4}),
+        ALONG_TOKENS=along_tokens, RHT=rht_mode, TILES=tiles, STOCHASTIC=seed is not None, BR=tile_rows, BC=tile_cols, MX=mx, **launch,
     )
     dtype = torch.float32 if along_tokens else x2d.dtype  # the reference quantizes the fp32 transposed operand
     if mx:

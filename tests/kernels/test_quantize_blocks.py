@@ -16,7 +16,9 @@ from megatron_fp4.kernels.quantize_blocks import quantize_blocks  # noqa: E402
 from megatron_fp4.quantize import QuantSpec, quantize  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-SHAPES = [(4, 64), (3, 544), (7, 1056)] if DEVICE == "cpu" else [(4, 64), (1000, 4096), (4096, 11008), (33, 20000 // 32 * 32)]
+# (32, 160): rows of 10 NVFP4 / 5 MXFP4 blocks walked as one run (items span rows); (3, 544), (7, 1056):
+# block counts with few factors of two, items within rows with the last one masked
+SHAPES = [(4, 64), (3, 544), (7, 1056), (32, 160)] if DEVICE == "cpu" else [(4, 64), (1000, 4096), (4096, 11008), (33, 20000 // 32 * 32), (2048, 5120)]
 
 
 @pytest.mark.parametrize("granularity", ["nvfp4", "mxfp4"])
@@ -38,6 +40,16 @@ def test_matches_reference_bit_for_bit(granularity, shape, dtype, blocks_per_pro
         if granularity == "nvfp4":
             assert torch.equal(fast.global_scale, reference.global_scale)
         assert torch.equal(fast.dequantize(), reference.dequantize())
+
+
+@pytest.mark.parametrize("granularity", ["nvfp4", "mxfp4"])
+def test_strided_rows_match_reference(granularity):
+    """Rows of a wider tensor (not one run of blocks): items within rows, same bits."""
+    spec = QuantSpec("fp4", granularity)
+    wide = torch.randn(32, 256).to(torch.bfloat16).to(DEVICE)
+    x = wide[:, :160]
+    fast, reference = quantize_blocks(x, spec), quantize(x, spec)
+    assert torch.equal(fast.data, reference.data) and torch.equal(fast.scale.view(torch.uint8), reference.scale.view(torch.uint8))
 
 
 @pytest.mark.parametrize("granularity", ["nvfp4", "mxfp4"])

@@ -155,6 +155,54 @@ def test_mxfp4_with_rht_matches_up_to_summation_order():
     assert differing.float().mean() < 1e-3 and (fast.scale != reference.scale).float().mean() < 1e-3
 
 
+LAYOUTS = {  # name -> keyword arguments of quantize_nvfp4 (seeded layouts get a seed below)
+    "nvfp4 rows": {}, "nvfp4 tiles": {"tiles": True}, "nvfp4 rows SR": {"stochastic": True},
+    "nvfp4 tokens RHT SR": {"along_tokens": True, "rht": 1234, "stochastic": True}, "nvfp4 tokens RHT": {"along_tokens": True, "rht": 1234},
+    "mxfp4 rows": {"block_format": "mxfp4"}, "mxfp4 tokens": {"along_tokens": True, "block_format": "mxfp4"},
+    "mxfp4 tokens SR": {"along_tokens": True, "block_format": "mxfp4", "stochastic": True},
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_every_tile_shape_gives_the_default_tiles_bits(layout):
+    """The tile (rows, columns, warps) of a program is speed only: tiles larger than the tensor,
+    ones that leave partial tiles at both edges, and the per-layout defaults write the same bytes."""
+    options = dict(LAYOUTS[layout])
+    if options.pop("stochastic", False):
+        options["seed"] = new_seed(DEVICE, torch.Generator(DEVICE).manual_seed(11))
+    if "rht" in options:
+        options["rht"] = rht_matrix(options["rht"])
+    x = activation((96, 160))
+    default = quantize_nvfp4(x, **options)
+    for tile in ((32, 32, 2), (32, 256, 4), (256, 32, 4)):
+        other = quantize_nvfp4(x, tile=tile, **options)
+        assert torch.equal(other.data, default.data) and torch.equal(other.scale.view(torch.uint8), default.scale.view(torch.uint8)), tile
+        if default.global_scale is not None:
+            assert torch.equal(other.global_scale, default.global_scale), tile
+
+
+@pytest.mark.parametrize("along_tokens", [False, True])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_mxfp4_blocks_holding_nan_or_inf_are_nan_as_in_the_reference(along_tokens, bad):
+    """A block holding NaN or Inf gets the E8M0 NaN byte 0xFF (the power-of-two multiplier the
+    kernel uses instead of 1 / scale is NaN there, as the division's)."""
+    x = activation((64, 64))
+    x[2, 7] = bad
+    x[40, 33] = -bad
+    fast = quantize_nvfp4(x, along_tokens=along_tokens, block_format="mxfp4")
+    operand = x.float().t().contiguous() if along_tokens else x
+    reference = quantize(operand, MXFP4)
+    assert_identical_mx(fast, reference)
+    assert (fast.scale == 0xFF).sum() == 2
+
+
+def test_bad_tiles_are_named():
+    with pytest.raises(ValueError, match="powers of two >= 32"):
+        quantize_nvfp4(torch.randn(64, 64).to(DEVICE), tile=(48, 32, 4))
+    with pytest.raises(ValueError, match="powers of two >= 32"):
+        quantize_nvfp4(torch.randn(64, 64).to(DEVICE), tile=(16, 64, 4))
+
+
 def test_bad_shapes_and_arguments_are_named():
     with pytest.raises(ValueError, match="token dimension"):
         quantize_nvfp4(torch.randn(40, 64).to(DEVICE), along_tokens=True)
