@@ -17,7 +17,9 @@ copy's bandwidth reached (the issue's target: 0.85):
   NVFP4 recipe         the same bytes, for the recipe kernel's layouts: 16x16 weight tiles; 1x16
                        blocks with stochastic rounding (dgrad's dY); along the tokens with the RHT
                        and stochastic rounding (wgrad's dY^T), with the RHT only (wgrad's X^T);
-                       MXFP4 along the tokens (`mxfp4`'s wgrad operands)
+                       MXFP4 along the tokens (`mxfp4`'s wgrad operands); "pairs": the same
+                       along-the-tokens operands from BF16 token pairs (`quantize_tokens`, what
+                       the linear uses for BF16 inputs)
 The copy moves 2 B read + 2 B written per bf16 element. A second table times fc2's operand made
 from the SwiGLU pre-activation, fused against megatron-core's SwiGLU then the quantizer; a third the
 QKV / fc1 operand made from the residual stream with the RMSNorm fused, against torch's RMSNorm then
@@ -40,9 +42,10 @@ from megatron_fp4.kernels.codes_to_fp8 import codes_to_fp8_t
 from megatron_fp4.kernels.dge_grad import dge_scale_grad
 from megatron_fp4.kernels.quantize_blocks import quantize_blocks
 from megatron_fp4.kernels.quantize_grad import quantize_grad_folded
-from megatron_fp4.hadamard import rht_matrix
+from megatron_fp4.hadamard import rht_matrix, rht_signs
 from megatron_fp4.kernels.quantize_nvfp4 import quantize_nvfp4
 from megatron_fp4.kernels.quantize_rows import quantize_rows, quantize_rows_inline
+from megatron_fp4.kernels.quantize_tokens import quantize_along_tokens_bf16
 from megatron_fp4.quantize import QuantSpec
 from megatron_fp4.stochastic import new_seed
 
@@ -87,6 +90,8 @@ def kernels(rows: int, k: int, **options) -> dict[str, tuple]:
     elements = rows * k
     row_options = options.get("row_options", {})
     recipe_options = options.get("recipe_options", {})
+    pair_options = options.get("pair_options", {})
+    signs = rht_signs(1234, device=x.device)
     return {
         "row quantize": (lambda: quantize_rows(x, **row_options), elements * 3.5 + rows * 4),
         "row inline (OCC)": (lambda: quantize_rows_inline(x, bounds, **row_options), elements * 3 + rows * 4),
@@ -104,6 +109,9 @@ def kernels(rows: int, k: int, **options) -> dict[str, tuple]:
         "NVFP4 tokens RHT SR": (lambda: quantize_nvfp4(x, along_tokens=True, rht=rht, seed=seed, **recipe_options), elements * (2 + 0.5 + 1 / 16)),
         "NVFP4 tokens RHT": (lambda: quantize_nvfp4(x, along_tokens=True, rht=rht, **recipe_options), elements * (2 + 0.5 + 1 / 16)),
         "MXFP4 tokens": (lambda: quantize_nvfp4(x, along_tokens=True, block_format="mxfp4", **recipe_options), elements * (2 + 0.5 + 1 / 32)),
+        "pairs NVFP4 tokens RHT SR": (lambda: quantize_along_tokens_bf16(x, rht_signs=signs, seed=seed, **pair_options), elements * (2 + 0.5 + 1 / 16)),
+        "pairs NVFP4 tokens RHT": (lambda: quantize_along_tokens_bf16(x, rht_signs=signs, **pair_options), elements * (2 + 0.5 + 1 / 16)),
+        "pairs MXFP4 tokens": (lambda: quantize_along_tokens_bf16(x, block_format="mxfp4", **pair_options), elements * (2 + 0.5 + 1 / 32)),
     }
 
 
@@ -215,6 +223,12 @@ def sweep(rows: int, k: int, families: tuple[str, ...] = ("rows", "grad", "block
         for name in ("MXFP4 tokens", "NVFP4 tokens RHT", "NVFP4 tokens RHT SR", "NVFP4 1x16 SR", "NVFP4 16x16 tiles"):
             for tile in ((64, 64, 4), (256, 32, 4), (128, 64, 4), (64, 128, 4), (32, 256, 4), (256, 64, 8), (128, 32, 4)):
                 report(name, f"tile {tile}", recipe_options={"tile": tile})
+    if "pairs" in families:  # the token-pair kernel's program tile (tokens, columns, warps)
+        for name in ("pairs MXFP4 tokens", "pairs NVFP4 tokens RHT", "pairs NVFP4 tokens RHT SR"):
+            for tile in ((32, 128, 1), (32, 256, 1), (16, 256, 1), (32, 128, 2), (32, 64, 1), (64, 256, 2), (16, 512, 2)):
+                if "MXFP4" in name and tile[0] < 32:
+                    continue
+                report(name, f"tile {tile}", pair_options={"tile": tile})
     if "blocks" in families:
         for blocks in (32, 64, 128, 256):
             for name in ("NVFP4 blocks", "MXFP4 blocks"):
@@ -227,7 +241,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--sweep-shapes", nargs="+", default=["8192x4096", "8192x11008"], help="ROWSxK shapes to sweep")
-    parser.add_argument("--sweep-families", nargs="+", default=["rows", "grad", "blocks"], choices=["rows", "swiglu", "grad", "blocks", "recipe"])
+    parser.add_argument("--sweep-families", nargs="+", default=["rows", "grad", "blocks"], choices=["rows", "swiglu", "grad", "blocks", "recipe", "pairs"])
     parser.add_argument("--no-table", action="store_true", help="only the sweep")
     parser.add_argument("--graph", action="store_true", help="time CUDA-graph replays (the kernels alone, no host time)")
     parser.add_argument("--shapes", nargs="+", help="ROWSxK shapes of the table (default: the LLaMA shapes)")

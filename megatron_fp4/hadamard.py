@@ -17,7 +17,7 @@ import functools
 
 import torch
 
-__all__ = ["RHT_BLOCK", "hadamard_matrix", "rht_matrix", "apply_rht"]
+__all__ = ["RHT_BLOCK", "hadamard_matrix", "rht_matrix", "rht_signs", "apply_rht"]
 
 RHT_BLOCK = 16
 
@@ -33,33 +33,49 @@ def hadamard_matrix(size: int) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=16)
-def _rht_cpu(size: int, seed: int | None) -> torch.Tensor:
+def _signs_cpu(size: int, seed: int | None) -> torch.Tensor:
     signs = torch.ones(size)
     if seed is not None:
         generator = torch.Generator().manual_seed(seed)
         signs = torch.where(torch.rand(size, generator=generator) < 0.5, -1.0, 1.0)
-    return hadamard_matrix(size) * signs.reshape(1, -1)  # H diag(s)
+    return signs
 
 
-_ON_DEVICE: dict[tuple[int, int | None, torch.device], torch.Tensor] = {}
+@functools.lru_cache(maxsize=16)
+def _rht_cpu(size: int, seed: int | None) -> torch.Tensor:
+    return hadamard_matrix(size) * _signs_cpu(size, seed).reshape(1, -1)  # H diag(s)
+
+
+_ON_DEVICE: dict[tuple[str, int, int | None, torch.device], torch.Tensor] = {}
+
+
+def _shared(kind: str, make, size: int, seed: int | None, device) -> torch.Tensor:
+    """``make(size, seed)`` on ``device``, copied there once per (size, seed, device), not per call
+    (a host-to-device copy per quantization was a host synchronisation in every NVFP4 linear)."""
+    device = torch.device(device or "cpu")
+    if device.type == "cpu":
+        return make(size, seed)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    key = (kind, size, seed, device)
+    found = _ON_DEVICE.get(key)
+    if found is None:
+        found = make(size, seed).to(device)
+        if not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+            _ON_DEVICE[key] = found
+    return found
 
 
 def rht_matrix(seed: int | None, size: int = RHT_BLOCK, device=None) -> torch.Tensor:
-    """R = H diag(s) for the given sign seed (orthogonal: R R^T = R^T R = I). Shared and
-    read-only: the copy on an accelerator is made once per (size, seed, device), not per call (a
-    host-to-device copy per quantization was a host synchronisation in every NVFP4 linear)."""
-    device = torch.device(device or "cpu")
-    if device.type == "cpu":
-        return _rht_cpu(size, seed)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    key = (size, seed, device)
-    matrix = _ON_DEVICE.get(key)
-    if matrix is None:
-        matrix = _rht_cpu(size, seed).to(device)
-        if not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
-            _ON_DEVICE[key] = matrix
-    return matrix
+    """R = H diag(s) for the given sign seed (orthogonal: R R^T = R^T R = I); shared and
+    read-only."""
+    return _shared("matrix", _rht_cpu, size, seed, device)
+
+
+def rht_signs(seed: int | None, size: int = RHT_BLOCK, device=None) -> torch.Tensor:
+    """The signs s (fp32 +-1 [size]) of ``rht_matrix(seed)`` = H diag(s): what a fast Walsh-
+    Hadamard transform needs instead of the matrix; shared and read-only."""
+    return _shared("signs", _signs_cpu, size, seed, device)
 
 
 def apply_rht(x2d: torch.Tensor, seed: int | None, what: str = "tensor", inverse: bool = False) -> torch.Tensor:

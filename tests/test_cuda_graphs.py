@@ -29,6 +29,7 @@ GRAPHABLE = {
     "paper-clamp-only": lambda: FP4Recipe.paper(occ=OCCConfig(compensate=False)),
     "paper-fp8-compensation": lambda: FP4Recipe.paper(occ=OCCConfig(compensation="fp8")),
     "paper-inline-compensation": lambda: FP4Recipe.paper(occ=OCCConfig(compensation="inline")),
+    "mxfp4": lambda: get_recipe("mxfp4"),  # block GEMMs, the token-pair quantizer of the wgrad operands
 }
 
 

@@ -107,7 +107,7 @@ def standard_builds() -> dict[str, Sm90Build]:
     run it without ``TRITON_INTERPRET=1``, e.g. ``python -m megatron_fp4.kernels.sm90_build``.)"""
     import torch
 
-    from . import block_gemm, quantize_nvfp4, quantize_rows
+    from . import block_gemm, quantize_nvfp4, quantize_rows, quantize_tokens
 
     rows = {"x_ptr": "*bf16", "scale_ptr": "*fp32", "bounds_ptr": "*fp32", "act_ptr": "*bf16", "norm_weight_ptr": "*bf16", "rstd_ptr": "*fp32", "M": "i32", "stride_x": "i32"}
     plain = {"SWIGLU": False, "STORE_ACTIVATION": False, "NORM": False}
@@ -143,6 +143,13 @@ def standard_builds() -> dict[str, Sm90Build]:
             {"ALONG_TOKENS": True, "RHT": 2, "TILES": False, "STOCHASTIC": True, "BR": quantize_nvfp4.TILE_R, "BC": quantize_nvfp4.TILE_C, "MX": False},
         ),
     }
+    pair_signature = {"x_ptr": "*bf16", "signs_ptr": "*fp32", "seed_ptr": "*i64", "global_scale_ptr": "*fp32", "codes_ptr": "*u8", "scale_ptr": "*u8",
+                      "M": "i32", "N": "i32", "stride_x": "i32"}
+    for (rht, stochastic, mx), (tokens, columns, warps) in quantize_tokens.TILE_BY_LAYOUT.items():
+        name = f"token pairs, {'MXFP4' if mx else 'NVFP4'}{', RHT' if rht else ''}{', SR' if stochastic else ''}"
+        builds[name] = build_sm90(
+            quantize_tokens._quantize_kernel, pair_signature, {"RHT": rht, "STOCHASTIC": stochastic, "MX": mx, "BT": tokens, "BC": columns}, num_warps=warps,
+        )
     for out, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
         config = block_gemm.default_config(dtype)
         bm, bn, bk = config.block_m, config.block_n, config.block_k

@@ -40,6 +40,13 @@ def test_rht_of_bf16_inputs_runs_on_tensor_cores(builds):
     assert build["uses"]["HMMA"] or build["uses"]["HGMMA"], build
 
 
+def test_token_pair_quantizer_builds_every_default_layout(builds):
+    pairs = {name: build for name, build in builds.items() if name.startswith("token pairs")}
+    assert len(pairs) == 8  # NVFP4 / MXFP4, with and without the RHT and stochastic rounding
+    for name, build in pairs.items():
+        assert build["shared_bytes"] <= HOPPER_SHARED_MEMORY and build["instructions"] > 0, (name, build)
+
+
 def test_default_block_gemms_use_wgmma_and_fit_shared_memory(builds):
     gemms = {name: build for name, build in builds.items() if name.startswith("block GEMM")}
     assert len(gemms) == 4  # bf16 and fp32 outputs, B as stored and read transposed
