@@ -1,7 +1,7 @@
 """Fused NVFP4 / MXFP4 block quantization in Triton; the reference is ``megatron_fp4.quantize``.
 
-A persistent kernel (a few programs per SM, each walking work items of one row's blocks with
-the next item's load in flight) makes one pass over x [rows, K]: each block's absmax, its scale
+A persistent kernel (a few programs per SM, each walking work items of consecutive blocks, with
+the next item's load in flight; a contiguous tensor is one run of blocks, so items may span rows) makes one pass over x [rows, K]: each block's absmax, its scale
 (NVFP4: an E4M3 byte of amax / 6 / s_tensor, times the fp32 tensor scale; MXFP4: the E8M0 power
 of two 2^(floor(log2 amax) - 2)), and the packed E2M1 codes and scale bytes: the forms a
 Blackwell GEMM consumes. The NVFP4 tensor scale (one absmax over the whole tensor) comes from a
