@@ -1,6 +1,6 @@
 """Delayed output-gradient scaling (``FP4Recipe.grad_amax="delayed"``, ``--fp4-grad-amax``): the
 recipe and flag, the layer's state, and the FP4 linear's backward with it. (The fused kernel
-against its reference, bit for bit: tests/kernels/test_backward_kernels.py.)"""
+against its reference, bit for bit: tests/kernel_tests/test_backward_kernels.py.)"""
 
 import pytest
 import torch

@@ -31,7 +31,7 @@ def nvfp4_kernel_enabled() -> bool:
     """Whether the NVFP4 recipe quantizer (``quantize_nvfp4``: 16x16 tiles, stochastic rounding,
     along the tokens with the RHT; since session 9 also MXFP4 along the tokens and MXFP4 with
     stochastic rounding) replaces the PyTorch reference on CUDA: on by default since its GPU tests
-    (tests/kernels/test_quantize_nvfp4.py) passed on an H100 (session 5);
+    (tests/kernel_tests/test_quantize_nvfp4.py) passed on an H100 (session 5);
     ``MEGATRON_FP4_NVFP4_KERNEL=0`` runs the reference instead (same values, see the test)."""
     import os
 

@@ -70,7 +70,7 @@ def _e2m1_round(q):
     spacings (0..4 below 2, 2..4 in [2, 4), 2..3 in [4, 6]), to which the binade adds 0, 2 or 4,
     read from the magic's exponent ((magic_bits >> 22) is 298, 300, 302; + 6 is 0, 2, 4 mod 8).
     Equal to the reference's rounding on every one of the 2^32 fp32 patterns (checked in numpy,
-    whose fp32 arithmetic this is; ``tests/kernels/test_e2m1_round.py`` keeps a sample of it)."""
+    whose fp32 arithmetic this is; ``tests/kernel_tests/test_e2m1_round.py`` keeps a sample of it)."""
     bits = q.to(tl.int32, bitcast=True)
     magnitude = tl.minimum(tl.abs(q), 6.0)  # the non-NaN operand: NaN -> 6 (compiled and interpreted)
     magic_bits = tl.maximum(magnitude.to(tl.int32, bitcast=True) & 0x7F800000, 0x3F800000) + (22 << 23)

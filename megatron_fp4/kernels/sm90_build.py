@@ -103,7 +103,7 @@ def build_sm90(fn, signature: dict[str, str], constexprs: dict, num_warps: int =
 
 def standard_builds() -> dict[str, Sm90Build]:
     """The compiled-only branches of this package's kernels at their default settings, built for
-    sm90: what ``tests/kernels/test_sm90_build.py`` checks. (Needs compiled Triton functions:
+    sm90: what ``tests/kernel_tests/test_sm90_build.py`` checks. (Needs compiled Triton functions:
     run it without ``TRITON_INTERPRET=1``, e.g. ``python -m megatron_fp4.kernels.sm90_build``.)"""
     import torch
 
