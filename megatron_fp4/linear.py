@@ -33,7 +33,7 @@ from .gemm import GemmBackend, get_backend
 from .fused_inputs import (
     quantize_rms_norm_input, quantize_swiglu_input, rms_norm_fusable, rms_norm_reference, rms_rstd_reference, swiglu_fusable, swiglu_reference,
 )
-from .kernels import dge_scale_grad_fast, quantize_along_tokens_fast, quantize_fast, triton_available
+from .kernels import dge_scale_grad_fast, quantize_along_tokens_fast, quantize_fast, shared_nvfp4_tensor_scales, triton_available
 from .occ import FP8Residual, HotChannelResidual, SparseResidual, fp8_rows, occ_bounds, occ_compensation_residual, quantize_with_inline_outliers
 from .quantize import QuantizedTensor, QuantSpec, check_finite_enabled, quantize
 from .recipe import FP4Recipe
@@ -41,9 +41,10 @@ from .recipe import FP4Recipe
 __all__ = ["FP4GemmState", "FP4LinearFunction", "fp4_linear", "FP4Linear"]
 
 
-def _quantize_pair(tensor: torch.Tensor, first_spec, second_spec, check: bool, name: str):
-    """Quantize once when both uses share a spec; otherwise once per spec."""
-    first = quantize_fast(tensor, first_spec, check_finite=check, name=name)
+def _quantize_pair(tensor: torch.Tensor, first_spec, second_spec, check: bool, name: str, bf16_values: bool = False):
+    """Quantize once when both uses share a spec; otherwise once per spec. bf16_values: the first
+    (the forward's operand) also in BF16 where the GEMM wants it (``QuantizedTensor.bf16``)."""
+    first = quantize_fast(tensor, first_spec, check_finite=check, name=name, bf16_values=bf16_values)
     second = first if second_spec == first_spec else quantize_fast(tensor, second_spec, check_finite=check, name=name)
     return first, second
 
@@ -73,12 +74,14 @@ class FP4GemmState:
         self.recipe, self.backend, self.name = recipe, backend, name
         self.grad_amax_history = grad_amax_history if recipe.grad_amax == "delayed" else None
         self.check = recipe.check_finite or check_finite_enabled()
+        self.bf16_operands = getattr(backend, "block_operands_as_bf16", False)  # quantizers write the operands consumed at once in BF16 too
         self.x_saved: QuantizedTensor | None = None
         self.w_saved: QuantizedTensor | None = None
         self.w_fprop_scale: torch.Tensor | None = None  # the forward's weight scales, for DGE
         self.residual: SparseResidual | HotChannelResidual | FP8Residual | None = None
         self.folded = (False, False)  # whether dgrad's weight / wgrad's input scales moved into dY
         self.norm_rstd: torch.Tensor | None = None  # with a fused RMSNorm: 1/rms per row, for its backward
+        self.grad_tokens_scale: torch.Tensor | None = None  # dY^T's NVFP4 tensor scale, found with dY's (backward)
 
     def forward(
         self, x2d: torch.Tensor, weight: torch.Tensor, out_dtype: torch.dtype = torch.float32, swiglu: bool = False,
@@ -103,6 +106,7 @@ class FP4GemmState:
             )
         residual: SparseResidual | HotChannelResidual | FP8Residual | None = None
         bounds = None
+        input_tokens_scale = None  # X^T's NVFP4 tensor scale, found with X's (``shared_nvfp4_tensor_scales``)
         if swiglu:
             xq, bounds, x2d = quantize_swiglu_input(
                 x2d, recipe.occ, check_finite=self.check, name=f"{self.name} input", keep_activation=health.is_collecting()
@@ -119,14 +123,21 @@ class FP4GemmState:
             if recipe.occ.inline:  # the clamped entries as E4M3 inside the operand (fprop and wgrad)
                 xq = quantize_with_inline_outliers(x2d, *bounds, check_finite=self.check, name=f"{self.name} input")
             else:
-                xq = quantize_fast(x2d, recipe.fprop_input, check_finite=self.check, name=f"{self.name} input", clamp=bounds)
+                # X in 1x16 blocks and X^T after the RHT (NVIDIA's recipe): both tensor scales from one read
+                input_scale, input_tokens_scale = (None, None) if bounds is not None or not recipe.wgrad_along_tokens else shared_nvfp4_tensor_scales(
+                    x2d, recipe.fprop_input, recipe.wgrad_input, recipe.hadamard_seed, recipe.wgrad_hadamard, self.check
+                )
+                xq = quantize_fast(
+                    x2d, recipe.fprop_input, check_finite=self.check, name=f"{self.name} input", clamp=bounds, bf16_values=self.bf16_operands,
+                    tensor_scale=input_scale,
+                )
         if health.is_collecting() and recipe.fprop_input.is_quantized:  # `bf16_dge`: nothing to measure in the input
             compensation = residual.to_dense() if residual is not None else 0
             clamped = int(((x2d > bounds[1]) | (x2d < bounds[0])).sum()) if bounds is not None else 0
             health.record_input(self.name, x2d, xq.dequantize_2d() + compensation, clamped)
         wq, self.w_saved = weight_cache.cached(
             weight, (recipe.fprop_weight, recipe.dgrad_weight, self.check),
-            lambda: _quantize_pair(weight, recipe.fprop_weight, recipe.dgrad_weight, self.check, f"{self.name} weight"),
+            lambda: _quantize_pair(weight, recipe.fprop_weight, recipe.dgrad_weight, self.check, f"{self.name} weight", self.bf16_operands),
         )
         if isinstance(residual, HotChannelResidual):  # added in the output's dtype by an addmm epilogue
             y = residual.add_matmul_weight_t_to(self.backend.fprop(xq, wq, out_dtype), weight)
@@ -140,7 +151,7 @@ class FP4GemmState:
             y = self.backend.fprop(xq, wq, out_dtype)
 
         if recipe.wgrad_along_tokens:  # X^T [K, M], blocks along the tokens (after the RHT)
-            self.x_saved = self._quantize_along_tokens(x2d, recipe.wgrad_input, "input")
+            self.x_saved = self._quantize_along_tokens(x2d, recipe.wgrad_input, "input", tensor_scale=input_tokens_scale)
         elif recipe.wgrad_input == recipe.fprop_input:
             self.x_saved = xq
         elif recipe.wgrad_input.is_quantized:
@@ -149,18 +160,23 @@ class FP4GemmState:
             self.x_saved, residual = quantize(x2d, recipe.wgrad_input), None
         self.residual = residual if recipe.occ.compensate_wgrad else None  # forward-only compensation keeps nothing
         self.w_fprop_scale = _dge_scale(weight, wq, recipe) if recipe.dge.enabled else None
-        # kept for backward: packed codes and scales only (the FP8 containers are rebuilt there;
-        # an inline OCC operand is its E4M3 elements, 1 B each)
-        self.x_saved = dataclasses.replace(self.x_saved, fp8=None)
-        self.w_saved = dataclasses.replace(self.w_saved, fp8=None)
+        # kept for backward: packed codes and scales only (the FP8 / BF16 operand forms are rebuilt
+        # there; an inline OCC operand is its E4M3 elements, 1 B each)
+        self.x_saved = dataclasses.replace(self.x_saved, fp8=None, bf16=None)
+        self.w_saved = dataclasses.replace(self.w_saved, fp8=None, bf16=None)
         return y
 
-    def _quantize_along_tokens(self, tensor2d: torch.Tensor, spec: QuantSpec, what: str) -> QuantizedTensor:
+    def _quantize_along_tokens(
+        self, tensor2d: torch.Tensor, spec: QuantSpec, what: str, consumed_at_once: bool = False, tensor_scale: torch.Tensor | None = None,
+    ) -> QuantizedTensor:
         """[M, C] -> the wgrad GEMM's operand [C, M] (tokens last) in ``spec``, after the RHT if the
-        recipe has it (fused on CUDA for NVFP4: ``kernels.quantize_along_tokens_fast``)."""
+        recipe has it (fused on CUDA for NVFP4: ``kernels.quantize_along_tokens_fast``);
+        consumed_at_once: its BF16 values too, where the backend's GEMM takes them; tensor_scale: its
+        NVFP4 tensor scale found beforehand (``kernels.shared_nvfp4_tensor_scales``)."""
         return quantize_along_tokens_fast(
             tensor2d, spec, self.recipe.hadamard_seed, self.recipe.wgrad_hadamard,
             check_finite=self.check, name=f"{self.name} {what} " + ("(--fp4-rht)" if self.recipe.wgrad_hadamard else "(wgrad, along tokens)"),
+            bf16_values=consumed_at_once and self.bf16_operands, tensor_scale=tensor_scale,
         )
 
     def quantize_grad_output(self, g2d: torch.Tensor) -> tuple[QuantizedTensor, QuantizedTensor | None]:
@@ -170,7 +186,15 @@ class FP4GemmState:
         recipe = self.recipe
         if recipe.wgrad_along_tokens:
             self.folded = (False, False)
-            return quantize_fast(g2d, recipe.dgrad_grad_output, check_finite=self.check, name=f"{self.name} output gradient"), None
+            # dY in 1x16 blocks and dY^T after the RHT: both tensor scales from one read of dY
+            rows_scale, self.grad_tokens_scale = shared_nvfp4_tensor_scales(
+                g2d, recipe.dgrad_grad_output, recipe.wgrad_grad_output, recipe.hadamard_seed, recipe.wgrad_hadamard, self.check
+            )
+            gq = quantize_fast(
+                g2d, recipe.dgrad_grad_output, check_finite=self.check, name=f"{self.name} output gradient", bf16_values=self.bf16_operands,
+                tensor_scale=rows_scale,
+            )
+            return gq, None
         fold = recipe.fold_backward_scales
         weight_scale = fold_scale(self.w_saved) if fold and recipe.dgrad_grad_output.is_quantized else None
         input_scale = fold_scale(self.x_saved) if fold and recipe.wgrad_grad_output.is_quantized else None
@@ -189,7 +213,8 @@ class FP4GemmState:
         """dW = (Q_g(diag(s_X) dY)^T C_X) ⊙ f'(W / s_W) + dY^T ΔX (g2d: the unquantized dY), summed
         in fp32 and returned in ``out_dtype``."""
         if self.recipe.wgrad_along_tokens:  # (R dY)^T (R X) = dY^T X in exact arithmetic
-            gq_t = self._quantize_along_tokens(g2d, self.recipe.wgrad_grad_output, "output gradient")
+            gq_t = self._quantize_along_tokens(g2d, self.recipe.wgrad_grad_output, "output gradient", consumed_at_once=True, tensor_scale=self.grad_tokens_scale)
+            self.grad_tokens_scale = None
             # the A B^T GEMM: dY^T X over the tokens, written in the gradient's dtype unless DGE follows
             # (the same rounding as a cast afterwards, without an fp32 pass over dW)
             grad_w = self.backend.fprop(gq_t, self.x_saved, torch.float32 if self.w_fprop_scale is not None else out_dtype)
@@ -223,7 +248,7 @@ class FP4GemmState:
 
     def release(self) -> None:
         """Drop the saved operands once backward is done."""
-        self.x_saved = self.w_saved = self.w_fprop_scale = self.residual = self.norm_rstd = None
+        self.x_saved = self.w_saved = self.w_fprop_scale = self.residual = self.norm_rstd = self.grad_tokens_scale = None
 
 
 class FP4LinearFunction(torch.autograd.Function):
@@ -249,6 +274,7 @@ class FP4LinearFunction(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = state.grad_input(gq_dgrad, ctx.x_dtype).reshape(ctx.x_shape)
+        gq_dgrad = None  # dgrad's operand (with its BF16 form) freed before wgrad's is made
         if ctx.needs_input_grad[1]:
             grad_w = state.grad_weight(gq_wgrad, weight, g2d, weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:

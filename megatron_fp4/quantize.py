@@ -112,6 +112,10 @@ class QuantizedTensor:
     holds FP8 E4M3 elements [rows, K] instead of packed codes: the E2M1 values of the clamped
     activation except at OCC's clamped entries, which hold their true value x / scale rounded to
     E4M3 (the ``inline`` compensation, ``megatron_fp4.occ.quantize_with_inline_outliers``).
+    bf16: optionally the block-scaled values E2M1 x block scale (NVFP4 / MXFP4, without the NVFP4
+    tensor scale) as BF16 [rows, K], exact (``kernels.block_gemm``): the operand form of the
+    block-scaled GEMM, written by the fused quantizers for an operand its GEMM consumes at once,
+    so that no separate decode pass reads the codes again. Dropped before an operand is saved.
     """
 
     data: torch.Tensor
@@ -122,6 +126,7 @@ class QuantizedTensor:
     dtype: torch.dtype
     fp8: torch.Tensor | None = None
     outliers_e4m3: bool = False
+    bf16: torch.Tensor | None = None
 
     def element_values(self) -> torch.Tensor:
         """The unscaled element values as fp32 [rows, K] (FP4 grid or FP8 values)."""

@@ -12,7 +12,7 @@ in-place change inside the scope (``weight.add_(...)``) misses the cache. (Write
 not the version, is what bounds the cache's life.) Cost: the quantized weights of every layer stay
 alive for the step (packed codes + scales, the FP8 operand where the fast kernel made one, and W's
 E4M3 form for FP8 OCC: ~1.5-2.5 B per weight element of the whole model, 10-17 GB for 7B at
-TP = 1). Measured on an H100 (benchmarks/NOTES.md, session 4) it saved ~1% of GPU time and no
+TP = 1; NVFP4 / MXFP4 weights also keep their BF16 operand on Hopper, 2 B more per element). Measured on an H100 (benchmarks/NOTES.md, session 4) it saved ~1% of GPU time and no
 wall time, so it is off by default: ``MEGATRON_FP4_WEIGHT_CACHE=1`` turns it on.
 """
 

@@ -35,12 +35,13 @@ def test_first_word_counts_past_two_to_the_32():
 
 
 def test_uniform_numbers_are_in_range_and_uniform():
-    """1M numbers: all in [0, 1) on the 2^-24 lattice; mean within 5 sigma of 1/2 (sigma =
+    """1M numbers: all in [0, 1) on the 2^-16 lattice; mean within 5 sigma of 1/2 (sigma =
     sqrt(1/12 / n) = 2.9e-4); every tenth of [0, 1) holds n/10 within 5 sigma (sqrt(n 0.1 0.9) = 300)."""
     n = 1_000_000
     u = philox_uniform(new_seed("cpu", torch.Generator().manual_seed(3)), (1000, 1000))
     assert u.dtype == torch.float32 and u.min() >= 0 and u.max() < 1
-    assert torch.equal(u * 2**24, torch.floor(u * 2**24))
+    assert torch.equal(u * 2**16, torch.floor(u * 2**16))
+    assert len(torch.unique(u)) > 60000  # the lattice is used: ~63k of its 65536 points among 1M draws
     assert abs(u.mean().item() - 0.5) < 5 * math.sqrt(1 / 12 / n)
     counts = torch.histc(u, bins=10, min=0, max=1)
     assert (counts - n / 10).abs().max() < 5 * math.sqrt(n * 0.1 * 0.9)
@@ -67,11 +68,13 @@ def test_chunked_evaluation_gives_the_same_numbers(monkeypatch):
     assert torch.equal(philox_uniform(seed, (37, 101)), whole)
 
 
-def test_each_counter_gives_four_consecutive_numbers():
-    """Element i takes word i mod 4 of counter i div 4 (all four words used: a quarter of the
-    integer work of one counter per element)."""
+def test_each_counter_gives_eight_consecutive_numbers():
+    """Element i takes half i mod 2 (low 16 bits first) of word (i mod 8) div 2 of counter i div 8:
+    all 128 bits of a counter used, an eighth of the integer work of one counter per element."""
     seed = torch.tensor([77, 31337], dtype=torch.int64)
-    u = philox_uniform(seed, (3, 10)).reshape(-1)  # 30 numbers: counters 0..7, the last partly used
+    u = philox_uniform(seed, (3, 20)).reshape(-1)  # 60 numbers: counters 0..7, the last partly used
     words = philox_words(torch.arange(8, dtype=torch.int64), seed)
-    assert torch.equal(u, ((words.reshape(-1)[:30] >> 8).to(torch.float32) * 2.0**-24))
+    halves = torch.stack((words & 0xFFFF, words >> 16), dim=-1).reshape(-1)
+    assert torch.equal(u, halves[:60].to(torch.float32) * 2.0**-16)
     assert int(words[2, 1]) == int(philox4x32(_words(2, 0, 0, 0), _words(77, 31337))[1])
+    assert float(u[8 * 2 + 2 * 1 + 1]) == (int(words[2, 1]) >> 16) * 2.0**-16  # counter 2, word 1, high half

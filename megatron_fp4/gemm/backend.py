@@ -29,6 +29,9 @@ class GemmBackend(abc.ABC):
     """Computes a linear layer's GEMMs on quantized operands (fp32 results)."""
 
     name: str = "abstract"
+    # whether its block-scaled GEMM runs on BF16 operands, so the quantizers should also write an
+    # operand's BF16 values where its GEMM consumes it at once (``QuantizedTensor.bf16``)
+    block_operands_as_bf16: bool = False
 
     @classmethod
     def is_available(cls) -> bool:

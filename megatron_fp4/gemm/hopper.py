@@ -89,6 +89,7 @@ def _unit_scale(device: torch.device) -> torch.Tensor:
 
 class HopperBackend(GemmBackend):
     name = "hopper"
+    block_operands_as_bf16 = True  # the block GEMM runs on BF16 tensor cores (``kernels.block_gemm``)
 
     def __init__(self) -> None:
         self.fallback = ReferenceBackend()

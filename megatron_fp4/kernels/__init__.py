@@ -16,7 +16,7 @@ from ..dge import dge_scale_weight_grad
 from ..formats import E2M1
 from ..quantize import QuantizedTensor, QuantSpec, check_finite_enabled, quantize
 
-__all__ = ["quantize_fast", "quantize_along_tokens_fast", "quantize_grad_fast", "dge_scale_grad_fast", "triton_available"]
+__all__ = ["quantize_fast", "quantize_along_tokens_fast", "quantize_grad_fast", "dge_scale_grad_fast", "shared_nvfp4_tensor_scales", "triton_available"]
 
 
 def triton_available() -> bool:
@@ -45,10 +45,16 @@ def quantize_fast(
     check_finite: bool | None = None,
     name: str = "tensor",
     clamp: tuple[torch.Tensor, torch.Tensor] | None = None,
+    bf16_values: bool = False,
+    tensor_scale: torch.Tensor | None = None,
 ) -> QuantizedTensor:
     """``quantize(clamp(x))`` through a fused kernel on CUDA where one exists for ``spec``, else
     the reference. clamp: optional (low, high) bounds in x's dtype (OCC); scalar bounds are
-    applied inside the kernel, per-row ones by a clamp before it."""
+    applied inside the kernel, per-row ones by a clamp before it. bf16_values: for an NVFP4 /
+    MXFP4 operand its GEMM consumes at once, the block kernels also write its BF16 values
+    (``QuantizedTensor.bf16``), so the block GEMM reads no codes again (other paths ignore it).
+    tensor_scale: NVFP4's tensor scale of x from ``shared_nvfp4_tensor_scales`` (the value the
+    kernel would find itself; the reference finds its own)."""
     checking = check_finite if check_finite is not None else check_finite_enabled()
     fused = x.is_cuda and triton_available()
     if fused and clamp is None:
@@ -64,14 +70,17 @@ def quantize_fast(
             from ..stochastic import new_seed
 
             seed = new_seed(x.device) if stochastic_blocks else None  # the reference's seed draw
-            q = quantize_nvfp4(x2d, tiles=tiles, seed=seed, block_format="mxfp4" if spec.granularity == "mxfp4" else "nvfp4")
+            q = quantize_nvfp4(
+                x2d, tiles=tiles, seed=seed, block_format="mxfp4" if spec.granularity == "mxfp4" else "nvfp4", values=bf16_values,
+                global_scale=tensor_scale if spec.granularity == "nvfp4" else None,
+            )
             return dataclasses.replace(q, shape=x.shape, dtype=x.dtype)
         if supports_block_spec(spec):
             if checking and not torch.isfinite(x).all():
                 quantize(x, spec, check_finite=True, name=name)  # raises, naming the tensor
             if x.shape[-1] % spec.block_size:
                 quantize(x, spec, name=name)  # raises, naming the tensor and the block size
-            return quantize_blocks(x, spec)
+            return quantize_blocks(x, spec, values=bf16_values, global_scale=tensor_scale if spec.granularity == "nvfp4" else None)
     if fused:
         from .quantize_rows import quantize_rows, supports_spec
 
@@ -116,11 +125,16 @@ def dge_scale_grad_fast(
     return dge_scale_weight_grad(grad_w, weight, scale, fmt, k, max_derivative).to(out_dtype or torch.float32)
 
 
-def quantize_along_tokens_fast(tensor2d: torch.Tensor, spec: QuantSpec, rht_seed: int | None, use_rht: bool, *, check_finite: bool, name: str) -> QuantizedTensor:
+def quantize_along_tokens_fast(
+    tensor2d: torch.Tensor, spec: QuantSpec, rht_seed: int | None, use_rht: bool, *, check_finite: bool, name: str, bf16_values: bool = False,
+    tensor_scale: torch.Tensor | None = None,
+) -> QuantizedTensor:
     """The weight-gradient operand of a recipe quantized along the tokens: ``quantize`` of
     (R16 tensor2d)^T [C, M] (the RHT only with ``use_rht``). The fused NVFP4 kernel on CUDA (its
     stochastic rounding computes the reference's Philox numbers for the same seed), else the
-    reference (``hadamard.apply_rht`` then ``quantize``), which also names bad shapes."""
+    reference (``hadamard.apply_rht`` then ``quantize``), which also names bad shapes.
+    bf16_values, tensor_scale: as ``quantize_fast``'s (the kernels also write the BF16 operand; the
+    operand's NVFP4 tensor scale found beforehand, taken by the RHT path)."""
     from ..hadamard import RHT_BLOCK, apply_rht, rht_matrix
 
     fused = tensor2d.is_cuda and triton_available() and spec.granularity in ("nvfp4", "mxfp4") and nvfp4_kernel_enabled()
@@ -138,6 +152,26 @@ def quantize_along_tokens_fast(tensor2d: torch.Tensor, spec: QuantSpec, rht_seed
     if tensor2d.dtype == torch.bfloat16 and not use_rht:  # token pairs in 32-bit words, no transposing layout
         from .quantize_tokens import quantize_along_tokens_bf16  # change (quantize_tokens; with the RHT it measured slower)
 
-        return quantize_along_tokens_bf16(tensor2d, seed=seed, block_format=spec.granularity)
+        return quantize_along_tokens_bf16(tensor2d, seed=seed, block_format=spec.granularity, values=bf16_values)
     rht = rht_matrix(rht_seed, device=tensor2d.device) if use_rht else None
-    return quantize_nvfp4(tensor2d, along_tokens=True, rht=rht, seed=seed, block_format=spec.granularity)
+    return quantize_nvfp4(
+        tensor2d, along_tokens=True, rht=rht, seed=seed, block_format=spec.granularity, values=bf16_values,
+        global_scale=tensor_scale if spec.granularity == "nvfp4" and use_rht else None,
+    )
+
+
+def shared_nvfp4_tensor_scales(tensor2d: torch.Tensor, rows_spec: QuantSpec, tokens_spec: QuantSpec, rht_seed: int | None, use_rht: bool, check_finite: bool):
+    """(tensor scale of ``tensor2d``, tensor scale of (R16 tensor2d)^T) from one read, for a tensor
+    quantized both in 1x16 NVFP4 blocks (``quantize_fast``'s ``tensor_scale``) and along the
+    tokens after the RHT (``quantize_along_tokens_fast``'s): NVIDIA's recipe quantizes its input
+    and its output gradient so. (None, None) where either quantization does not take the fused
+    kernels (they find their own scales, or the reference does)."""
+    fused = tensor2d.is_cuda and triton_available() and nvfp4_kernel_enabled() and use_rht and tensor2d.dim() == 2
+    fused = fused and rows_spec.granularity == "nvfp4" and tokens_spec.granularity == "nvfp4" and not rows_spec.power_of_two_scale
+    fused = fused and tokens_spec.fp4_format == rows_spec.fp4_format == "e2m1" and tensor2d.shape[0] % 16 == 0 and tensor2d.shape[1] % 16 == 0
+    if not fused or check_finite or check_finite_enabled():  # checking: each quantization checks (and names) on its own
+        return None, None
+    from ..hadamard import rht_matrix
+    from .quantize_nvfp4 import tensor_scales_with_rht
+
+    return tensor_scales_with_rht(tensor2d, rht_matrix(rht_seed, device=tensor2d.device), stochastic=tokens_spec.stochastic_rounding)

@@ -14,7 +14,9 @@ Two ways to form the operands (``method``), the same numbers either way:
                element per reuse);
   ``decoded``  each operand is decoded once into a BF16 tensor (one pass, 2 B per element
                written), then the same kernel runs as a plain BF16 GEMM with the tensor scales in
-               its epilogue.
+               its epilogue. An operand consumed as soon as it is quantized (the forward's X and
+               W, the output gradient's two forms) arrives with those BF16 values already written
+               by its quantizer (``QuantizedTensor.bf16``), and is not decoded.
 Which is faster on a given GPU is measured (``benchmarks/bench_block_gemm.py``, NOTES.md).
 
 Operands are ``QuantizedTensor`` s quantized along the GEMM's reduction dimension K: A [M, K] and
@@ -37,7 +39,7 @@ import triton.language as tl
 
 from ..quantize import QuantizedTensor
 from .quantize_blocks import _e4m3_value, _power_of_two
-from .quantize_rows import _e2m1_grid_value
+from .quantize_rows import _e2m1_value
 
 __all__ = ["GemmConfig", "bf16_matmul", "block_scaled_matmul", "decode_to_bf16", "supports_block_gemm", "transpose_2d", "transposed_b_supported"]
 
@@ -88,13 +90,6 @@ def supports_block_gemm(a: QuantizedTensor, b: QuantizedTensor) -> bool:
         and a.spec.granularity in GRANULARITY_CODES and b.spec.granularity in GRANULARITY_CODES
         and a.spec.format.name == b.spec.format.name == "e2m1"
     )
-
-
-@triton.jit
-def _e2m1_value(code):
-    """fp32 value of 4-bit E2M1 codes (sign << 3 | index into 0, .5, 1, 1.5, 2, 3, 4, 6)."""
-    magnitude = _e2m1_grid_value(code & 7)
-    return (magnitude.to(tl.int32, bitcast=True) | ((code & 8) << 28)).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -265,7 +260,10 @@ def _scale_bytes(q: QuantizedTensor) -> torch.Tensor:
 
 def decode_to_bf16(q: QuantizedTensor) -> torch.Tensor:
     """The operand's values E2M1 x block scale (without the NVFP4 tensor scale) as BF16 [rows, K]:
-    exact, see the module docstring."""
+    exact, see the module docstring. The quantizer's own BF16 form where it wrote one
+    (``QuantizedTensor.bf16``: the same values, and no pass over the codes)."""
+    if q.bf16 is not None:
+        return q.bf16
     rows, k = q.data.shape[0], q.data.shape[1] * 2
     out = torch.empty(rows, k, dtype=torch.bfloat16, device=q.data.device)
     scale = _scale_bytes(q)

@@ -104,8 +104,8 @@ def _load_tile(x_ptr, item, items, chunks: tl.constexpr, K, stride_x, BLOCK: tl.
 
 @triton.jit
 def _quantize_blocks_kernel(
-    x_ptr, codes_ptr, scale_ptr, global_scale_ptr, K, stride_x, items, chunks: tl.constexpr,
-    NVFP4: tl.constexpr, BLOCK: tl.constexpr, GROUPS: tl.constexpr, PREFETCH: tl.constexpr,
+    x_ptr, codes_ptr, scale_ptr, global_scale_ptr, values_ptr, K, stride_x, items, chunks: tl.constexpr,
+    NVFP4: tl.constexpr, BLOCK: tl.constexpr, GROUPS: tl.constexpr, PREFETCH: tl.constexpr, VALUES: tl.constexpr,
 ):
     """Persistent: program p quantizes work items p, p + P, ... (GROUPS blocks of one row each);
     with PREFETCH the next item's load is in flight while the current one is quantized."""
@@ -137,11 +137,15 @@ def _quantize_blocks_kernel(
             multiplier = tl.where(scale == 0, 0.0, tl.math.div_rn(1.0, scale))  # ``quantize.encode_multiplier``
         else:  # 1 / 2^e is the power of two 2^-e, exactly what the division gives (NaN for 0xFF), without it
             multiplier = tl.where(byte == 0xFF, float("nan"), _power_of_two(127 - byte))
-        _, code = _e2m1_round(x * multiplier[:, None])
+        value, code = _e2m1_round(x * multiplier[:, None])
         codes = code.to(tl.uint8)
         low, high = tl.split(tl.reshape(codes, (GROUPS, BLOCK // 2, 2)))
         pairs = blocks[:, None] * (BLOCK // 2) + tl.arange(0, BLOCK // 2)[None, :]
         tl.store(codes_ptr + row * (K // 2) + pairs, low | (high << 4), mask=pairs < K // 2)
+        if VALUES:  # the block GEMM's BF16 operand: E2M1 value x block scale (no tensor scale), exact
+            block_value = _e4m3_value(byte) if NVFP4 else scale  # MXFP4's scale is its 2^e (NaN for 0xFF)
+            columns = blocks[:, None] * BLOCK + tl.arange(0, BLOCK)[None, :]
+            tl.store(values_ptr + row * K + columns, (value * block_value[:, None]).to(tl.bfloat16), mask=columns < K)
 
 
 @triton.jit
@@ -180,10 +184,15 @@ def quantize_blocks(
     blocks_per_program: int | None = None,
     prefetch: bool | None = None,
     programs_per_sm: int | None = None,
+    values: bool = False,
+    global_scale: torch.Tensor | None = None,
 ) -> QuantizedTensor:
     """NVFP4 or MXFP4 quantization of ``x`` [..., K] (K a multiple of the block size);
     blocks_per_program: a power of two, the blocks of one row in one work item of the persistent
-    kernel; prefetch, programs_per_sm: its pipelining and grid (speed only; NOTES.md)."""
+    kernel; prefetch, programs_per_sm: its pipelining and grid (speed only; NOTES.md). values: also
+    write the operand's BF16 values [rows, K] (``QuantizedTensor.bf16``, what the block GEMM would
+    decode the codes into). global_scale: NVFP4's fp32 tensor scale of x found beforehand
+    (``quantize_nvfp4.tensor_scales_with_rht``: the same value), instead of this call's own pass."""
     if not supports_block_spec(spec):
         raise ValueError(f"quantize_blocks: NVFP4/MXFP4 E2M1 specs only, got {spec.describe()}")
     block = BLOCK_SIZES[spec.granularity]
@@ -197,8 +206,12 @@ def quantize_blocks(
     codes = torch.empty(rows, k // 2, dtype=torch.uint8, device=x.device)
     scale_bytes = torch.empty(rows, k // block, dtype=torch.uint8, device=x.device)
     nvfp4 = spec.granularity == "nvfp4"
-    # absmax_scale(tensor_absmax(x2d), ...) in one launch after the partial maxima
-    global_scale = tensor_scale_from_partials(_partial_absmax(x2d), spec.format.max_value * E4M3_MAX) if nvfp4 else None
+    if global_scale is not None and (not nvfp4 or global_scale.dtype != torch.float32 or global_scale.numel() != 1 or global_scale.device != x.device):
+        raise ValueError(f"quantize_blocks: global_scale is NVFP4's fp32 tensor scale, one value on {x.device}, got {global_scale.dtype} x {global_scale.numel()} for {spec.granularity}")
+    if global_scale is not None:
+        global_scale = global_scale.reshape(())
+    elif nvfp4:  # absmax_scale(tensor_absmax(x2d), ...) in one launch after the partial maxima
+        global_scale = tensor_scale_from_partials(_partial_absmax(x2d), spec.format.max_value * E4M3_MAX)
     preferred = blocks_per_program or BLOCKS_PER_PROGRAM[spec.granularity]
     groups = flat_items(rows, k // block, preferred)
     if x2d.is_contiguous() and groups >= min(preferred, 32):  # one run of blocks, items of `groups` blocks
@@ -207,9 +220,10 @@ def quantize_blocks(
         groups = min(preferred, triton.next_power_of_2(k // block))
         view, view_k, chunks = x2d, k, triton.cdiv(k // block, groups)
     items = view.shape[0] * chunks
+    bf16 = torch.empty(rows, k, dtype=torch.bfloat16, device=x.device) if values else None
     _quantize_blocks_kernel[(persistent_grid(items, x.device, programs_per_sm),)](
-        view, codes, scale_bytes, global_scale if nvfp4 else codes, view_k, view.stride(0), items, chunks,
-        NVFP4=nvfp4, BLOCK=block, GROUPS=groups, PREFETCH=PREFETCH if prefetch is None else prefetch, num_warps=4,
+        view, codes, scale_bytes, global_scale if nvfp4 else codes, bf16 if values else codes, view_k, view.stride(0), items, chunks,
+        NVFP4=nvfp4, BLOCK=block, GROUPS=groups, PREFETCH=PREFETCH if prefetch is None else prefetch, VALUES=values, num_warps=4,
     )
     scale = scale_bytes.view(torch.float8_e4m3fn) if nvfp4 else scale_bytes
-    return QuantizedTensor(codes, scale, global_scale, spec, x.shape, x.dtype)
+    return QuantizedTensor(codes, scale, global_scale, spec, x.shape, x.dtype, bf16=bf16)

@@ -57,6 +57,13 @@ def _e2m1_grid_value(index):
 
 
 @triton.jit
+def _e2m1_value(code):
+    """fp32 value of 4-bit E2M1 codes (sign << 3 | index into 0, .5, 1, 1.5, 2, 3, 4, 6)."""
+    magnitude = _e2m1_grid_value(code & 7)
+    return (magnitude.to(tl.int32, bitcast=True) | ((code & 8) << 28)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _e2m1_round(q):
     """(value, code) of fp32 ``q`` on the E2M1 grid with the reference's rounding (ties to the even
     code, saturating at 6, NaN as 6): the value as fp32 with q's sign (exact in FP8 E4M3, so one

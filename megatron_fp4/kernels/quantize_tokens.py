@@ -35,8 +35,8 @@ import triton.language as tl
 
 from ..quantize import QuantizedTensor, QuantSpec
 from ..scaling import E4M3_MAX
-from .quantize_blocks import _mxfp4_scale, _nvfp4_scale, _partial_absmax, _power_of_two
-from .quantize_nvfp4 import _e2m1_stochastic_code, _philox4
+from .quantize_blocks import _e4m3_value, _mxfp4_scale, _nvfp4_scale, _partial_absmax, _power_of_two
+from .quantize_nvfp4 import _e2m1_stochastic, _philox_words
 from .quantize_rows import _e2m1_round, _max_keeping_nan
 from .tensor_scale import tensor_scale_from_partials
 
@@ -122,8 +122,8 @@ def _partial_absmax_kernel(x_ptr, signs_ptr, partial_ptr, M, N, stride_x, BT: tl
 
 @triton.jit
 def _quantize_kernel(
-    x_ptr, signs_ptr, seed_ptr, global_scale_ptr, codes_ptr, scale_ptr, M, N, stride_x,
-    RHT: tl.constexpr, STOCHASTIC: tl.constexpr, MX: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    x_ptr, signs_ptr, seed_ptr, global_scale_ptr, codes_ptr, scale_ptr, values_ptr, M, N, stride_x,
+    RHT: tl.constexpr, STOCHASTIC: tl.constexpr, MX: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, VALUES: tl.constexpr,
 ):
     """O = (R x)^T [N, M]: O's rows are x's columns c0.., its columns the tokens t0.. of this program."""
     c0 = tl.program_id(0) * BC
@@ -141,33 +141,39 @@ def _quantize_kernel(
     per_word = tl.reshape(tl.broadcast_to(multiplier[:, :, None], (BC, BT // G, G // 2)), (BC, BT // 2))
     q_even, q_odd = even * per_word, odd * per_word
     rows = c0 + tl.arange(0, BC)
-    if STOCHASTIC:  # element (r, t) of O takes word t % 4 of Philox counter (r M + t) / 4: tokens 2j, 2j+1 of a
-        k0 = tl.load(seed_ptr).to(tl.uint32)  # counter take words 0, 1 (j even) or 2, 3 (j odd)
+    if STOCHASTIC:  # element (r, t) of O takes a draw of Philox counter (r M + t) / 8: tokens 2j, 2j+1 take the
+        k0 = tl.load(seed_ptr).to(tl.uint32)  # low and high halves of one word (``_philox_words``)
         k1 = tl.load(seed_ptr + 1).to(tl.uint32)
-        counters = rows[:, None].to(tl.int64) * (M // 4) + (t0 // 4 + tl.arange(0, BT // 4))[None, :]
-        w0, w1, w2, w3 = _philox4(counters, k0, k1)
-        code_even = _e2m1_stochastic_code(q_even, tl.reshape(tl.join(w0, w2), (BC, BT // 2)))
-        code_odd = _e2m1_stochastic_code(q_odd, tl.reshape(tl.join(w1, w3), (BC, BT // 2)))
+        counters = rows[:, None].to(tl.int64) * (M // 8) + (t0 // 8 + tl.arange(0, BT // 8))[None, :]
+        words = _philox_words(counters, k0, k1, BC, BT)
+        value_even, code_even = _e2m1_stochastic(q_even, words, False)
+        value_odd, code_odd = _e2m1_stochastic(q_odd, words, True)
     else:
-        _, code_even = _e2m1_round(q_even)
-        _, code_odd = _e2m1_round(q_odd)
+        value_even, code_even = _e2m1_round(q_even)
+        value_odd, code_odd = _e2m1_round(q_odd)
     packed = (code_even | (code_odd << 4)).to(tl.uint8)
     half = t0 // 2 + tl.arange(0, BT // 2)
     tl.store(codes_ptr + rows[:, None].to(tl.int64) * (M // 2) + half[None, :], packed, mask=(rows[:, None] < N) & (half[None, :] < M // 2))
     groups = t0 // G + tl.arange(0, BT // G)
     tl.store(scale_ptr + rows[:, None].to(tl.int64) * (M // G) + groups[None, :], byte.to(tl.uint8), mask=(rows[:, None] < N) & (groups[None, :] < M // G))
+    if VALUES:  # the block GEMM's BF16 operand (E2M1 value x block scale, exact): a token pair is one 32-bit word
+        block_value = scale if MX else _e4m3_value(byte)  # MXFP4's scale is its 2^e (NaN for 0xFF)
+        per_pair = tl.reshape(tl.broadcast_to(block_value[:, :, None], (BC, BT // G, G // 2)), (BC, BT // 2))
+        v_even = (value_even * per_pair).to(tl.bfloat16).to(tl.uint16, bitcast=True).to(tl.uint32)
+        v_odd = (value_odd * per_pair).to(tl.bfloat16).to(tl.uint16, bitcast=True).to(tl.uint32)
+        tl.store(values_ptr + rows[:, None].to(tl.int64) * (M // 2) + half[None, :], v_even | (v_odd << 16), mask=(rows[:, None] < N) & (half[None, :] < M // 2))
 
 
 def quantize_along_tokens_bf16(
     x2d: torch.Tensor, *, rht_signs: torch.Tensor | None = None, seed: torch.Tensor | None = None, block_format: str = "nvfp4",
-    tile: tuple[int, int, int] | None = None,
+    tile: tuple[int, int, int] | None = None, values: bool = False,
 ) -> QuantizedTensor:
     """``quantize_nvfp4(x2d, along_tokens=True, ...)`` for BF16 x2d [M, C] (see the module
     docstring): NVFP4 (1x16 E4M3 blocks, fp32 tensor scale) or MXFP4 (1x32 E8M0) of (R x2d)^T [C, M].
     rht_signs: the +-1 signs s of R = H16 diag(s) / 4 (``hadamard.rht_signs``), None for no RHT;
     seed: stochastic rounding's Philox key (``stochastic.new_seed``), None to round to nearest.
     tile: (tokens, columns, warps) per program, powers of two, tokens at least the block (default:
-    ``default_tile``; speed only)."""
+    ``default_tile``; speed only). values: also write the operand's BF16 values (``QuantizedTensor.bf16``)."""
     if block_format not in ("nvfp4", "mxfp4"):
         raise ValueError(f"quantize_along_tokens_bf16: block_format must be 'nvfp4' or 'mxfp4', got {block_format!r}")
     if x2d.dtype != torch.bfloat16 or x2d.dim() != 2:
@@ -203,10 +209,12 @@ def quantize_along_tokens_bf16(
         global_scale = tensor_scale_from_partials(partial, 6.0 * E4M3_MAX)
     codes = torch.empty(n, m // 2, dtype=torch.uint8, device=device)
     scale_bytes = torch.empty(n, m // block, dtype=torch.uint8, device=device)
+    bf16 = torch.empty(n, m, dtype=torch.bfloat16, device=device) if values else None
     _quantize_kernel[grid](
         x2d, signs, seed.contiguous() if seed is not None else signs, global_scale if global_scale is not None else signs,
-        codes, scale_bytes, m, n, x2d.stride(0), RHT=rht_signs is not None, STOCHASTIC=seed is not None, MX=mx, BT=bt, BC=bc, **launch,
+        codes, scale_bytes, bf16.view(torch.int32) if values else codes, m, n, x2d.stride(0),
+        RHT=rht_signs is not None, STOCHASTIC=seed is not None, MX=mx, BT=bt, BC=bc, VALUES=values, **launch,
     )
     spec = QuantSpec("fp4", block_format, stochastic_rounding=seed is not None)
     scale = scale_bytes if mx else scale_bytes.view(torch.float8_e4m3fn)
-    return QuantizedTensor(codes, scale, global_scale, spec, torch.Size((n, m)), torch.float32)
+    return QuantizedTensor(codes, scale, global_scale, spec, torch.Size((n, m)), torch.float32, bf16=bf16)

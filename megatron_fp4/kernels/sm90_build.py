@@ -136,20 +136,31 @@ def standard_builds() -> dict[str, Sm90Build]:
             quantize_rows._quantize_rows_inline_kernel, rows | {"out_ptr": "*u8"},
             {"K": 4096, "R": 1, "BLOCK": 4096, "HARDWARE_CAST": True} | norm, num_warps=quantize_rows.row_warps(4096),
         ),
-        "NVFP4 along the tokens, RHT on tensor cores, SR": build_sm90(
-            quantize_nvfp4._quantize_kernel,
-            {"x_ptr": "*bf16", "rht_ptr": "*fp32", "seed_ptr": "*i64", "global_scale_ptr": "*fp32", "codes_ptr": "*u8", "scale_ptr": "*u8",
-             "M": "i32", "N": "i32", "stride_x": "i32"},
-            {"ALONG_TOKENS": True, "RHT": 2, "TILES": False, "STOCHASTIC": True, "BR": quantize_nvfp4.TILE_R, "BC": quantize_nvfp4.TILE_C, "MX": False},
-        ),
     }
-    pair_signature = {"x_ptr": "*bf16", "signs_ptr": "*fp32", "seed_ptr": "*i64", "global_scale_ptr": "*fp32", "codes_ptr": "*u8", "scale_ptr": "*u8",
-                      "M": "i32", "N": "i32", "stride_x": "i32"}
-    for (rht, stochastic, mx), (tokens, columns, warps) in quantize_tokens.TILE_BY_LAYOUT.items():
-        name = f"token pairs, {'MXFP4' if mx else 'NVFP4'}{', RHT' if rht else ''}{', SR' if stochastic else ''}"
+    recipe_signature = {"x_ptr": "*bf16", "rht_ptr": "*fp32", "seed_ptr": "*i64", "global_scale_ptr": "*fp32", "codes_ptr": "*u8", "scale_ptr": "*u8",
+                        "values_ptr": "*bf16", "M": "i32", "N": "i32", "stride_x": "i32"}
+    # the recipe kernel's production layouts (nvfp4's dY^T, dY, W; with the BF16 operand where the GEMM takes it at once)
+    for name, along, rht, tiles, stochastic, values in (
+        ("NVFP4 along the tokens, RHT on tensor cores, SR, BF16 values", True, 2, False, True, True),
+        ("NVFP4 along the tokens, RHT on tensor cores", True, 2, False, False, False),
+        ("NVFP4 1x16 rows, SR, BF16 values", False, 0, False, True, True),
+        ("NVFP4 16x16 tiles, BF16 values", False, 0, True, False, True),
+    ):
+        rows, cols, warps = quantize_nvfp4.default_tile(along, rht > 0, stochastic, tiles, False)
         builds[name] = build_sm90(
-            quantize_tokens._quantize_kernel, pair_signature, {"RHT": rht, "STOCHASTIC": stochastic, "MX": mx, "BT": tokens, "BC": columns}, num_warps=warps,
+            quantize_nvfp4._quantize_kernel, recipe_signature,
+            {"ALONG_TOKENS": along, "RHT": rht, "TILES": tiles, "STOCHASTIC": stochastic, "BR": rows, "BC": cols, "MX": False, "VALUES": values, "EVEN": True},
+            num_warps=warps,
         )
+    pair_signature = {"x_ptr": "*bf16", "signs_ptr": "*fp32", "seed_ptr": "*i64", "global_scale_ptr": "*fp32", "codes_ptr": "*u8", "scale_ptr": "*u8",
+                      "values_ptr": "*i32", "M": "i32", "N": "i32", "stride_x": "i32"}
+    for (rht, stochastic, mx), (tokens, columns, warps) in quantize_tokens.TILE_BY_LAYOUT.items():
+        for values in (False, True) if mx and not rht and not stochastic else (False,):  # mxfp4's dY^T takes the BF16 operand
+            name = f"token pairs, {'MXFP4' if mx else 'NVFP4'}{', RHT' if rht else ''}{', SR' if stochastic else ''}{', BF16 values' if values else ''}"
+            builds[name] = build_sm90(
+                quantize_tokens._quantize_kernel, pair_signature,
+                {"RHT": rht, "STOCHASTIC": stochastic, "MX": mx, "BT": tokens, "BC": columns, "VALUES": values}, num_warps=warps,
+            )
     for out, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
         config = block_gemm.default_config(dtype)
         bm, bn, bk = config.block_m, config.block_n, config.block_k

@@ -94,6 +94,7 @@ class FP4ParallelLinearFunction(torch.autograd.Function):
             elif sequence_parallel:
                 full, grad_input = grad_input, torch.empty(input_shape, dtype=dtype, device=grad_input.device)
                 handle = mappings.dist_reduce_scatter_func(grad_input, full, group=ctx.tp_group, async_op=True)
+        gq_dgrad = None  # dgrad's operand (with its BF16 form) freed before wgrad's is made
 
         grad_weight = None
         if ctx.needs_input_grad[1]:

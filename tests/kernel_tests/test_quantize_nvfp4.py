@@ -18,7 +18,8 @@ from .rht_bounds import assert_within_summation_order  # noqa: E402
 from megatron_fp4.hadamard import apply_rht, rht_matrix  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from megatron_fp4.kernels.quantize_nvfp4 import _interleave4, _philox4, _uniform, quantize_nvfp4  # noqa: E402
+from megatron_fp4.kernels.quantize_blocks import quantize_blocks  # noqa: E402
+from megatron_fp4.kernels.quantize_nvfp4 import _philox_words, quantize_nvfp4, tensor_scales_with_rht  # noqa: E402
 from megatron_fp4.quantize import QuantSpec, quantize  # noqa: E402
 from megatron_fp4.stochastic import new_seed, philox_uniform, philox_words  # noqa: E402
 
@@ -81,21 +82,23 @@ def _philox_probe(counter_ptr, seed_ptr, out_ptr, COUNT: tl.constexpr):
     offsets = tl.arange(0, COUNT)
     k0 = tl.load(seed_ptr).to(tl.uint32)
     k1 = tl.load(seed_ptr + 1).to(tl.uint32)
-    w0, w1, w2, w3 = _philox4(tl.load(counter_ptr + offsets)[None, :], k0, k1)
-    tl.store(out_ptr + tl.arange(0, 4 * COUNT)[None, :], _uniform(_interleave4(w0, w1, w2, w3, 1, 4 * COUNT)))
+    words = _philox_words(tl.load(counter_ptr + offsets)[None, :], k0, k1, 1, 8 * COUNT)  # [1, 4 COUNT]
+    draws = tl.reshape(tl.join(words & 0xFFFF, words >> 16), (1, 8 * COUNT))  # element 2j: word j's low half
+    tl.store(out_ptr + tl.arange(0, 8 * COUNT)[None, :], draws.to(tl.float32) * 2.0**-16)
 
 
 def test_in_kernel_generator_equals_the_reference_numbers():
-    """The kernel's Philox numbers (all four words, in element order), counters past 2^32
-    included, equal ``stochastic``'s PyTorch form."""
+    """The kernel's Philox numbers (both 16-bit halves of all four words, in element order),
+    counters past 2^32 included, equal ``stochastic``'s PyTorch form."""
     counters = torch.tensor([0, 1, 2, 1000, 2**31 + 7, 2**32 - 1, 2**32, 2**32 + 3, 2**40 + 11, 2**33 - 1, 5, 6, 7, 8, 9, 10], dtype=torch.int64, device=DEVICE)
     seed = torch.tensor([2**31 - 2, 12345], dtype=torch.int64, device=DEVICE)
-    out = torch.empty(64, dtype=torch.float32, device=DEVICE)
+    out = torch.empty(128, dtype=torch.float32, device=DEVICE)
     _philox_probe[(1,)](counters, seed, out, COUNT=16)
-    expected = (philox_words(counters, seed).reshape(-1) >> 8).to(torch.float32) * 2.0**-24
+    words = philox_words(counters, seed)
+    expected = torch.stack((words & 0xFFFF, words >> 16), dim=-1).reshape(-1).to(torch.float32) * 2.0**-16
     assert torch.equal(out, expected)
-    # and philox_uniform's element i is word i % 4 of counter i // 4 (the first three counters are 0, 1, 2)
-    assert torch.equal(philox_uniform(seed, (3, 4)).reshape(-1), expected[:12])
+    # and philox_uniform's element i is a draw of counter i // 8 (the first three counters are 0, 1, 2)
+    assert torch.equal(philox_uniform(seed, (3, 8)).reshape(-1), expected[:24])
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -239,3 +242,31 @@ def test_nvfp4_linear_with_the_kernel_equals_the_reference_quantizers(monkeypatc
         results.append((y.float(), xb.grad.float(), wb.grad.float()))
     for fused, reference in zip(*results):
         assert relative_error(fused, reference) < 2**-7
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_both_tensor_scales_from_one_read_are_the_quantizers_own(shape, stochastic):
+    """``tensor_scales_with_rht``: the scales of x (1x16 blocks) and of (R x)^T are bit for bit those
+    the quantizers find by their own passes, and quantizing with them gives the same operands."""
+    x = activation(shape)
+    rht = rht_matrix(77)
+    seed = new_seed(DEVICE, torch.Generator(DEVICE).manual_seed(8)) if stochastic else None
+    plain_scale, rht_scale = tensor_scales_with_rht(x, rht, stochastic=stochastic)
+    rows_alone = quantize_nvfp4(x, seed=seed)
+    tokens_alone = quantize_nvfp4(x, along_tokens=True, rht=rht, seed=seed)
+    assert torch.equal(plain_scale, rows_alone.global_scale) and torch.equal(rht_scale, tokens_alone.global_scale)
+    assert torch.equal(plain_scale, quantize_blocks(x, NVFP4).global_scale)
+    assert_identical(quantize_nvfp4(x, seed=seed, global_scale=plain_scale), rows_alone)
+    assert_identical(quantize_nvfp4(x, along_tokens=True, rht=rht, seed=seed, global_scale=rht_scale), tokens_alone)
+    assert_identical(quantize_blocks(x, NVFP4, global_scale=plain_scale), quantize_blocks(x, NVFP4))
+
+
+def test_a_given_tensor_scale_of_the_wrong_kind_is_named():
+    x = activation((64, 64))
+    with pytest.raises(ValueError, match="global_scale is NVFP4's fp32 tensor scale"):
+        quantize_nvfp4(x, global_scale=torch.ones(2, device=DEVICE))
+    with pytest.raises(ValueError, match="global_scale is NVFP4's fp32 tensor scale"):
+        quantize_nvfp4(x, block_format="mxfp4", global_scale=torch.ones((), device=DEVICE))
+    with pytest.raises(ValueError, match="global_scale is NVFP4's fp32 tensor scale"):
+        quantize_blocks(x, QuantSpec("fp4", "mxfp4"), global_scale=torch.ones((), device=DEVICE))

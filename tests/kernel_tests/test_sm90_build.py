@@ -36,13 +36,18 @@ def test_quantizers_convert_to_fp8_in_hardware_without_spilling(builds):
 
 
 def test_rht_of_bf16_inputs_runs_on_tensor_cores(builds):
-    build = builds["NVFP4 along the tokens, RHT on tensor cores, SR"]
-    assert build["uses"]["HMMA"] or build["uses"]["HGMMA"], build
+    for name in ("NVFP4 along the tokens, RHT on tensor cores, SR, BF16 values", "NVFP4 along the tokens, RHT on tensor cores"):
+        assert builds[name]["uses"]["HMMA"] or builds[name]["uses"]["HGMMA"], (name, builds[name])
+
+
+def test_recipe_kernel_builds_its_production_layouts_without_spilling(builds):
+    for name in ("NVFP4 along the tokens, RHT on tensor cores, SR, BF16 values", "NVFP4 1x16 rows, SR, BF16 values", "NVFP4 16x16 tiles, BF16 values"):
+        assert builds[name]["stack_bytes"] == 0 and builds[name]["shared_bytes"] <= HOPPER_SHARED_MEMORY, (name, builds[name])
 
 
 def test_token_pair_quantizer_builds_every_default_layout(builds):
     pairs = {name: build for name, build in builds.items() if name.startswith("token pairs")}
-    assert len(pairs) == 8  # NVFP4 / MXFP4, with and without the RHT and stochastic rounding
+    assert len(pairs) == 9  # NVFP4 / MXFP4, with and without the RHT and stochastic rounding; MXFP4's with BF16 values
     for name, build in pairs.items():
         assert build["shared_bytes"] <= HOPPER_SHARED_MEMORY and build["instructions"] > 0, (name, build)
 
