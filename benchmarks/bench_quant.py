@@ -19,11 +19,13 @@ copy's bandwidth reached (the issue's target: 0.85):
                        and stochastic rounding (wgrad's dY^T), with the RHT only (wgrad's X^T);
                        MXFP4 along the tokens (`mxfp4`'s wgrad operands); "pairs": the same
                        along-the-tokens operands from BF16 token pairs (`quantize_tokens`, what
-                       the linear uses for BF16 inputs)
+                       the linear uses for BF16 inputs); "+values": also writing the block GEMM's
+                       BF16 operand (2 B more per element), the linear's dY and dY^T
 The copy moves 2 B read + 2 B written per bf16 element. A second table times fc2's operand made
 from the SwiGLU pre-activation, fused against megatron-core's SwiGLU then the quantizer; a third the
 QKV / fc1 operand made from the residual stream with the RMSNorm fused, against torch's RMSNorm then
-the quantizer. ``--sweep`` times the kernels' tile and
+the quantizer. ``--values`` times the block quantizers writing the GEMM's BF16 operand against the
+quantizer then the GEMM's decode pass. ``--sweep`` times the kernels' tile and
 warp options (used to set the defaults; see NOTES.md); ``--graph`` times CUDA-graph replays (the
 kernels without the host time an eager call may add: the graphed trainer's case).
 """
@@ -108,6 +110,9 @@ def kernels(rows: int, k: int, **options) -> dict[str, tuple]:
         "NVFP4 1x16 SR": (lambda: quantize_nvfp4(x, seed=seed, **recipe_options), elements * (2 + 0.5 + 1 / 16)),
         "NVFP4 tokens RHT SR": (lambda: quantize_nvfp4(x, along_tokens=True, rht=rht, seed=seed, **recipe_options), elements * (2 + 0.5 + 1 / 16)),
         "NVFP4 tokens RHT": (lambda: quantize_nvfp4(x, along_tokens=True, rht=rht, **recipe_options), elements * (2 + 0.5 + 1 / 16)),
+        # the linear's forms of dgrad's dY and wgrad's dY^T: with the BF16 operand (2 B more written per element)
+        "NVFP4 1x16 SR +values": (lambda: quantize_nvfp4(x, seed=seed, values=True, **recipe_options), elements * (4 + 0.5 + 1 / 16)),
+        "NVFP4 tokens RHT SR +values": (lambda: quantize_nvfp4(x, along_tokens=True, rht=rht, seed=seed, values=True, **recipe_options), elements * (4 + 0.5 + 1 / 16)),
         "MXFP4 tokens": (lambda: quantize_nvfp4(x, along_tokens=True, block_format="mxfp4", **recipe_options), elements * (2 + 0.5 + 1 / 32)),
         "pairs NVFP4 tokens RHT SR": (lambda: quantize_along_tokens_bf16(x, rht_signs=signs, seed=seed, **pair_options), elements * (2 + 0.5 + 1 / 16)),
         "pairs NVFP4 tokens RHT": (lambda: quantize_along_tokens_bf16(x, rht_signs=signs, **pair_options), elements * (2 + 0.5 + 1 / 16)),
@@ -185,6 +190,31 @@ def main(shapes=SHAPES, only: list[str] | None = None) -> None:
         torch.cuda.empty_cache()
 
 
+def values_table(shapes) -> None:
+    """The block quantizers writing the GEMM's BF16 operand themselves (``values=True``) against
+    the same quantizer then the block GEMM's decode pass (``decode_to_bf16``), same run: what an
+    operand consumed at once costs before its GEMM either way."""
+    from megatron_fp4.kernels.block_gemm import decode_to_bf16
+
+    print("\n| shape | operand | quantize + decode us | quantize with BF16 values us | speed-up |")
+    print("| --- | --- | --- | --- | --- |")
+    for rows, k in shapes:
+        x, seed, rht = _inputs(rows, k)[0], _inputs(rows, k)[7], _inputs(rows, k)[8]
+        operands = {
+            "NVFP4 blocks (X)": lambda v: quantize_blocks(x, NVFP4, values=v),
+            "MXFP4 blocks (X, W)": lambda v: quantize_blocks(x, MXFP4, values=v),
+            "NVFP4 16x16 tiles (W)": lambda v: quantize_nvfp4(x, tiles=True, values=v),
+            "NVFP4 1x16 SR (dY)": lambda v: quantize_nvfp4(x, seed=seed, values=v),
+            "NVFP4 tokens RHT SR (dY^T)": lambda v: quantize_nvfp4(x, along_tokens=True, rht=rht, seed=seed, values=v),
+            "pairs MXFP4 tokens (dY^T)": lambda v: quantize_along_tokens_bf16(x, block_format="mxfp4", values=v),
+        }
+        for name, quantize_with in operands.items():
+            separate = median_ms(lambda: decode_to_bf16(quantize_with(False)))
+            fused = median_ms(lambda: quantize_with(True))
+            print(f"| {rows}x{k} | {name} | {separate * 1e3:.0f} | {fused * 1e3:.0f} | {separate / fused:.2f}x |", flush=True)
+        torch.cuda.empty_cache()
+
+
 def sweep(rows: int, k: int, families: tuple[str, ...] = ("rows", "grad", "blocks")) -> None:
     """Grid, pipelining and tile options of the kernels on one shape (for tuning the defaults)."""
     copy_gbs = rows * k * 4 / median_ms(torch.randn(rows, k, device="cuda", dtype=torch.bfloat16).clone) / 1e6
@@ -220,7 +250,7 @@ def sweep(rows: int, k: int, families: tuple[str, ...] = ("rows", "grad", "block
             for warps in (4, 8):
                 report("grad quantize (both)", f"amax tile {tile} warps {warps}", grad_options={"amax_tile": tile, "amax_warps": warps})
     if "recipe" in families:  # the recipe kernel's program tile, per layout (rows, columns of O, warps)
-        for name in ("MXFP4 tokens", "NVFP4 tokens RHT", "NVFP4 tokens RHT SR", "NVFP4 1x16 SR", "NVFP4 16x16 tiles"):
+        for name in ("MXFP4 tokens", "NVFP4 tokens RHT", "NVFP4 tokens RHT SR +values", "NVFP4 1x16 SR +values", "NVFP4 16x16 tiles"):
             for tile in ((64, 64, 4), (256, 32, 4), (128, 64, 4), (64, 128, 4), (32, 256, 4), (256, 64, 8), (128, 32, 4)):
                 report(name, f"tile {tile}", recipe_options={"tile": tile})
     if "pairs" in families:  # the token-pair kernel's program tile (tokens, columns, warps)
@@ -246,9 +276,12 @@ if __name__ == "__main__":
     parser.add_argument("--graph", action="store_true", help="time CUDA-graph replays (the kernels alone, no host time)")
     parser.add_argument("--shapes", nargs="+", help="ROWSxK shapes of the table (default: the LLaMA shapes)")
     parser.add_argument("--only", nargs="+", help="the table's kernels whose names contain one of these; no fused-input tables")
+    parser.add_argument("--values", action="store_true", help="only the table of the block quantizers writing BF16 operands against quantize + decode")
     args = parser.parse_args()
     GRAPH = args.graph
-    if not args.no_table:
+    if args.values:
+        values_table([tuple(int(v) for v in shape.split("x")) for shape in args.shapes] if args.shapes else SHAPES)
+    elif not args.no_table:
         main([tuple(int(v) for v in shape.split("x")) for shape in args.shapes] if args.shapes else SHAPES, args.only)
         if not args.only:
             swiglu_table()
