@@ -5,7 +5,9 @@
 Per shape, all in the same run: bf16 ``nn.Linear`` fwd+bwd (the baseline); the FP8 row-wise
 ``_scaled_mm`` ceiling (the three GEMMs of fwd+bwd as bare FP8 GEMMs: no quantization, no
 OCC); and each FP4 recipe's linear fwd+bwd on the automatic backend. Medians of
-``triton.testing.do_bench``; ratio = bf16 time / time (higher is faster).
+``triton.testing.do_bench``; ratio = bf16 time / time (higher is faster). ``--graph`` times
+CUDA-graph replays of each fwd+bwd instead (BF16's too): the kernels without the host time an eager
+call adds, as the graphed trainer runs them.
 
 The input is an LLM-like activation (heavy-tailed tokens, log-normal channel magnitudes, a few
 outlier channels: what OCC is for), generated on the GPU. The last columns give the bytes the
@@ -55,12 +57,33 @@ def llm_like_activation(tokens: int, hidden: int) -> torch.Tensor:
     return (student_t / student_t.std() * channel).to(torch.bfloat16)
 
 
+GRAPH = False  # --graph: time CUDA-graph replays of fwd+bwd (the kernels without host time)
+
+
 def fwd_bwd_ms(fn, x, w, grad) -> float:
     def run():
         x.grad = w.grad = None
         fn(x, w).backward(grad)
 
-    return do_bench(run, return_mode="median")
+    if not GRAPH:
+        return do_bench(run, return_mode="median")
+    # captured after a warm-up on a side stream (the kernels compiled, the allocator's pools made);
+    # the replay writes x.grad / w.grad in place, so the graph holds them from the capture on
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            run()
+    torch.cuda.current_stream().wait_stream(side)
+    x.grad = w.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn(x, w).backward(grad)
+    try:
+        return do_bench(graph.replay, return_mode="median")
+    finally:
+        x.grad = w.grad = None
+        del graph
 
 
 def fp8_ceiling_ms(tokens: int, k: int, n: int) -> float:
@@ -93,8 +116,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, nargs="+", default=[8192])
     parser.add_argument("--recipes", nargs="+", default=["paper", "paper-no-occ", "direct", "nvfp4"], choices=sorted(VARIANTS))
     parser.add_argument("--models", nargs="+", default=["1.3B", "7B", "13B"], choices=["1.3B", "7B", "13B"])
+    parser.add_argument("--graph", action="store_true", help="time CUDA-graph replays of each fwd+bwd, BF16's too (no host time: the graphed trainer's case)")
     args = parser.parse_args()
-    print(f"FP4 GEMM backend: {get_backend().name}; ratio = bf16 time / time (higher is faster)")
+    global GRAPH
+    GRAPH = args.graph
+    print(f"FP4 GEMM backend: {get_backend().name}; ratio = bf16 time / time (higher is faster){'; CUDA-graph replays' if GRAPH else ''}")
     print(
         f"{'tokens':>6} {'model':>5} {'layer':>5} {'K':>6} {'N':>6} {'bf16 ms':>8} {'fp8 ceil':>9}"
         + "".join(f" {r:>13}" for r in args.recipes)
