@@ -160,7 +160,9 @@ def quantize_along_tokens_fast(
     )
 
 
-def shared_nvfp4_tensor_scales(tensor2d: torch.Tensor, rows_spec: QuantSpec, tokens_spec: QuantSpec, rht_seed: int | None, use_rht: bool, check_finite: bool):
+def shared_nvfp4_tensor_scales(
+    tensor2d: torch.Tensor, rows_spec: QuantSpec, tokens_spec: QuantSpec, rht_seed: int | None, use_rht: bool, check_finite: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(tensor scale of ``tensor2d``, tensor scale of (R16 tensor2d)^T) from one read, for a tensor
     quantized both in 1x16 NVFP4 blocks (``quantize_fast``'s ``tensor_scale``) and along the
     tokens after the RHT (``quantize_along_tokens_fast``'s): NVIDIA's recipe quantizes its input
