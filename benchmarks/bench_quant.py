@@ -199,7 +199,7 @@ def values_table(shapes) -> None:
     print("\n| shape | operand | quantize + decode us | quantize with BF16 values us | speed-up |")
     print("| --- | --- | --- | --- | --- |")
     for rows, k in shapes:
-        x, seed, rht = _inputs(rows, k)[0], _inputs(rows, k)[7], _inputs(rows, k)[8]
+        x, *_, seed, rht, _ = _inputs(rows, k)
         operands = {
             "NVFP4 blocks (X)": lambda v: quantize_blocks(x, NVFP4, values=v),
             "MXFP4 blocks (X, W)": lambda v: quantize_blocks(x, MXFP4, values=v),

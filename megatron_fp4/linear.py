@@ -123,10 +123,11 @@ class FP4GemmState:
             if recipe.occ.inline:  # the clamped entries as E4M3 inside the operand (fprop and wgrad)
                 xq = quantize_with_inline_outliers(x2d, *bounds, check_finite=self.check, name=f"{self.name} input")
             else:
-                # X in 1x16 blocks and X^T after the RHT (NVIDIA's recipe): both tensor scales from one read
-                input_scale, input_tokens_scale = (None, None) if bounds is not None or not recipe.wgrad_along_tokens else shared_nvfp4_tensor_scales(
-                    x2d, recipe.fprop_input, recipe.wgrad_input, recipe.hadamard_seed, recipe.wgrad_hadamard, self.check
-                )
+                input_scale = None
+                if recipe.wgrad_along_tokens and bounds is None:  # X in 1x16 blocks, X^T after the RHT: both scales from one read
+                    input_scale, input_tokens_scale = shared_nvfp4_tensor_scales(
+                        x2d, recipe.fprop_input, recipe.wgrad_input, recipe.hadamard_seed, recipe.wgrad_hadamard, self.check
+                    )
                 xq = quantize_fast(
                     x2d, recipe.fprop_input, check_finite=self.check, name=f"{self.name} input", clamp=bounds, bf16_values=self.bf16_operands,
                     tensor_scale=input_scale,
