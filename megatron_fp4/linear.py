@@ -128,9 +128,11 @@ class FP4GemmState:
                     input_scale, input_tokens_scale = shared_nvfp4_tensor_scales(
                         x2d, recipe.fprop_input, recipe.wgrad_input, recipe.hadamard_seed, recipe.wgrad_hadamard, self.check
                     )
+                # X's codes only where backward keeps this operand (wgrad in the same format); else its BF16 values alone
+                kept = not recipe.wgrad_along_tokens and recipe.wgrad_input == recipe.fprop_input
                 xq = quantize_fast(
                     x2d, recipe.fprop_input, check_finite=self.check, name=f"{self.name} input", clamp=bounds, bf16_values=self.bf16_operands,
-                    tensor_scale=input_scale,
+                    tensor_scale=input_scale, codes=kept,
                 )
         if health.is_collecting() and recipe.fprop_input.is_quantized:  # `bf16_dge`: nothing to measure in the input
             compensation = residual.to_dense() if residual is not None else 0
@@ -163,6 +165,8 @@ class FP4GemmState:
         self.w_fprop_scale = _dge_scale(weight, wq, recipe) if recipe.dge.enabled else None
         # kept for backward: packed codes and scales only (the FP8 / BF16 operand forms are rebuilt
         # there; an inline OCC operand is its E4M3 elements, 1 B each)
+        if self.x_saved.data is None or self.w_saved.data is None:
+            raise RuntimeError(f"{self.name}: an operand kept for backward was quantized without its codes (BF16 values only)")
         self.x_saved = dataclasses.replace(self.x_saved, fp8=None, bf16=None)
         self.w_saved = dataclasses.replace(self.w_saved, fp8=None, bf16=None)
         return y
@@ -172,12 +176,12 @@ class FP4GemmState:
     ) -> QuantizedTensor:
         """[M, C] -> the wgrad GEMM's operand [C, M] (tokens last) in ``spec``, after the RHT if the
         recipe has it (fused on CUDA for NVFP4: ``kernels.quantize_along_tokens_fast``);
-        consumed_at_once: its BF16 values too, where the backend's GEMM takes them; tensor_scale: its
-        NVFP4 tensor scale found beforehand (``kernels.shared_nvfp4_tensor_scales``)."""
+        consumed_at_once: its BF16 values alone (no codes), where the backend's GEMM takes them;
+        tensor_scale: its NVFP4 tensor scale found beforehand (``kernels.shared_nvfp4_tensor_scales``)."""
         return quantize_along_tokens_fast(
             tensor2d, spec, self.recipe.hadamard_seed, self.recipe.wgrad_hadamard,
             check_finite=self.check, name=f"{self.name} {what} " + ("(--fp4-rht)" if self.recipe.wgrad_hadamard else "(wgrad, along tokens)"),
-            bf16_values=consumed_at_once and self.bf16_operands, tensor_scale=tensor_scale,
+            bf16_values=consumed_at_once and self.bf16_operands, tensor_scale=tensor_scale, codes=not consumed_at_once,
         )
 
     def quantize_grad_output(self, g2d: torch.Tensor) -> tuple[QuantizedTensor, QuantizedTensor | None]:
@@ -193,7 +197,7 @@ class FP4GemmState:
             )
             gq = quantize_fast(
                 g2d, recipe.dgrad_grad_output, check_finite=self.check, name=f"{self.name} output gradient", bf16_values=self.bf16_operands,
-                tensor_scale=rows_scale,
+                tensor_scale=rows_scale, codes=False,  # dgrad's alone: its BF16 values
             )
             return gq, None
         fold = recipe.fold_backward_scales

@@ -116,9 +116,12 @@ class QuantizedTensor:
     tensor scale) as BF16 [rows, K], exact (``kernels.block_gemm``): the operand form of the
     block-scaled GEMM, written by the fused quantizers for an operand its GEMM consumes at once,
     so that no separate decode pass reads the codes again. Dropped before an operand is saved.
+    An operand consumed only by its GEMM may hold ``bf16`` alone, ``data`` None: the quantizer
+    did not write its codes (``kernels.quantize_fast(..., codes=False)``); its element values are
+    then read back from ``bf16`` (exactly: value x block scale / block scale).
     """
 
-    data: torch.Tensor
+    data: torch.Tensor | None
     scale: torch.Tensor | None
     global_scale: torch.Tensor | None
     spec: QuantSpec
@@ -128,20 +131,42 @@ class QuantizedTensor:
     outliers_e4m3: bool = False
     bf16: torch.Tensor | None = None
 
+    @property
+    def operand_shape(self) -> tuple[int, int]:
+        """(rows, K) of the 2-D operand (packed codes hold K / 2 bytes per row)."""
+        if self.data is None:
+            return tuple(self.bf16.shape)
+        if self.spec.dtype == "fp4" and not self.outliers_e4m3:
+            return self.data.shape[0], self.data.shape[1] * 2
+        return tuple(self.data.shape)
+
+    @property
+    def device(self) -> torch.device:
+        return (self.data if self.data is not None else self.bf16).device
+
     def element_values(self) -> torch.Tensor:
         """The unscaled element values as fp32 [rows, K] (FP4 grid or FP8 values)."""
+        if self.data is None:  # BF16 values only: E2M1 value x block scale, divided back exactly
+            block = self._block_scale()
+            return torch.where(block == 0, torch.zeros_like(block), self.bf16.float() / torch.where(block == 0, torch.ones_like(block), block))
         if self.spec.dtype == "fp4" and not self.outliers_e4m3:
             return decode(unpack_codes(self.data), self.spec.format)
         return self.data.float()
 
     def decode_scale(self) -> torch.Tensor:
         """fp32 decode scale per element group, broadcastable against [rows, K]."""
-        if self.spec.granularity in ("nvfp4", "nvfp4_2d"):
-            block = self.scale.float() * self.global_scale
-        elif self.spec.granularity == "mxfp4":
+        if self.spec.granularity not in ("nvfp4", "nvfp4_2d", "mxfp4"):
+            return self.scale
+        return self._block_scale(self.global_scale if self.spec.granularity != "mxfp4" else None)
+
+    def _block_scale(self, global_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """The NVFP4 / MXFP4 block scales as fp32 [rows, K] (times ``global_scale`` if given)."""
+        if self.spec.granularity == "mxfp4":
             block = e8m0_to_fp32(self.scale)
         else:
-            return self.scale
+            block = self.scale.float()
+        if global_scale is not None:
+            block = block * global_scale
         if self.spec.granularity == "nvfp4_2d":
             block = block.repeat_interleave(self.spec.block_size, dim=0)
         return block.repeat_interleave(self.spec.block_size, dim=-1)
@@ -167,7 +192,7 @@ class QuantizedTensor:
     @property
     def nbytes(self) -> int:
         """Bytes held (elements + scales): what saving this for backward costs."""
-        tensors = (self.data, self.scale, self.global_scale)
+        tensors = (self.data, self.scale, self.global_scale, self.bf16 if self.data is None else None)
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 

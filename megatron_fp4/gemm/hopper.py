@@ -113,7 +113,7 @@ class HopperBackend(GemmBackend):
     def _block_scaled(a: QuantizedTensor, b: QuantizedTensor) -> bool:
         from ..kernels.block_gemm import supports_block_gemm
 
-        return a.data.is_cuda and supports_block_gemm(a, b)
+        return a.device.type == "cuda" and supports_block_gemm(a, b)
 
     def fprop(self, x: QuantizedTensor, w: QuantizedTensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
         if self._block_scaled(x, w):  # NVFP4/MXFP4 operands: the block-scaled GEMM on BF16 tensor cores

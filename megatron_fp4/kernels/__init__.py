@@ -47,6 +47,7 @@ def quantize_fast(
     clamp: tuple[torch.Tensor, torch.Tensor] | None = None,
     bf16_values: bool = False,
     tensor_scale: torch.Tensor | None = None,
+    codes: bool = True,
 ) -> QuantizedTensor:
     """``quantize(clamp(x))`` through a fused kernel on CUDA where one exists for ``spec``, else
     the reference. clamp: optional (low, high) bounds in x's dtype (OCC); scalar bounds are
@@ -54,7 +55,10 @@ def quantize_fast(
     MXFP4 operand its GEMM consumes at once, the block kernels also write its BF16 values
     (``QuantizedTensor.bf16``), so the block GEMM reads no codes again (other paths ignore it).
     tensor_scale: NVFP4's tensor scale of x from ``shared_nvfp4_tensor_scales`` (the value the
-    kernel would find itself; the reference finds its own)."""
+    kernel would find itself; the reference finds its own). codes=False: where the block kernels
+    write the BF16 values, those only (``QuantizedTensor.data`` None), for an operand nothing
+    keeps after its GEMM (the reference and the other kernels write codes regardless)."""
+    values_only = bf16_values and not codes
     checking = check_finite if check_finite is not None else check_finite_enabled()
     fused = x.is_cuda and triton_available()
     if fused and clamp is None:
@@ -72,7 +76,7 @@ def quantize_fast(
             seed = new_seed(x.device) if stochastic_blocks else None  # the reference's seed draw
             q = quantize_nvfp4(
                 x2d, tiles=tiles, seed=seed, block_format="mxfp4" if spec.granularity == "mxfp4" else "nvfp4", values=bf16_values,
-                global_scale=tensor_scale if spec.granularity == "nvfp4" else None,
+                global_scale=tensor_scale if spec.granularity == "nvfp4" else None, codes=not values_only,
             )
             return dataclasses.replace(q, shape=x.shape, dtype=x.dtype)
         if supports_block_spec(spec):
@@ -80,7 +84,7 @@ def quantize_fast(
                 quantize(x, spec, check_finite=True, name=name)  # raises, naming the tensor
             if x.shape[-1] % spec.block_size:
                 quantize(x, spec, name=name)  # raises, naming the tensor and the block size
-            return quantize_blocks(x, spec, values=bf16_values, global_scale=tensor_scale if spec.granularity == "nvfp4" else None)
+            return quantize_blocks(x, spec, values=bf16_values, global_scale=tensor_scale if spec.granularity == "nvfp4" else None, codes=not values_only)
     if fused:
         from .quantize_rows import quantize_rows, supports_spec
 
@@ -127,14 +131,16 @@ def dge_scale_grad_fast(
 
 def quantize_along_tokens_fast(
     tensor2d: torch.Tensor, spec: QuantSpec, rht_seed: int | None, use_rht: bool, *, check_finite: bool, name: str, bf16_values: bool = False,
-    tensor_scale: torch.Tensor | None = None,
+    tensor_scale: torch.Tensor | None = None, codes: bool = True,
 ) -> QuantizedTensor:
     """The weight-gradient operand of a recipe quantized along the tokens: ``quantize`` of
     (R16 tensor2d)^T [C, M] (the RHT only with ``use_rht``). The fused NVFP4 kernel on CUDA (its
     stochastic rounding computes the reference's Philox numbers for the same seed), else the
     reference (``hadamard.apply_rht`` then ``quantize``), which also names bad shapes.
-    bf16_values, tensor_scale: as ``quantize_fast``'s (the kernels also write the BF16 operand; the
-    operand's NVFP4 tensor scale found beforehand, taken by the RHT path)."""
+    bf16_values, tensor_scale, codes: as ``quantize_fast``'s (the kernels also write the BF16
+    operand; the operand's NVFP4 tensor scale found beforehand, taken by the RHT path; the BF16
+    operand only)."""
+    values_only = bf16_values and not codes
     from ..hadamard import RHT_BLOCK, apply_rht, rht_matrix
 
     fused = tensor2d.is_cuda and triton_available() and spec.granularity in ("nvfp4", "mxfp4") and nvfp4_kernel_enabled()
@@ -152,11 +158,11 @@ def quantize_along_tokens_fast(
     if tensor2d.dtype == torch.bfloat16 and not use_rht:  # token pairs in 32-bit words, no transposing layout
         from .quantize_tokens import quantize_along_tokens_bf16  # change (quantize_tokens; with the RHT it measured slower)
 
-        return quantize_along_tokens_bf16(tensor2d, seed=seed, block_format=spec.granularity, values=bf16_values)
+        return quantize_along_tokens_bf16(tensor2d, seed=seed, block_format=spec.granularity, values=bf16_values, codes=not values_only)
     rht = rht_matrix(rht_seed, device=tensor2d.device) if use_rht else None
     return quantize_nvfp4(
         tensor2d, along_tokens=True, rht=rht, seed=seed, block_format=spec.granularity, values=bf16_values,
-        global_scale=tensor_scale if spec.granularity == "nvfp4" and use_rht else None,
+        global_scale=tensor_scale if spec.granularity == "nvfp4" and use_rht else None, codes=not values_only,
     )
 
 

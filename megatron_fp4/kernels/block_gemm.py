@@ -284,28 +284,28 @@ def transposed_b_supported(b: QuantizedTensor, out_dtype: torch.dtype = torch.fl
     method = method or os.environ.get("MEGATRON_FP4_BLOCK_GEMM", DEFAULT_METHOD)
     if b.spec.granularity == "nvfp4_2d":
         return True
-    row_bytes = b.data.shape[1] * 2 * out_dtype.itemsize
+    row_bytes = b.operand_shape[1] * out_dtype.itemsize
     return method == "decoded" and row_bytes % 16 == 0
 
 
 def _check_operands(a: QuantizedTensor, b: QuantizedTensor, b_transposed: bool, method: str) -> tuple[int, int, int]:
     if not supports_block_gemm(a, b):
         raise ValueError(f"block_scaled_matmul: needs FP4 E2M1 operands in {sorted(GRANULARITY_CODES)} blocks, got {a.spec.describe()} and {b.spec.describe()}")
-    m, k = a.data.shape[0], a.data.shape[1] * 2
+    m, k = a.operand_shape
     if b_transposed:
         if b.spec.granularity != "nvfp4_2d" and method != "decoded":
             raise ValueError(
                 f"block_scaled_matmul: b_transposed with the fused method needs 16x16 tiles (nvfp4_2d), got {b.spec.granularity} "
                 "(the decoded method takes any block layout)"
             )
-        k_b, n = b.data.shape[0], b.data.shape[1] * 2
+        k_b, n = b.operand_shape
     else:
-        n, k_b = b.data.shape[0], b.data.shape[1] * 2
+        n, k_b = b.operand_shape
     if k_b != k:
         raise ValueError(f"block_scaled_matmul: operand B has reduction size {k_b}, A has {k}; they must be equal")
     # each operand's blocks must tile the dimension they were quantized along (its own rows' length)
     for name, operand in (("A", a), ("B", b)):
-        size, block = operand.data.shape[1] * 2, operand.spec.block_size
+        size, block = operand.operand_shape[1], operand.spec.block_size
         if size % block:
             raise ValueError(
                 f"block_scaled_matmul: operand {name} has rows of {size} elements, not a multiple of its "
@@ -334,14 +334,20 @@ def block_scaled_matmul(
         raise ValueError(f"block_scaled_matmul: method {method!r} is not one of {METHODS} (MEGATRON_FP4_BLOCK_GEMM)")
     m, n, k = _check_operands(a, b, b_transposed, method)
     config = config or default_config(out_dtype)
-    global_scale = torch.ones((), dtype=torch.float32, device=a.data.device)
+    global_scale = torch.ones((), dtype=torch.float32, device=a.device)
     for operand in (a, b):
         if operand.global_scale is not None:
             global_scale = global_scale * operand.global_scale.float()
     interpreted = _interpreted()
-    c = torch.empty(m, n, dtype=out_dtype, device=a.data.device)
-    if method == "decoded" and n * c.element_size() % 16 == 0:  # the descriptors need 16-byte rows
+    c = torch.empty(m, n, dtype=out_dtype, device=a.device)
+    values_only = a.data is None or b.data is None  # an operand written as BF16 values alone: nothing for the fused method to read
+    if (method == "decoded" or values_only) and n * c.element_size() % 16 == 0:  # the descriptors need 16-byte rows
         return bf16_matmul(decode_to_bf16(a), decode_to_bf16(b), global_scale, c, b_kn=b_transposed, config=config)
+    if values_only:
+        raise ValueError(
+            f"block_scaled_matmul: an operand holds BF16 values without codes, which only the BF16 GEMM reads, and its output rows "
+            f"({n} x {out_dtype}) are not 16-byte multiples"
+        )
     if b_transposed and b.spec.granularity != "nvfp4_2d":  # the fused kernel reads only tiles transposed
         raise ValueError(
             f"block_scaled_matmul: b_transposed with {b.spec.granularity} blocks needs the decoded method and output rows "

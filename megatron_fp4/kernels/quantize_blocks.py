@@ -17,7 +17,7 @@ import triton.language as tl
 
 from ..quantize import QuantizedTensor, QuantSpec
 from ..scaling import BLOCK_SIZES, E4M3_MAX
-from .fp8_rounding import fp8_byte
+from .fp8_rounding import fp8_cast, hardware_fp8_cast
 from .quantize_rows import _e2m1_round, _max_keeping_nan
 from .tensor_scale import tensor_scale_from_partials
 
@@ -73,12 +73,20 @@ def _e4m3_value(byte):
 
 
 @triton.jit
-def _nvfp4_scale(amax, tensor_scale):
+def _nvfp4_scale(amax, tensor_scale, HARDWARE_CAST: tl.constexpr = False):
     """NVFP4's block scale for block maxima ``amax``: (the E4M3 byte of amax / 6 / s_tensor,
-    saturating at 448; its value times the fp32 tensor scale s_tensor)."""
+    saturating at 448; its value, the block's BF16-operand factor; that times the fp32 tensor
+    scale s_tensor). HARDWARE_CAST: both conversions by the GPU's FP8 instructions (the same
+    bytes and values: ``fp8_rounding.fp8_cast``), else in integer operations. Computed per block,
+    by each thread holding part of one (8 of its 16 elements in the recipe kernels' layouts), so
+    the ~35 integer instructions of the emulated pair cost ~4 per element there."""
     target = tl.math.div_rn(tl.math.div_rn(amax, 6.0), tensor_scale)
-    byte = fp8_byte(tl.minimum(target, 448.0, propagate_nan=tl.PropagateNan.ALL), 3, 7, True)
-    return byte, _e4m3_value(byte) * tensor_scale
+    byte = fp8_cast(tl.minimum(target, 448.0, propagate_nan=tl.PropagateNan.ALL), 3, 7, True, HARDWARE_CAST)
+    if HARDWARE_CAST:  # E4M3 -> fp32 is exact (NaN 0x7F stays NaN)
+        block_value = byte.to(tl.uint8).to(tl.float8e4nv, bitcast=True).to(tl.float32)
+    else:
+        block_value = _e4m3_value(byte)
+    return byte, block_value, block_value * tensor_scale
 
 
 @triton.jit
@@ -106,9 +114,12 @@ def _load_tile(x_ptr, item, items, chunks: tl.constexpr, K, stride_x, BLOCK: tl.
 def _quantize_blocks_kernel(
     x_ptr, codes_ptr, scale_ptr, global_scale_ptr, values_ptr, K, stride_x, items, chunks: tl.constexpr,
     NVFP4: tl.constexpr, BLOCK: tl.constexpr, GROUPS: tl.constexpr, PREFETCH: tl.constexpr, VALUES: tl.constexpr,
+    HARDWARE_CAST: tl.constexpr = False, CODES: tl.constexpr = True,
 ):
     """Persistent: program p quantizes work items p, p + P, ... (GROUPS blocks of one row each);
-    with PREFETCH the next item's load is in flight while the current one is quantized."""
+    with PREFETCH the next item's load is in flight while the current one is quantized. CODES:
+    write the packed codes (off for an operand written only as its BF16 values, with VALUES);
+    HARDWARE_CAST: NVFP4's block scales by the FP8 conversion instructions (``_nvfp4_scale``)."""
     first = tl.program_id(0)
     step = tl.num_programs(0)
     tensor_scale = 1.0
@@ -129,21 +140,21 @@ def _quantize_blocks_kernel(
         amax = tl.where(amax == float("inf"), float("nan"), amax)  # a block holding Inf: NaN too
         block_mask = blocks < K // BLOCK
         if NVFP4:
-            byte, scale = _nvfp4_scale(amax, tensor_scale)
+            byte, block_value, scale = _nvfp4_scale(amax, tensor_scale, HARDWARE_CAST)
         else:
             byte, scale = _mxfp4_scale(amax)
+            block_value = scale  # MXFP4's scale is its 2^e (NaN for 0xFF)
         tl.store(scale_ptr + row * (K // BLOCK) + blocks, byte.to(tl.uint8), mask=block_mask)
         if NVFP4:
             multiplier = tl.where(scale == 0, 0.0, tl.math.div_rn(1.0, scale))  # ``quantize.encode_multiplier``
         else:  # 1 / 2^e is the power of two 2^-e, exactly what the division gives (NaN for 0xFF), without it
             multiplier = tl.where(byte == 0xFF, float("nan"), _power_of_two(127 - byte))
         value, code = _e2m1_round(x * multiplier[:, None])
-        codes = code.to(tl.uint8)
-        low, high = tl.split(tl.reshape(codes, (GROUPS, BLOCK // 2, 2)))
-        pairs = blocks[:, None] * (BLOCK // 2) + tl.arange(0, BLOCK // 2)[None, :]
-        tl.store(codes_ptr + row * (K // 2) + pairs, low | (high << 4), mask=pairs < K // 2)
+        if CODES:
+            low, high = tl.split(tl.reshape(code.to(tl.uint8), (GROUPS, BLOCK // 2, 2)))
+            pairs = blocks[:, None] * (BLOCK // 2) + tl.arange(0, BLOCK // 2)[None, :]
+            tl.store(codes_ptr + row * (K // 2) + pairs, low | (high << 4), mask=pairs < K // 2)
         if VALUES:  # the block GEMM's BF16 operand: E2M1 value x block scale (no tensor scale), exact
-            block_value = _e4m3_value(byte) if NVFP4 else scale  # MXFP4's scale is its 2^e (NaN for 0xFF)
             columns = blocks[:, None] * BLOCK + tl.arange(0, BLOCK)[None, :]
             tl.store(values_ptr + row * K + columns, (value * block_value[:, None]).to(tl.bfloat16), mask=columns < K)
 
@@ -186,15 +197,20 @@ def quantize_blocks(
     programs_per_sm: int | None = None,
     values: bool = False,
     global_scale: torch.Tensor | None = None,
+    codes: bool = True,
 ) -> QuantizedTensor:
     """NVFP4 or MXFP4 quantization of ``x`` [..., K] (K a multiple of the block size);
     blocks_per_program: a power of two, the blocks of one row in one work item of the persistent
     kernel; prefetch, programs_per_sm: its pipelining and grid (speed only; NOTES.md). values: also
     write the operand's BF16 values [rows, K] (``QuantizedTensor.bf16``, what the block GEMM would
     decode the codes into). global_scale: NVFP4's fp32 tensor scale of x found beforehand
-    (``quantize_nvfp4.tensor_scales_with_rht``: the same value), instead of this call's own pass."""
+    (``quantize_nvfp4.tensor_scales_with_rht``: the same value), instead of this call's own pass.
+    codes=False (with values): the BF16 values only, no packed codes (``QuantizedTensor.data``
+    None): an operand its GEMM consumes at once and nothing keeps."""
     if not supports_block_spec(spec):
         raise ValueError(f"quantize_blocks: NVFP4/MXFP4 E2M1 specs only, got {spec.describe()}")
+    if not (codes or values):
+        raise ValueError("quantize_blocks: codes=False writes the BF16 values only, so it needs values=True")
     block = BLOCK_SIZES[spec.granularity]
     k = x.shape[-1]
     if k % block:
@@ -203,7 +219,7 @@ def quantize_blocks(
     if x2d.stride(-1) != 1:
         x2d = x2d.contiguous()
     rows = x2d.shape[0]
-    codes = torch.empty(rows, k // 2, dtype=torch.uint8, device=x.device)
+    packed = torch.empty(rows, k // 2, dtype=torch.uint8, device=x.device) if codes else None
     scale_bytes = torch.empty(rows, k // block, dtype=torch.uint8, device=x.device)
     nvfp4 = spec.granularity == "nvfp4"
     if global_scale is not None and (not nvfp4 or global_scale.dtype != torch.float32 or global_scale.numel() != 1 or global_scale.device != x.device):
@@ -222,8 +238,9 @@ def quantize_blocks(
     items = view.shape[0] * chunks
     bf16 = torch.empty(rows, k, dtype=torch.bfloat16, device=x.device) if values else None
     _quantize_blocks_kernel[(persistent_grid(items, x.device, programs_per_sm),)](
-        view, codes, scale_bytes, global_scale if nvfp4 else codes, bf16 if values else codes, view_k, view.stride(0), items, chunks,
-        NVFP4=nvfp4, BLOCK=block, GROUPS=groups, PREFETCH=PREFETCH if prefetch is None else prefetch, VALUES=values, num_warps=4,
+        view, packed if codes else bf16, scale_bytes, global_scale if nvfp4 else scale_bytes, bf16 if values else packed, view_k, view.stride(0), items, chunks,
+        NVFP4=nvfp4, BLOCK=block, GROUPS=groups, PREFETCH=PREFETCH if prefetch is None else prefetch, VALUES=values,
+        HARDWARE_CAST=hardware_fp8_cast(), CODES=codes, num_warps=4,
     )
     scale = scale_bytes.view(torch.float8_e4m3fn) if nvfp4 else scale_bytes
-    return QuantizedTensor(codes, scale, global_scale, spec, x.shape, x.dtype, bf16=bf16)
+    return QuantizedTensor(packed, scale, global_scale, spec, x.shape, x.dtype, bf16=bf16)

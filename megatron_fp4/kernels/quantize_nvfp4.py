@@ -34,7 +34,7 @@ import triton.language as tl
 
 from ..quantize import QuantizedTensor, QuantSpec
 from ..scaling import E4M3_MAX
-from .quantize_blocks import _e4m3_value, _mxfp4_scale, _nvfp4_scale, _power_of_two
+from .quantize_blocks import _mxfp4_scale, _nvfp4_scale, _power_of_two
 from .quantize_rows import _e2m1_round, _max_keeping_nan
 from .tensor_scale import tensor_scale_from_partials
 
@@ -57,6 +57,7 @@ TILE_BY_LAYOUT = {
 def default_tile(along_tokens: bool, rht: bool, stochastic: bool, tiles: bool, mx: bool) -> tuple[int, int, int]:
     """(rows, columns, warps) of one program's tile of O for this layout (``TILE_BY_LAYOUT``)."""
     return TILE_BY_LAYOUT.get((along_tokens, rht, stochastic, tiles, mx), (TILE_R, TILE_C, 4))
+DIRECTED_SR = True  # compiled stochastic rounding by ``_e2m1_stochastic_directed`` (same codes; NOTES.md, session 17)
 TENSOR_CORE_RHT = True  # BF16 inputs: the RHT as a BF16 tensor-core dot (exact products, fp32 sums; NOTES.md, session 9)
 
 
@@ -164,6 +165,50 @@ def _e2m1_stochastic(q, word, HIGH: tl.constexpr):
 
 
 @triton.jit
+def _fma_up(a, b, c):
+    """a b + c rounded toward +inf, subnormals kept (PTX ``fma.rp.f32``; libdevice's form flushes
+    them to zero, which would round a subnormal |q| with draw 0 down instead of up)."""
+    return tl.inline_asm_elementwise("fma.rp.f32 $0, $1, $2, $3;", "=f,f,f,f", [a, b, c], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _add_up(a, b):
+    """a + b rounded toward +inf (PTX ``add.rp.f32``, subnormals kept)."""
+    return tl.inline_asm_elementwise("add.rp.f32 $0, $1, $2;", "=f,f,f", [a, b], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _e2m1_stochastic_directed(q, word, HIGH: tl.constexpr):
+    """``_e2m1_stochastic`` (the same value and code for every q and draw) in fp32 arithmetic
+    rounding upward, compiled only (PTX inline assembly: the interpreter runs the integer form): far fewer integer and logic
+    instructions, the pipe that bounds these kernels (benchmarks/NOTES.md, session 17).
+
+    With m = min(|q|, 6) (NaN and Inf: 6) between grid neighbours lo <= m < hi of spacing s
+    (0.5 below 2, 1 in [2, 4), 2 in [4, 6]: s = B / 2 for the binade B = 2^floor(log2 max(m, 1))),
+    the reference rounds up iff u < (m - lo) / s for the draw u = draw 2^-16, i.e. iff m - u s > lo:
+    the value is m - u s rounded up to a multiple of s. One fma rounding toward +inf forms
+    m - s - u s (it keeps that ceiling: the multiples of s are fp32 numbers), and adding the magic
+    number A = (3 2^22 + 1) s, again rounding up, rounds to A's ulp s: the sum is M + the value for
+    M = 3 2^22 s. (1 + u) s / B = (1 + u) / 2 is the fp32 number in [0.5, 1) whose top mantissa
+    bits are the draw's 16. The sum's low bits count spacings as in ``quantize_rows._e2m1_round``:
+    the index is that count plus 0, 2 or 4 by binade, read from M's exponent."""
+    bits = q.to(tl.int32, bitcast=True)
+    magnitude = tl.minimum(tl.abs(q), 6.0)  # the non-NaN operand: NaN -> 6
+    binade = tl.maximum(magnitude.to(tl.int32, bitcast=True) & 0x7F800000, 0x3F800000).to(tl.float32, bitcast=True)
+    word = word.to(tl.int32, bitcast=True)
+    if HIGH:  # bits 16..31 to mantissa bits 7..22 (the mask drops the arithmetic shift's sign copies)
+        half_one_plus_draw = (((word >> 9) & 0x7FFF80) | 0x3F000000).to(tl.float32, bitcast=True)
+    else:
+        half_one_plus_draw = (((word << 7) & 0x7FFF80) | 0x3F000000).to(tl.float32, bitcast=True)
+    magic = binade * 6291456.0  # M = 3 2^22 s = 3 2^21 B (exact, as A)
+    total = _add_up(_fma_up(-half_one_plus_draw, binade, magnitude), binade * 6291456.5)
+    value = ((total - magic).to(tl.int32, bitcast=True) | (bits & -2147483648)).to(tl.float32, bitcast=True)
+    # index: the count (total - M bits) plus 0 / 2 / 4 (M bits >> 22 are 299, 301, 303; + 5 is 0, 2, 4 mod 8)
+    index = (total.to(tl.int32, bitcast=True) + (magic.to(tl.int32, bitcast=True) >> 22) + 5) & 7
+    return value, index | ((bits >> 28) & 8)
+
+
+@triton.jit
 def _philox4(counter, k0, k1):
     """``stochastic.philox_words``: the four Philox4x32-10 output words (uint32) of counters
     ``counter`` (int64) with key (k0, k1) (uint32)."""
@@ -201,8 +246,13 @@ def _interleave4(u0, u1, u2, u3, R: tl.constexpr, C: tl.constexpr):
 def _quantize_kernel(
     x_ptr, rht_ptr, seed_ptr, global_scale_ptr, codes_ptr, scale_ptr, values_ptr, M, N, stride_x,
     ALONG_TOKENS: tl.constexpr, RHT: tl.constexpr, TILES: tl.constexpr, STOCHASTIC: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
-    MX: tl.constexpr, VALUES: tl.constexpr, EVEN: tl.constexpr = False,
+    MX: tl.constexpr, VALUES: tl.constexpr, EVEN: tl.constexpr = False, CODES: tl.constexpr = True, DIRECTED: tl.constexpr = False,
+    HARDWARE_CAST: tl.constexpr = False,
 ):
+    """One program's tile of O (the module docstring). CODES: write the packed codes (off for an
+    operand written only as its BF16 values, with VALUES); DIRECTED: stochastic rounding by
+    ``_e2m1_stochastic_directed`` (compiled only) instead of ``_e2m1_stochastic``: the same codes;
+    HARDWARE_CAST: NVFP4's block scales by the FP8 conversion instructions (``_nvfp4_scale``)."""
     r0 = tl.program_id(0) * BR
     c0 = tl.program_id(1) * BC
     o = _operand_tile(x_ptr, rht_ptr, M, N, stride_x, r0, c0, ALONG_TOKENS, RHT, BR, BC, EVEN)
@@ -216,8 +266,9 @@ def _quantize_kernel(
         amax = tl.reduce(tl.reshape(tl.abs(o), (BR, BC // G, G)), 2, _max_keeping_nan)  # [BR, BC/G]
     if MX:  # E8M0, 0xFF (NaN) for a block holding NaN/Inf
         byte, scale = _mxfp4_scale(tl.where(amax == float("inf"), float("nan"), amax))
+        block_value = scale  # MXFP4's scale is its 2^e (NaN for 0xFF)
     else:
-        byte, scale = _nvfp4_scale(amax, tl.load(global_scale_ptr))
+        byte, block_value, scale = _nvfp4_scale(amax, tl.load(global_scale_ptr), HARDWARE_CAST)
     if MX:  # 1 / 2^e is the power of two 2^-e, exactly what the division gives (NaN for 0xFF), without it
         multiplier = tl.where(byte == 0xFF, float("nan"), _power_of_two(127 - byte))
     else:
@@ -245,17 +296,21 @@ def _quantize_kernel(
         counters = rows[:, None].to(tl.int64) * (cols_o // 8) + (c0 // 8 + tl.arange(0, BC // 8))[None, :]
         words = _philox_words(counters, k0, k1, BR, BC)
         q_even, q_odd = tl.split(tl.reshape(q, (BR, BC // 2, 2)))
-        value_even, low = _e2m1_stochastic(q_even, words, False)
-        value_odd, high = _e2m1_stochastic(q_odd, words, True)
+        if DIRECTED:
+            value_even, low = _e2m1_stochastic_directed(q_even, words, False)
+            value_odd, high = _e2m1_stochastic_directed(q_odd, words, True)
+        else:
+            value_even, low = _e2m1_stochastic(q_even, words, False)
+            value_odd, high = _e2m1_stochastic(q_odd, words, True)
         value = tl.reshape(tl.join(value_even, value_odd), (BR, BC))
     else:
         value, code = _e2m1_round(q)
         low, high = tl.split(tl.reshape(code, (BR, BC // 2, 2)))
-    half = c0 // 2 + tl.arange(0, BC // 2)
-    packed = (low | (high << 4)).to(tl.uint8)
-    tl.store(codes_ptr + rows[:, None].to(tl.int64) * (cols_o // 2) + half[None, :], packed, mask=None if EVEN else (rows[:, None] < rows_o) & (half[None, :] < cols_o // 2))
+    if CODES:
+        half = c0 // 2 + tl.arange(0, BC // 2)
+        packed = (low | (high << 4)).to(tl.uint8)
+        tl.store(codes_ptr + rows[:, None].to(tl.int64) * (cols_o // 2) + half[None, :], packed, mask=None if EVEN else (rows[:, None] < rows_o) & (half[None, :] < cols_o // 2))
     if VALUES:  # the block GEMM's BF16 operand: E2M1 value x block scale (no tensor scale), exact
-        block_value = scale if MX else _e4m3_value(byte)  # MXFP4's scale is its 2^e (NaN for 0xFF)
         if TILES:
             per_tile = tl.broadcast_to(tl.reshape(block_value, (BR // 16, 1, BC // 16, 1)), (BR // 16, 16, BC // 16, 16))
             values = value * tl.reshape(per_tile, (BR, BC))
@@ -301,6 +356,7 @@ def quantize_nvfp4(
     tile: tuple[int, int, int] | None = None,
     values: bool = False,
     global_scale: torch.Tensor | None = None,
+    codes: bool = True,
 ) -> QuantizedTensor:
     """NVFP4 codes of x2d [M, C] (``along_tokens``: of (R16 x2d)^T [C, M], ``rht`` the 16x16 R16 or
     None), 16x16 ``tiles`` or 1x16 blocks, stochastic rounding with the Philox ``seed``
@@ -311,12 +367,16 @@ def quantize_nvfp4(
     of at least 32 (default: ``default_tile``; speed only). values: also write the operand's BF16
     values (``QuantizedTensor.bf16``: what the block GEMM would decode the codes into).
     global_scale: NVFP4's fp32 tensor scale of O found beforehand (``tensor_scales_with_rht``: the
-    same value), instead of this call's own pass over x2d."""
+    same value), instead of this call's own pass over x2d. codes=False (with values): the BF16
+    values only, no packed codes (``QuantizedTensor.data`` None): an operand its GEMM consumes at
+    once and nothing keeps."""
     if block_format not in ("nvfp4", "mxfp4"):
         raise ValueError(f"quantize_nvfp4: block_format must be 'nvfp4' or 'mxfp4', got {block_format!r}")
     mx = block_format == "mxfp4"
     if tiles and mx:
         raise ValueError("quantize_nvfp4: 16x16 tiles are NVFP4's weight layout; MXFP4 has 1x32 blocks only")
+    if not (codes or values):
+        raise ValueError("quantize_nvfp4: codes=False writes the BF16 values only, so it needs values=True")
     if tiles and along_tokens:
         raise ValueError("quantize_nvfp4: 16x16 tiles are for weights, not for the operands along the tokens")
     if rht is not None and not along_tokens:
@@ -341,25 +401,26 @@ def quantize_nvfp4(
     if min(tile_rows, tile_cols) < 32 or tile_rows & (tile_rows - 1) or tile_cols & (tile_cols - 1):
         raise ValueError(f"quantize_nvfp4: tile rows and columns must be powers of two >= 32, got {tile}")
     grid = (triton.cdiv(out_rows, tile_rows), triton.cdiv(out_cols, tile_cols))
-    launch = {} if os.environ.get("TRITON_INTERPRET") == "1" else {"num_warps": warps}
+    compiled = os.environ.get("TRITON_INTERPRET") != "1"
+    launch = {"num_warps": warps} if compiled else {}
     if not mx and global_scale is None:  # NVFP4's tensor scale needs the whole tensor's maximum first
         partial = torch.empty(grid[0] * grid[1], dtype=torch.float32, device=device)
         _partial_absmax_kernel[grid](x2d, rht_matrix, partial, m, n, x2d.stride(0), ALONG_TOKENS=along_tokens, RHT=rht_mode, BR=tile_rows, BC=tile_cols, **launch)
         global_scale = tensor_scale_from_partials(partial, 6.0 * E4M3_MAX)  # absmax_scale's rule, one launch
     elif global_scale is not None:
         global_scale = global_scale.reshape(())
-    codes = torch.empty(out_rows, out_cols // 2, dtype=torch.uint8, device=device)
+    packed = torch.empty(out_rows, out_cols // 2, dtype=torch.uint8, device=device) if codes else None
     scale_shape = (out_rows // BLOCK, out_cols // BLOCK) if tiles else (out_rows, out_cols // block)
     scale_bytes = torch.empty(scale_shape, dtype=torch.uint8, device=device)
     bf16 = torch.empty(out_rows, out_cols, dtype=torch.bfloat16, device=device) if values else None
     _quantize_kernel[grid](
         x2d, rht_matrix, seed.contiguous() if seed is not None else rht_matrix, global_scale if global_scale is not None else rht_matrix,
-        codes, scale_bytes, bf16 if values else codes, m, n, x2d.stride(0),
+        packed if codes else bf16, scale_bytes, bf16 if values else packed, m, n, x2d.stride(0),
         ALONG_TOKENS=along_tokens, RHT=rht_mode, TILES=tiles, STOCHASTIC=seed is not None, BR=tile_rows, BC=tile_cols, MX=mx, VALUES=values,
-        EVEN=out_rows % tile_rows == 0 and out_cols % tile_cols == 0, **launch,
+        EVEN=out_rows % tile_rows == 0 and out_cols % tile_cols == 0, CODES=codes, DIRECTED=DIRECTED_SR and compiled, HARDWARE_CAST=compiled, **launch,
     )
     dtype = torch.float32 if along_tokens else x2d.dtype  # the reference quantizes the fp32 transposed operand
     if mx:
-        return QuantizedTensor(codes, scale_bytes, None, QuantSpec("fp4", "mxfp4", stochastic_rounding=seed is not None), torch.Size((out_rows, out_cols)), dtype, bf16=bf16)
+        return QuantizedTensor(packed, scale_bytes, None, QuantSpec("fp4", "mxfp4", stochastic_rounding=seed is not None), torch.Size((out_rows, out_cols)), dtype, bf16=bf16)
     spec = QuantSpec("fp4", "nvfp4_2d" if tiles else "nvfp4", stochastic_rounding=seed is not None)
-    return QuantizedTensor(codes, scale_bytes.view(torch.float8_e4m3fn), global_scale, spec, torch.Size((out_rows, out_cols)), dtype, bf16=bf16)
+    return QuantizedTensor(packed, scale_bytes.view(torch.float8_e4m3fn), global_scale, spec, torch.Size((out_rows, out_cols)), dtype, bf16=bf16)

@@ -35,8 +35,8 @@ import triton.language as tl
 
 from ..quantize import QuantizedTensor, QuantSpec
 from ..scaling import E4M3_MAX
-from .quantize_blocks import _e4m3_value, _mxfp4_scale, _nvfp4_scale, _partial_absmax, _power_of_two
-from .quantize_nvfp4 import _e2m1_stochastic, _philox_words
+from .quantize_blocks import _mxfp4_scale, _nvfp4_scale, _partial_absmax, _power_of_two
+from .quantize_nvfp4 import DIRECTED_SR, _e2m1_stochastic, _e2m1_stochastic_directed, _philox_words
 from .quantize_rows import _e2m1_round, _max_keeping_nan
 from .tensor_scale import tensor_scale_from_partials
 
@@ -124,8 +124,12 @@ def _partial_absmax_kernel(x_ptr, signs_ptr, partial_ptr, M, N, stride_x, BT: tl
 def _quantize_kernel(
     x_ptr, signs_ptr, seed_ptr, global_scale_ptr, codes_ptr, scale_ptr, values_ptr, M, N, stride_x,
     RHT: tl.constexpr, STOCHASTIC: tl.constexpr, MX: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, VALUES: tl.constexpr,
+    CODES: tl.constexpr = True, HARDWARE_CAST: tl.constexpr = False, DIRECTED: tl.constexpr = False,
 ):
-    """O = (R x)^T [N, M]: O's rows are x's columns c0.., its columns the tokens t0.. of this program."""
+    """O = (R x)^T [N, M]: O's rows are x's columns c0.., its columns the tokens t0.. of this program.
+    CODES: write the packed codes (off for an operand written only as its BF16 values, with
+    VALUES); HARDWARE_CAST: NVFP4's block scales by the FP8 conversion instructions; DIRECTED:
+    stochastic rounding by ``quantize_nvfp4._e2m1_stochastic_directed`` (compiled only; the same codes)."""
     c0 = tl.program_id(0) * BC
     t0 = tl.program_id(1) * BT
     even, odd = _pairs_of_operand(x_ptr, signs_ptr, t0, c0, M, N, stride_x, RHT, BT, BC)
@@ -134,9 +138,10 @@ def _quantize_kernel(
     amax = tl.reduce(tl.reshape(both, (BC, BT // G, G // 2)), 2, _max_keeping_nan)  # [BC, BT/G]
     if MX:  # E8M0; a block holding NaN/Inf: 0xFF; 1 / 2^e is the power of two 2^-e (the division's bits)
         byte, scale = _mxfp4_scale(tl.where(amax == float("inf"), float("nan"), amax))
+        block_value = scale  # MXFP4's scale is its 2^e (NaN for 0xFF)
         multiplier = tl.where(byte == 0xFF, float("nan"), _power_of_two(127 - byte))
     else:
-        byte, scale = _nvfp4_scale(amax, tl.load(global_scale_ptr))
+        byte, block_value, scale = _nvfp4_scale(amax, tl.load(global_scale_ptr), HARDWARE_CAST)
         multiplier = tl.where(scale == 0, 0.0, tl.math.div_rn(1.0, scale))  # ``quantize.encode_multiplier``
     per_word = tl.reshape(tl.broadcast_to(multiplier[:, :, None], (BC, BT // G, G // 2)), (BC, BT // 2))
     q_even, q_odd = even * per_word, odd * per_word
@@ -146,18 +151,22 @@ def _quantize_kernel(
         k1 = tl.load(seed_ptr + 1).to(tl.uint32)
         counters = rows[:, None].to(tl.int64) * (M // 8) + (t0 // 8 + tl.arange(0, BT // 8))[None, :]
         words = _philox_words(counters, k0, k1, BC, BT)
-        value_even, code_even = _e2m1_stochastic(q_even, words, False)
-        value_odd, code_odd = _e2m1_stochastic(q_odd, words, True)
+        if DIRECTED:
+            value_even, code_even = _e2m1_stochastic_directed(q_even, words, False)
+            value_odd, code_odd = _e2m1_stochastic_directed(q_odd, words, True)
+        else:
+            value_even, code_even = _e2m1_stochastic(q_even, words, False)
+            value_odd, code_odd = _e2m1_stochastic(q_odd, words, True)
     else:
         value_even, code_even = _e2m1_round(q_even)
         value_odd, code_odd = _e2m1_round(q_odd)
-    packed = (code_even | (code_odd << 4)).to(tl.uint8)
     half = t0 // 2 + tl.arange(0, BT // 2)
-    tl.store(codes_ptr + rows[:, None].to(tl.int64) * (M // 2) + half[None, :], packed, mask=(rows[:, None] < N) & (half[None, :] < M // 2))
+    if CODES:
+        packed = (code_even | (code_odd << 4)).to(tl.uint8)
+        tl.store(codes_ptr + rows[:, None].to(tl.int64) * (M // 2) + half[None, :], packed, mask=(rows[:, None] < N) & (half[None, :] < M // 2))
     groups = t0 // G + tl.arange(0, BT // G)
     tl.store(scale_ptr + rows[:, None].to(tl.int64) * (M // G) + groups[None, :], byte.to(tl.uint8), mask=(rows[:, None] < N) & (groups[None, :] < M // G))
     if VALUES:  # the block GEMM's BF16 operand (E2M1 value x block scale, exact): a token pair is one 32-bit word
-        block_value = scale if MX else _e4m3_value(byte)  # MXFP4's scale is its 2^e (NaN for 0xFF)
         per_pair = tl.reshape(tl.broadcast_to(block_value[:, :, None], (BC, BT // G, G // 2)), (BC, BT // 2))
         v_even = (value_even * per_pair).to(tl.bfloat16).to(tl.uint16, bitcast=True).to(tl.uint32)
         v_odd = (value_odd * per_pair).to(tl.bfloat16).to(tl.uint16, bitcast=True).to(tl.uint32)
@@ -166,18 +175,21 @@ def _quantize_kernel(
 
 def quantize_along_tokens_bf16(
     x2d: torch.Tensor, *, rht_signs: torch.Tensor | None = None, seed: torch.Tensor | None = None, block_format: str = "nvfp4",
-    tile: tuple[int, int, int] | None = None, values: bool = False,
+    tile: tuple[int, int, int] | None = None, values: bool = False, codes: bool = True,
 ) -> QuantizedTensor:
     """``quantize_nvfp4(x2d, along_tokens=True, ...)`` for BF16 x2d [M, C] (see the module
     docstring): NVFP4 (1x16 E4M3 blocks, fp32 tensor scale) or MXFP4 (1x32 E8M0) of (R x2d)^T [C, M].
     rht_signs: the +-1 signs s of R = H16 diag(s) / 4 (``hadamard.rht_signs``), None for no RHT;
     seed: stochastic rounding's Philox key (``stochastic.new_seed``), None to round to nearest.
     tile: (tokens, columns, warps) per program, powers of two, tokens at least the block (default:
-    ``default_tile``; speed only). values: also write the operand's BF16 values (``QuantizedTensor.bf16``)."""
+    ``default_tile``; speed only). values: also write the operand's BF16 values (``QuantizedTensor.bf16``);
+    codes=False (with values): those only, no packed codes (``QuantizedTensor.data`` None)."""
     if block_format not in ("nvfp4", "mxfp4"):
         raise ValueError(f"quantize_along_tokens_bf16: block_format must be 'nvfp4' or 'mxfp4', got {block_format!r}")
     if x2d.dtype != torch.bfloat16 or x2d.dim() != 2:
         raise ValueError(f"quantize_along_tokens_bf16: needs a 2-D BF16 tensor, got {x2d.dtype} of shape {tuple(x2d.shape)}")
+    if not (codes or values):
+        raise ValueError("quantize_along_tokens_bf16: codes=False writes the BF16 values only, so it needs values=True")
     mx = block_format == "mxfp4"
     block = 32 if mx else 16
     m, n = x2d.shape
@@ -197,7 +209,8 @@ def quantize_along_tokens_bf16(
     if bt < block or bt & (bt - 1) or bc < 16 or bc & (bc - 1):
         raise ValueError(f"quantize_along_tokens_bf16: tile tokens must be a power of two >= {block}, columns a power of two >= 16, got {tile}")
     grid = (triton.cdiv(n, bc), triton.cdiv(m, bt))
-    launch = {} if os.environ.get("TRITON_INTERPRET") == "1" else {"num_warps": warps}
+    compiled = os.environ.get("TRITON_INTERPRET") != "1"
+    launch = {"num_warps": warps} if compiled else {}
     signs = rht_signs.contiguous() if rht_signs is not None else torch.empty(16, device=device)
     global_scale = None
     if not mx:  # the tensor scale: max |x| (the transpose's), or after the RHT max |R x| from the same butterflies
@@ -207,14 +220,15 @@ def quantize_along_tokens_bf16(
             partial = torch.empty(grid[0] * grid[1], dtype=torch.float32, device=device)
             _partial_absmax_kernel[grid](x2d, signs, partial, m, n, x2d.stride(0), BT=bt, BC=bc, **launch)
         global_scale = tensor_scale_from_partials(partial, 6.0 * E4M3_MAX)
-    codes = torch.empty(n, m // 2, dtype=torch.uint8, device=device)
+    packed = torch.empty(n, m // 2, dtype=torch.uint8, device=device) if codes else None
     scale_bytes = torch.empty(n, m // block, dtype=torch.uint8, device=device)
     bf16 = torch.empty(n, m, dtype=torch.bfloat16, device=device) if values else None
     _quantize_kernel[grid](
         x2d, signs, seed.contiguous() if seed is not None else signs, global_scale if global_scale is not None else signs,
-        codes, scale_bytes, bf16.view(torch.int32) if values else codes, m, n, x2d.stride(0),
-        RHT=rht_signs is not None, STOCHASTIC=seed is not None, MX=mx, BT=bt, BC=bc, VALUES=values, **launch,
+        packed if codes else scale_bytes, scale_bytes, bf16.view(torch.int32) if values else packed, m, n, x2d.stride(0),
+        RHT=rht_signs is not None, STOCHASTIC=seed is not None, MX=mx, BT=bt, BC=bc, VALUES=values,
+        CODES=codes, HARDWARE_CAST=compiled, DIRECTED=compiled and DIRECTED_SR, **launch,
     )
     spec = QuantSpec("fp4", block_format, stochastic_rounding=seed is not None)
     scale = scale_bytes if mx else scale_bytes.view(torch.float8_e4m3fn)
-    return QuantizedTensor(codes, scale, global_scale, spec, torch.Size((n, m)), torch.float32, bf16=bf16)
+    return QuantizedTensor(packed, scale, global_scale, spec, torch.Size((n, m)), torch.float32, bf16=bf16)

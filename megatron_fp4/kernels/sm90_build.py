@@ -22,6 +22,7 @@ path: ``pip install --no-deps --target /tmp/t36 triton==3.6.0``, then
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import tempfile
@@ -77,13 +78,17 @@ def _opcode(line: str) -> str | None:
 
 def build_sm90(fn, signature: dict[str, str], constexprs: dict, num_warps: int = 4, num_stages: int = 3) -> Sm90Build:
     """Compile ``fn`` (a ``triton.jit`` function) for sm90 with argument types ``signature``
-    (``"*bf16"``, ``"i32"``, ``"tensordesc<bf16[128,64]>"``, ...) and ``constexprs``; raises
+    (``"*bf16"``, ``"i32"``, ``"tensordesc<bf16[128,64]>"``, ...) and ``constexprs`` (arguments
+    with a default may be left out); raises
     what the compiler raises (a front-end or PTX error names the kernel and line)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     names = fn.arg_names
+    parameters = inspect.signature(fn.fn).parameters.values()  # the Python function (jitted or interpreted)
+    defaults = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty and p.name not in signature}
+    constexprs = defaults | dict(constexprs)  # arguments with a default take it unless given
     if set(signature) & set(constexprs) or set(signature) | set(constexprs) != set(names):
         raise ValueError(f"build_sm90: {fn.__name__} takes {names}; got signature {sorted(signature)} and constexprs {sorted(constexprs)}")
     full = dict(signature) | {name: "constexpr" for name in constexprs}
@@ -139,27 +144,32 @@ def standard_builds() -> dict[str, Sm90Build]:
     }
     recipe_signature = {"x_ptr": "*bf16", "rht_ptr": "*fp32", "seed_ptr": "*i64", "global_scale_ptr": "*fp32", "codes_ptr": "*u8", "scale_ptr": "*u8",
                         "values_ptr": "*bf16", "M": "i32", "N": "i32", "stride_x": "i32"}
-    # the recipe kernel's production layouts (nvfp4's dY^T, dY, W; with the BF16 operand where the GEMM takes it at once)
-    for name, along, rht, tiles, stochastic, values in (
-        ("NVFP4 along the tokens, RHT on tensor cores, SR, BF16 values", True, 2, False, True, True),
-        ("NVFP4 along the tokens, RHT on tensor cores", True, 2, False, False, False),
-        ("NVFP4 1x16 rows, SR, BF16 values", False, 0, False, True, True),
-        ("NVFP4 16x16 tiles, BF16 values", False, 0, True, False, True),
+    # the recipe kernel's production layouts (nvfp4's dY^T, X^T, dY, W; the operands the GEMM takes at
+    # once as BF16 values alone, the kept ones as codes), compiled as launched: hardware FP8 scales,
+    # stochastic rounding in directed fp32 arithmetic
+    for name, along, rht, tiles, stochastic, values, codes in (
+        ("NVFP4 along the tokens, RHT on tensor cores, SR, BF16 values alone", True, 2, False, True, True, False),
+        ("NVFP4 along the tokens, RHT on tensor cores", True, 2, False, False, False, True),
+        ("NVFP4 1x16 rows, SR, BF16 values alone", False, 0, False, True, True, False),
+        ("NVFP4 16x16 tiles, BF16 values", False, 0, True, False, True, True),
     ):
         rows, cols, warps = quantize_nvfp4.default_tile(along, rht > 0, stochastic, tiles, False)
         builds[name] = build_sm90(
             quantize_nvfp4._quantize_kernel, recipe_signature,
-            {"ALONG_TOKENS": along, "RHT": rht, "TILES": tiles, "STOCHASTIC": stochastic, "BR": rows, "BC": cols, "MX": False, "VALUES": values, "EVEN": True},
+            {"ALONG_TOKENS": along, "RHT": rht, "TILES": tiles, "STOCHASTIC": stochastic, "BR": rows, "BC": cols, "MX": False, "VALUES": values, "EVEN": True,
+             "CODES": codes, "DIRECTED": quantize_nvfp4.DIRECTED_SR, "HARDWARE_CAST": True},
             num_warps=warps,
         )
     pair_signature = {"x_ptr": "*bf16", "signs_ptr": "*fp32", "seed_ptr": "*i64", "global_scale_ptr": "*fp32", "codes_ptr": "*u8", "scale_ptr": "*u8",
                       "values_ptr": "*i32", "M": "i32", "N": "i32", "stride_x": "i32"}
     for (rht, stochastic, mx), (tokens, columns, warps) in quantize_tokens.TILE_BY_LAYOUT.items():
         for values in (False, True) if mx and not rht and not stochastic else (False,):  # mxfp4's dY^T takes the BF16 operand
-            name = f"token pairs, {'MXFP4' if mx else 'NVFP4'}{', RHT' if rht else ''}{', SR' if stochastic else ''}{', BF16 values' if values else ''}"
+            name = f"token pairs, {'MXFP4' if mx else 'NVFP4'}{', RHT' if rht else ''}{', SR' if stochastic else ''}{', BF16 values alone' if values else ''}"
             builds[name] = build_sm90(
                 quantize_tokens._quantize_kernel, pair_signature,
-                {"RHT": rht, "STOCHASTIC": stochastic, "MX": mx, "BT": tokens, "BC": columns, "VALUES": values}, num_warps=warps,
+                {"RHT": rht, "STOCHASTIC": stochastic, "MX": mx, "BT": tokens, "BC": columns, "VALUES": values, "CODES": not values,
+                 "HARDWARE_CAST": True, "DIRECTED": quantize_nvfp4.DIRECTED_SR},
+                num_warps=warps,
             )
     for out, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
         config = block_gemm.default_config(dtype)

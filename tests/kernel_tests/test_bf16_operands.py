@@ -4,7 +4,10 @@ NVFP4 tensor scale) in BF16, bit for bit (each product of an E2M1 value and an E
 is exact), NaN where the block's scale is NaN; and asking for it changes none of the codes, scales
 or tensor scales. On CUDA the FP4 linear that feeds these operands to the block GEMM gives bit for
 bit the results of the path that decodes the codes instead, and so does the nvfp4 linear that finds
-the tensor scales of X / X^T and of dY / dY^T in one read each (against each quantizer's own pass)."""
+the tensor scales of X / X^T and of dY / dY^T in one read each (against each quantizer's own pass).
+With ``codes=False`` the kernels write the BF16 operand alone (the same bits, the same scales, no
+codes), and its element values and dequantization read back from it equal the codes' own; the
+linear asks for that for the operands nothing keeps (X in fprop, dY, dY^T)."""
 
 import dataclasses
 import os
@@ -88,6 +91,53 @@ RECIPE_LAYOUTS = [
 ]
 
 
+def assert_values_only_is_the_same_operand(values_only, full):
+    """The BF16 operand alone: no codes, the same BF16 bits, scales and tensor scale, and the
+    element values and dequantization read back from it equal those of the codes (NaN blocks:
+    NaN in both dequantizations)."""
+    assert values_only.data is None and values_only.operand_shape == full.operand_shape and values_only.device == full.device
+    assert torch.equal(values_only.bf16.view(torch.int16), full.bf16.view(torch.int16))
+    assert torch.equal(values_only.scale.view(torch.uint8), full.scale.view(torch.uint8))
+    assert (values_only.global_scale is None) == (full.global_scale is None)
+    if full.global_scale is not None:
+        assert torch.equal(values_only.global_scale, full.global_scale)
+    finite = ~torch.isnan(full.bf16.float())
+    assert torch.equal(values_only.element_values()[finite], full.element_values()[finite])
+    assert torch.equal(values_only.dequantize_2d().nan_to_num(7.0), full.dequantize_2d().nan_to_num(7.0))
+    assert values_only.nbytes == full.nbytes - full.data.numel() + full.bf16.numel() * 2
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("granularity", ["nvfp4", "mxfp4"])
+def test_block_quantizer_writes_the_values_alone(shape, granularity):
+    x = activation(shape, nan_block=granularity == "mxfp4")
+    spec = QuantSpec("fp4", granularity)
+    assert_values_only_is_the_same_operand(quantize_blocks(x, spec, values=True, codes=False), quantize_blocks(x, spec, values=True))
+    with pytest.raises(ValueError, match="needs values=True"):
+        quantize_blocks(x, spec, codes=False)
+
+
+@pytest.mark.parametrize("tiles, along_tokens, rht, stochastic, block_format", RECIPE_LAYOUTS)
+def test_recipe_kernel_writes_the_values_alone(tiles, along_tokens, rht, stochastic, block_format):
+    x = activation(SHAPES[-1], nan_block=block_format == "mxfp4")
+    seed = new_seed(DEVICE, torch.Generator(DEVICE).manual_seed(8)) if stochastic else None
+    options = dict(tiles=tiles, along_tokens=along_tokens, rht=rht_matrix(99) if rht else None, seed=seed, block_format=block_format)
+    assert_values_only_is_the_same_operand(quantize_nvfp4(x, values=True, codes=False, **options), quantize_nvfp4(x, values=True, **options))
+    with pytest.raises(ValueError, match="needs values=True"):
+        quantize_nvfp4(x, codes=False, **options)
+
+
+@pytest.mark.parametrize("block_format", ["nvfp4", "mxfp4"])
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_token_pair_kernel_writes_the_values_alone(block_format, stochastic):
+    x = activation(SHAPES[-1], nan_block=block_format == "mxfp4")
+    seed = new_seed(DEVICE, torch.Generator(DEVICE).manual_seed(9)) if stochastic else None
+    options = dict(seed=seed, block_format=block_format)
+    assert_values_only_is_the_same_operand(quantize_along_tokens_bf16(x, values=True, codes=False, **options), quantize_along_tokens_bf16(x, values=True, **options))
+    with pytest.raises(ValueError, match="needs values=True"):
+        quantize_along_tokens_bf16(x, codes=False, **options)
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("tiles, along_tokens, rht, stochastic, block_format", RECIPE_LAYOUTS)
 def test_recipe_kernel_writes_the_values_of_its_codes(shape, tiles, along_tokens, rht, stochastic, block_format):
@@ -133,10 +183,23 @@ def test_linear_with_bf16_operands_equals_the_decoding_path(recipe_name, monkeyp
         y.backward(grad)
         return y.detach(), x.grad, w.grad
 
+    codeless = []  # per GEMM call: which operands came as BF16 values alone
+    for method in ("fprop", "dgrad"):
+        original = getattr(HopperBackend, method)
+
+        def recording(self, a, b, out_dtype=torch.float32, _original=original):
+            codeless.append((a.data is None, b.data is None))
+            return _original(self, a, b, out_dtype)
+
+        monkeypatch.setattr(HopperBackend, method, recording)
     with_values = run()
+    # fprop: X alone (W keeps its codes: cached and saved), dgrad: dY alone, wgrad (an A B^T fprop): dY^T alone, X^T saved
+    assert codeless == [(True, False), (True, False), (True, False)]
+    monkeypatch.undo()
     state = FP4GemmState(recipe, backend)
     state.forward(x0, w0, torch.bfloat16)
     assert state.bf16_operands and state.x_saved.bf16 is None and state.w_saved.bf16 is None
+    assert state.x_saved.data is not None and state.w_saved.data is not None
     monkeypatch.setattr(HopperBackend, "block_operands_as_bf16", False)
     decoded = run()
     for a, b in zip(with_values, decoded):

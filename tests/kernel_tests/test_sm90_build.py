@@ -36,12 +36,12 @@ def test_quantizers_convert_to_fp8_in_hardware_without_spilling(builds):
 
 
 def test_rht_of_bf16_inputs_runs_on_tensor_cores(builds):
-    for name in ("NVFP4 along the tokens, RHT on tensor cores, SR, BF16 values", "NVFP4 along the tokens, RHT on tensor cores"):
+    for name in ("NVFP4 along the tokens, RHT on tensor cores, SR, BF16 values alone", "NVFP4 along the tokens, RHT on tensor cores"):
         assert builds[name]["uses"]["HMMA"] or builds[name]["uses"]["HGMMA"], (name, builds[name])
 
 
 def test_recipe_kernel_builds_its_production_layouts_without_spilling(builds):
-    for name in ("NVFP4 along the tokens, RHT on tensor cores, SR, BF16 values", "NVFP4 1x16 rows, SR, BF16 values", "NVFP4 16x16 tiles, BF16 values"):
+    for name in ("NVFP4 along the tokens, RHT on tensor cores, SR, BF16 values alone", "NVFP4 1x16 rows, SR, BF16 values alone", "NVFP4 16x16 tiles, BF16 values"):
         assert builds[name]["stack_bytes"] == 0 and builds[name]["shared_bytes"] <= HOPPER_SHARED_MEMORY, (name, builds[name])
 
 
