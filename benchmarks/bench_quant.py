@@ -20,7 +20,10 @@ copy's bandwidth reached (the issue's target: 0.85):
                        MXFP4 along the tokens (`mxfp4`'s wgrad operands); "pairs": the same
                        along-the-tokens operands from BF16 token pairs (`quantize_tokens`, what
                        the linear uses for BF16 inputs); "+values": also writing the block GEMM's
-                       BF16 operand (2 B more per element), the linear's dY and dY^T
+                       BF16 operand (2 B more per element); ", values alone": the BF16 operand
+                       without the codes (2 B + scales written), what the linear writes for the
+                       operands its GEMMs consume at once (X in fprop, dY, dY^T); ", integer SR":
+                       with the interpreter's integer stochastic rounding (before session 17)
 The copy moves 2 B read + 2 B written per bf16 element. A second table times fc2's operand made
 from the SwiGLU pre-activation, fused against megatron-core's SwiGLU then the quantizer; a third the
 QKV / fc1 operand made from the residual stream with the RMSNorm fused, against torch's RMSNorm then
@@ -86,6 +89,20 @@ def _inputs(rows: int, k: int) -> tuple:
     return x, bounds, column_scale, row_scale, codes, grad_w, scale, seed, rht, history
 
 
+def _integer_sr(fn):
+    """fn with the recipe kernel's stochastic rounding in integer operations (``DIRECTED_SR`` off)."""
+    from megatron_fp4.kernels import quantize_nvfp4 as module
+
+    def run():
+        module.DIRECTED_SR = False
+        try:
+            return fn()
+        finally:
+            module.DIRECTED_SR = True
+
+    return run
+
+
 def kernels(rows: int, k: int, **options) -> dict[str, tuple]:
     """name -> (function, bytes moved) for one shape."""
     x, bounds, column_scale, row_scale, codes, grad_w, scale, seed, rht, history = _inputs(rows, k)
@@ -113,6 +130,17 @@ def kernels(rows: int, k: int, **options) -> dict[str, tuple]:
         # the linear's forms of dgrad's dY and wgrad's dY^T: with the BF16 operand (2 B more written per element)
         "NVFP4 1x16 SR +values": (lambda: quantize_nvfp4(x, seed=seed, values=True, **recipe_options), elements * (4 + 0.5 + 1 / 16)),
         "NVFP4 tokens RHT SR +values": (lambda: quantize_nvfp4(x, along_tokens=True, rht=rht, seed=seed, values=True, **recipe_options), elements * (4 + 0.5 + 1 / 16)),
+        # what the linear writes since session 17 for the operands its GEMMs consume at once: the BF16 values alone
+        "NVFP4 blocks, values alone": (lambda: quantize_blocks(x, NVFP4, values=True, codes=False), elements * (4 + 1 / 16)),
+        "MXFP4 blocks, values alone": (lambda: quantize_blocks(x, MXFP4, values=True, codes=False), elements * (4 + 1 / 32)),
+        "NVFP4 1x16 SR, values alone": (lambda: quantize_nvfp4(x, seed=seed, values=True, codes=False, **recipe_options), elements * (4 + 1 / 16)),
+        "NVFP4 tokens RHT SR, values alone": (lambda: quantize_nvfp4(x, along_tokens=True, rht=rht, seed=seed, values=True, codes=False, **recipe_options), elements * (4 + 1 / 16)),
+        "pairs MXFP4 tokens, values alone": (lambda: quantize_along_tokens_bf16(x, block_format="mxfp4", values=True, codes=False, **pair_options), elements * (4 + 1 / 32)),
+        # the same two SR operands with the integer rounding the interpreter runs (session 16's compiled form)
+        "NVFP4 1x16 SR, values alone, integer SR": (_integer_sr(lambda: quantize_nvfp4(x, seed=seed, values=True, codes=False, **recipe_options)), elements * (4 + 1 / 16)),
+        "NVFP4 tokens RHT SR, values alone, integer SR": (
+            _integer_sr(lambda: quantize_nvfp4(x, along_tokens=True, rht=rht, seed=seed, values=True, codes=False, **recipe_options)), elements * (4 + 1 / 16),
+        ),
         "MXFP4 tokens": (lambda: quantize_nvfp4(x, along_tokens=True, block_format="mxfp4", **recipe_options), elements * (2 + 0.5 + 1 / 32)),
         "pairs NVFP4 tokens RHT SR": (lambda: quantize_along_tokens_bf16(x, rht_signs=signs, seed=seed, **pair_options), elements * (2 + 0.5 + 1 / 16)),
         "pairs NVFP4 tokens RHT": (lambda: quantize_along_tokens_bf16(x, rht_signs=signs, **pair_options), elements * (2 + 0.5 + 1 / 16)),
@@ -196,22 +224,23 @@ def values_table(shapes) -> None:
     operand consumed at once costs before its GEMM either way."""
     from megatron_fp4.kernels.block_gemm import decode_to_bf16
 
-    print("\n| shape | operand | quantize + decode us | quantize with BF16 values us | speed-up |")
-    print("| --- | --- | --- | --- | --- |")
+    print("\n| shape | operand | quantize + decode us | quantize with BF16 values us | speed-up | BF16 values alone us | speed-up |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for rows, k in shapes:
         x, *_, seed, rht, _ = _inputs(rows, k)
-        operands = {
-            "NVFP4 blocks (X)": lambda v: quantize_blocks(x, NVFP4, values=v),
-            "MXFP4 blocks (X, W)": lambda v: quantize_blocks(x, MXFP4, values=v),
-            "NVFP4 16x16 tiles (W)": lambda v: quantize_nvfp4(x, tiles=True, values=v),
-            "NVFP4 1x16 SR (dY)": lambda v: quantize_nvfp4(x, seed=seed, values=v),
-            "NVFP4 tokens RHT SR (dY^T)": lambda v: quantize_nvfp4(x, along_tokens=True, rht=rht, seed=seed, values=v),
-            "pairs MXFP4 tokens (dY^T)": lambda v: quantize_along_tokens_bf16(x, block_format="mxfp4", values=v),
+        operands = {  # (values, codes) -> the operand
+            "NVFP4 blocks (X)": lambda v, c=True: quantize_blocks(x, NVFP4, values=v, codes=c),
+            "MXFP4 blocks (X, W)": lambda v, c=True: quantize_blocks(x, MXFP4, values=v, codes=c),
+            "NVFP4 16x16 tiles (W)": lambda v, c=True: quantize_nvfp4(x, tiles=True, values=v, codes=c),
+            "NVFP4 1x16 SR (dY)": lambda v, c=True: quantize_nvfp4(x, seed=seed, values=v, codes=c),
+            "NVFP4 tokens RHT SR (dY^T)": lambda v, c=True: quantize_nvfp4(x, along_tokens=True, rht=rht, seed=seed, values=v, codes=c),
+            "pairs MXFP4 tokens (dY^T)": lambda v, c=True: quantize_along_tokens_bf16(x, block_format="mxfp4", values=v, codes=c),
         }
         for name, quantize_with in operands.items():
             separate = median_ms(lambda: decode_to_bf16(quantize_with(False)))
             fused = median_ms(lambda: quantize_with(True))
-            print(f"| {rows}x{k} | {name} | {separate * 1e3:.0f} | {fused * 1e3:.0f} | {separate / fused:.2f}x |", flush=True)
+            alone = median_ms(lambda: quantize_with(True, False))
+            print(f"| {rows}x{k} | {name} | {separate * 1e3:.0f} | {fused * 1e3:.0f} | {separate / fused:.2f}x | {alone * 1e3:.0f} | {separate / alone:.2f}x |", flush=True)
         torch.cuda.empty_cache()
 
 
