@@ -57,6 +57,8 @@ TILE_BY_LAYOUT = {
 def default_tile(along_tokens: bool, rht: bool, stochastic: bool, tiles: bool, mx: bool) -> tuple[int, int, int]:
     """(rows, columns, warps) of one program's tile of O for this layout (``TILE_BY_LAYOUT``)."""
     return TILE_BY_LAYOUT.get((along_tokens, rht, stochastic, tiles, mx), (TILE_R, TILE_C, 4))
+
+
 DIRECTED_SR = True  # compiled stochastic rounding by ``_e2m1_stochastic_directed`` (same codes; NOTES.md, session 17)
 TENSOR_CORE_RHT = True  # BF16 inputs: the RHT as a BF16 tensor-core dot (exact products, fp32 sums; NOTES.md, session 9)
 
@@ -180,8 +182,9 @@ def _add_up(a, b):
 @triton.jit
 def _e2m1_stochastic_directed(q, word, HIGH: tl.constexpr):
     """``_e2m1_stochastic`` (the same value and code for every q and draw) in fp32 arithmetic
-    rounding upward, compiled only (PTX inline assembly: the interpreter runs the integer form): far fewer integer and logic
-    instructions, the pipe that bounds these kernels (benchmarks/NOTES.md, session 17).
+    rounding upward, compiled only (PTX inline assembly; the interpreter runs the integer form):
+    far fewer integer and logic instructions, the pipe that bounds these kernels
+    (benchmarks/NOTES.md, session 17).
 
     With m = min(|q|, 6) (NaN and Inf: 6) between grid neighbours lo <= m < hi of spacing s
     (0.5 below 2, 1 in [2, 4), 2 in [4, 6]: s = B / 2 for the binade B = 2^floor(log2 max(m, 1))),
