@@ -40,6 +40,10 @@ from .recipe import FP4Recipe
 
 __all__ = ["FP4GemmState", "FP4LinearFunction", "fp4_linear", "FP4Linear"]
 
+# the operands a block GEMM consumes at once (X in fprop unless kept, dY, dY^T) written as their BF16
+# values alone, without packed codes, where the backend takes BF16 operands (NOTES.md, session 17)
+BF16_OPERANDS_ALONE = True
+
 
 def _quantize_pair(tensor: torch.Tensor, first_spec, second_spec, check: bool, name: str, bf16_values: bool = False):
     """Quantize once when both uses share a spec; otherwise once per spec. bf16_values: the first
@@ -132,7 +136,7 @@ class FP4GemmState:
                 kept = not recipe.wgrad_along_tokens and recipe.wgrad_input == recipe.fprop_input
                 xq = quantize_fast(
                     x2d, recipe.fprop_input, check_finite=self.check, name=f"{self.name} input", clamp=bounds, bf16_values=self.bf16_operands,
-                    tensor_scale=input_scale, codes=kept,
+                    tensor_scale=input_scale, codes=kept or not BF16_OPERANDS_ALONE,
                 )
         if health.is_collecting() and recipe.fprop_input.is_quantized:  # `bf16_dge`: nothing to measure in the input
             compensation = residual.to_dense() if residual is not None else 0
@@ -181,7 +185,7 @@ class FP4GemmState:
         return quantize_along_tokens_fast(
             tensor2d, spec, self.recipe.hadamard_seed, self.recipe.wgrad_hadamard,
             check_finite=self.check, name=f"{self.name} {what} " + ("(--fp4-rht)" if self.recipe.wgrad_hadamard else "(wgrad, along tokens)"),
-            bf16_values=consumed_at_once and self.bf16_operands, tensor_scale=tensor_scale, codes=not consumed_at_once,
+            bf16_values=consumed_at_once and self.bf16_operands, tensor_scale=tensor_scale, codes=not (consumed_at_once and BF16_OPERANDS_ALONE),
         )
 
     def quantize_grad_output(self, g2d: torch.Tensor) -> tuple[QuantizedTensor, QuantizedTensor | None]:
@@ -197,7 +201,7 @@ class FP4GemmState:
             )
             gq = quantize_fast(
                 g2d, recipe.dgrad_grad_output, check_finite=self.check, name=f"{self.name} output gradient", bf16_values=self.bf16_operands,
-                tensor_scale=rows_scale, codes=False,  # dgrad's alone: its BF16 values
+                tensor_scale=rows_scale, codes=not BF16_OPERANDS_ALONE,  # dgrad's alone: its BF16 values
             )
             return gq, None
         fold = recipe.fold_backward_scales

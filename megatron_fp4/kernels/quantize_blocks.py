@@ -32,6 +32,13 @@ BLOCKS_PER_PROGRAM = {"nvfp4": 256, "mxfp4": 128}
 PROGRAMS_PER_SM = 8
 PREFETCH = True
 INTERPRETER_PROGRAMS = 3  # under TRITON_INTERPRET: a few programs, so the tests walk the work loop
+HARDWARE_BLOCK_SCALES = True  # NVFP4 block scales by the FP8 conversion instructions where compiled (``_nvfp4_scale``; NOTES.md, session 17)
+
+
+def hardware_block_scales() -> bool:
+    """Whether the block kernels round and decode NVFP4's E4M3 block scales with the GPU's FP8
+    instructions (compiled, ``HARDWARE_BLOCK_SCALES``) or in integer operations (the same bytes)."""
+    return HARDWARE_BLOCK_SCALES and hardware_fp8_cast()
 
 
 def flat_items(rows: int, blocks_per_row: int, preferred: int) -> int:
@@ -240,7 +247,7 @@ def quantize_blocks(
     _quantize_blocks_kernel[(persistent_grid(items, x.device, programs_per_sm),)](
         view, packed if codes else bf16, scale_bytes, global_scale if nvfp4 else scale_bytes, bf16 if values else packed, view_k, view.stride(0), items, chunks,
         NVFP4=nvfp4, BLOCK=block, GROUPS=groups, PREFETCH=PREFETCH if prefetch is None else prefetch, VALUES=values,
-        HARDWARE_CAST=hardware_fp8_cast(), CODES=codes, num_warps=4,
+        HARDWARE_CAST=hardware_block_scales(), CODES=codes, num_warps=4,
     )
     scale = scale_bytes.view(torch.float8_e4m3fn) if nvfp4 else scale_bytes
     return QuantizedTensor(packed, scale, global_scale, spec, x.shape, x.dtype, bf16=bf16)

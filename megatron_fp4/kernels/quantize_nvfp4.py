@@ -34,7 +34,7 @@ import triton.language as tl
 
 from ..quantize import QuantizedTensor, QuantSpec
 from ..scaling import E4M3_MAX
-from .quantize_blocks import _mxfp4_scale, _nvfp4_scale, _power_of_two
+from .quantize_blocks import _mxfp4_scale, _nvfp4_scale, _power_of_two, hardware_block_scales
 from .quantize_rows import _e2m1_round, _max_keeping_nan
 from .tensor_scale import tensor_scale_from_partials
 
@@ -420,7 +420,7 @@ def quantize_nvfp4(
         x2d, rht_matrix, seed.contiguous() if seed is not None else rht_matrix, global_scale if global_scale is not None else rht_matrix,
         packed if codes else bf16, scale_bytes, bf16 if values else packed, m, n, x2d.stride(0),
         ALONG_TOKENS=along_tokens, RHT=rht_mode, TILES=tiles, STOCHASTIC=seed is not None, BR=tile_rows, BC=tile_cols, MX=mx, VALUES=values,
-        EVEN=out_rows % tile_rows == 0 and out_cols % tile_cols == 0, CODES=codes, DIRECTED=DIRECTED_SR and compiled, HARDWARE_CAST=compiled, **launch,
+        EVEN=out_rows % tile_rows == 0 and out_cols % tile_cols == 0, CODES=codes, DIRECTED=DIRECTED_SR and compiled, HARDWARE_CAST=hardware_block_scales(), **launch,
     )
     dtype = torch.float32 if along_tokens else x2d.dtype  # the reference quantizes the fp32 transposed operand
     if mx:

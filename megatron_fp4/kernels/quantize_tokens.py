@@ -35,7 +35,7 @@ import triton.language as tl
 
 from ..quantize import QuantizedTensor, QuantSpec
 from ..scaling import E4M3_MAX
-from .quantize_blocks import _mxfp4_scale, _nvfp4_scale, _partial_absmax, _power_of_two
+from .quantize_blocks import _mxfp4_scale, _nvfp4_scale, _partial_absmax, _power_of_two, hardware_block_scales
 from .quantize_nvfp4 import DIRECTED_SR, _e2m1_stochastic, _e2m1_stochastic_directed, _philox_words
 from .quantize_rows import _e2m1_round, _max_keeping_nan
 from .tensor_scale import tensor_scale_from_partials
@@ -227,7 +227,7 @@ def quantize_along_tokens_bf16(
         x2d, signs, seed.contiguous() if seed is not None else signs, global_scale if global_scale is not None else signs,
         packed if codes else scale_bytes, scale_bytes, bf16.view(torch.int32) if values else packed, m, n, x2d.stride(0),
         RHT=rht_signs is not None, STOCHASTIC=seed is not None, MX=mx, BT=bt, BC=bc, VALUES=values,
-        CODES=codes, HARDWARE_CAST=compiled, DIRECTED=compiled and DIRECTED_SR, **launch,
+        CODES=codes, HARDWARE_CAST=hardware_block_scales(), DIRECTED=compiled and DIRECTED_SR, **launch,
     )
     spec = QuantSpec("fp4", block_format, stochastic_rounding=seed is not None)
     scale = scale_bytes if mx else scale_bytes.view(torch.float8_e4m3fn)
