@@ -212,6 +212,20 @@ def _e2m1_stochastic_directed(q, word, HIGH: tl.constexpr):
 
 
 @triton.jit
+def _e2m1_stochastic_pairs(q_even, q_odd, words, DIRECTED: tl.constexpr):
+    """(value, code) of the even and odd elements of consecutive pairs, stochastically rounded with
+    the low and high 16-bit draws of their Philox word: ``_e2m1_stochastic_directed`` where
+    compiled (DIRECTED), else ``_e2m1_stochastic`` (the same codes)."""
+    if DIRECTED:
+        value_even, code_even = _e2m1_stochastic_directed(q_even, words, False)
+        value_odd, code_odd = _e2m1_stochastic_directed(q_odd, words, True)
+    else:
+        value_even, code_even = _e2m1_stochastic(q_even, words, False)
+        value_odd, code_odd = _e2m1_stochastic(q_odd, words, True)
+    return value_even, code_even, value_odd, code_odd
+
+
+@triton.jit
 def _philox4(counter, k0, k1):
     """``stochastic.philox_words``: the four Philox4x32-10 output words (uint32) of counters
     ``counter`` (int64) with key (k0, k1) (uint32)."""
@@ -299,12 +313,7 @@ def _quantize_kernel(
         counters = rows[:, None].to(tl.int64) * (cols_o // 8) + (c0 // 8 + tl.arange(0, BC // 8))[None, :]
         words = _philox_words(counters, k0, k1, BR, BC)
         q_even, q_odd = tl.split(tl.reshape(q, (BR, BC // 2, 2)))
-        if DIRECTED:
-            value_even, low = _e2m1_stochastic_directed(q_even, words, False)
-            value_odd, high = _e2m1_stochastic_directed(q_odd, words, True)
-        else:
-            value_even, low = _e2m1_stochastic(q_even, words, False)
-            value_odd, high = _e2m1_stochastic(q_odd, words, True)
+        value_even, low, value_odd, high = _e2m1_stochastic_pairs(q_even, q_odd, words, DIRECTED)
         value = tl.reshape(tl.join(value_even, value_odd), (BR, BC))
     else:
         value, code = _e2m1_round(q)

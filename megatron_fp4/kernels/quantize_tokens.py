@@ -36,7 +36,7 @@ import triton.language as tl
 from ..quantize import QuantizedTensor, QuantSpec
 from ..scaling import E4M3_MAX
 from .quantize_blocks import _mxfp4_scale, _nvfp4_scale, _partial_absmax, _power_of_two, hardware_block_scales
-from .quantize_nvfp4 import DIRECTED_SR, _e2m1_stochastic, _e2m1_stochastic_directed, _philox_words
+from .quantize_nvfp4 import DIRECTED_SR, _e2m1_stochastic_pairs, _philox_words
 from .quantize_rows import _e2m1_round, _max_keeping_nan
 from .tensor_scale import tensor_scale_from_partials
 
@@ -151,12 +151,7 @@ def _quantize_kernel(
         k1 = tl.load(seed_ptr + 1).to(tl.uint32)
         counters = rows[:, None].to(tl.int64) * (M // 8) + (t0 // 8 + tl.arange(0, BT // 8))[None, :]
         words = _philox_words(counters, k0, k1, BC, BT)
-        if DIRECTED:
-            value_even, code_even = _e2m1_stochastic_directed(q_even, words, False)
-            value_odd, code_odd = _e2m1_stochastic_directed(q_odd, words, True)
-        else:
-            value_even, code_even = _e2m1_stochastic(q_even, words, False)
-            value_odd, code_odd = _e2m1_stochastic(q_odd, words, True)
+        value_even, code_even, value_odd, code_odd = _e2m1_stochastic_pairs(q_even, q_odd, words, DIRECTED)
     else:
         value_even, code_even = _e2m1_round(q_even)
         value_odd, code_odd = _e2m1_round(q_odd)
