@@ -60,6 +60,12 @@ def default_tile(along_tokens: bool, rht: bool, stochastic: bool, tiles: bool, m
 
 
 DIRECTED_SR = True  # compiled stochastic rounding by ``_e2m1_stochastic_directed`` (same codes; NOTES.md, session 17)
+
+
+def directed_sr() -> bool:
+    """Whether the kernels round stochastically by ``_e2m1_stochastic_directed`` (compiled and
+    ``DIRECTED_SR``, read at each launch) or by the integer form (the same codes)."""
+    return DIRECTED_SR and os.environ.get("TRITON_INTERPRET") != "1"
 TENSOR_CORE_RHT = True  # BF16 inputs: the RHT as a BF16 tensor-core dot (exact products, fp32 sums; NOTES.md, session 9)
 
 
@@ -413,8 +419,7 @@ def quantize_nvfp4(
     if min(tile_rows, tile_cols) < 32 or tile_rows & (tile_rows - 1) or tile_cols & (tile_cols - 1):
         raise ValueError(f"quantize_nvfp4: tile rows and columns must be powers of two >= 32, got {tile}")
     grid = (triton.cdiv(out_rows, tile_rows), triton.cdiv(out_cols, tile_cols))
-    compiled = os.environ.get("TRITON_INTERPRET") != "1"
-    launch = {"num_warps": warps} if compiled else {}
+    launch = {} if os.environ.get("TRITON_INTERPRET") == "1" else {"num_warps": warps}
     if not mx and global_scale is None:  # NVFP4's tensor scale needs the whole tensor's maximum first
         partial = torch.empty(grid[0] * grid[1], dtype=torch.float32, device=device)
         _partial_absmax_kernel[grid](x2d, rht_matrix, partial, m, n, x2d.stride(0), ALONG_TOKENS=along_tokens, RHT=rht_mode, BR=tile_rows, BC=tile_cols, **launch)
@@ -429,7 +434,7 @@ def quantize_nvfp4(
         x2d, rht_matrix, seed.contiguous() if seed is not None else rht_matrix, global_scale if global_scale is not None else rht_matrix,
         packed if codes else bf16, scale_bytes, bf16 if values else packed, m, n, x2d.stride(0),
         ALONG_TOKENS=along_tokens, RHT=rht_mode, TILES=tiles, STOCHASTIC=seed is not None, BR=tile_rows, BC=tile_cols, MX=mx, VALUES=values,
-        EVEN=out_rows % tile_rows == 0 and out_cols % tile_cols == 0, CODES=codes, DIRECTED=DIRECTED_SR and compiled, HARDWARE_CAST=hardware_block_scales(), **launch,
+        EVEN=out_rows % tile_rows == 0 and out_cols % tile_cols == 0, CODES=codes, DIRECTED=directed_sr(), HARDWARE_CAST=hardware_block_scales(), **launch,
     )
     dtype = torch.float32 if along_tokens else x2d.dtype  # the reference quantizes the fp32 transposed operand
     if mx:

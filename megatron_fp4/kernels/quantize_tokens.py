@@ -36,7 +36,7 @@ import triton.language as tl
 from ..quantize import QuantizedTensor, QuantSpec
 from ..scaling import E4M3_MAX
 from .quantize_blocks import _mxfp4_scale, _nvfp4_scale, _partial_absmax, _power_of_two, hardware_block_scales
-from .quantize_nvfp4 import DIRECTED_SR, _e2m1_stochastic_pairs, _philox_words
+from .quantize_nvfp4 import _e2m1_stochastic_pairs, _philox_words, directed_sr
 from .quantize_rows import _e2m1_round, _max_keeping_nan
 from .tensor_scale import tensor_scale_from_partials
 
@@ -204,8 +204,7 @@ def quantize_along_tokens_bf16(
     if bt < block or bt & (bt - 1) or bc < 16 or bc & (bc - 1):
         raise ValueError(f"quantize_along_tokens_bf16: tile tokens must be a power of two >= {block}, columns a power of two >= 16, got {tile}")
     grid = (triton.cdiv(n, bc), triton.cdiv(m, bt))
-    compiled = os.environ.get("TRITON_INTERPRET") != "1"
-    launch = {"num_warps": warps} if compiled else {}
+    launch = {} if os.environ.get("TRITON_INTERPRET") == "1" else {"num_warps": warps}
     signs = rht_signs.contiguous() if rht_signs is not None else torch.empty(16, device=device)
     global_scale = None
     if not mx:  # the tensor scale: max |x| (the transpose's), or after the RHT max |R x| from the same butterflies
@@ -222,7 +221,7 @@ def quantize_along_tokens_bf16(
         x2d, signs, seed.contiguous() if seed is not None else signs, global_scale if global_scale is not None else signs,
         packed if codes else scale_bytes, scale_bytes, bf16.view(torch.int32) if values else packed, m, n, x2d.stride(0),
         RHT=rht_signs is not None, STOCHASTIC=seed is not None, MX=mx, BT=bt, BC=bc, VALUES=values,
-        CODES=codes, HARDWARE_CAST=hardware_block_scales(), DIRECTED=compiled and DIRECTED_SR, **launch,
+        CODES=codes, HARDWARE_CAST=hardware_block_scales(), DIRECTED=directed_sr(), **launch,
     )
     spec = QuantSpec("fp4", block_format, stochastic_rounding=seed is not None)
     scale = scale_bytes if mx else scale_bytes.view(torch.float8_e4m3fn)
